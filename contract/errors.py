@@ -1,0 +1,78 @@
+"""One exception tree for the whole project; producer and worker raise and catch these."""
+
+from __future__ import annotations
+
+
+class SummarizeError(Exception):
+    """Raised when anything in this project fails; the base of every error below."""
+
+
+class ConfigError(SummarizeError):
+    """Raised when a setting read from the environment is missing or malformed."""
+
+
+class BrokerUnavailable(SummarizeError):
+    """Raised when Redis can't be reached or refuses the credentials it was given."""
+
+
+class BatchNotFound(SummarizeError):
+    """Raised when a batch id is unknown to Redis (never submitted, or expired)."""
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"unknown batch {batch_id!r}: nothing was submitted under it, or its results expired")
+        self.batch_id = batch_id
+
+
+class InputError(SummarizeError):
+    """Raised when one input record is invalid; names the source, line and id."""
+
+    def __init__(self, source: str, line: int, job_id: str | None, reason: str) -> None:
+        where = f"{source}:{line}" if line else source
+        ident = f" (id {job_id!r})" if job_id is not None else ""
+        super().__init__(f"{where}{ident}: {reason}")
+        self.source, self.line, self.job_id, self.reason = source, line, job_id, reason
+
+
+class InvalidInput(SummarizeError):
+    """Raised when validation finds bad records; carries every one of them."""
+
+    def __init__(self, errors: list[InputError], total_bad: int) -> None:
+        shown = "\n".join(f"  {e}" for e in errors)
+        more = f"\n  ... and {total_bad - len(errors)} more" if total_bad > len(errors) else ""
+        super().__init__(f"{total_bad} invalid record(s); nothing was enqueued:\n{shown}{more}")
+        self.errors, self.total_bad = errors, total_bad
+
+
+class LLMError(SummarizeError):
+    """Raised when a call to the chat-completions API fails."""
+
+    #: the HTTP status when the provider answered, else None
+    status: int | None = None
+
+
+class TransientLLMError(LLMError):
+    """Raised when the failure may pass by itself: 408/409/429/5xx, timeouts, resets, bad bodies."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.retry_after = status, retry_after
+
+
+class MalformedResponse(TransientLLMError):
+    """Raised when a 200 answer is not a usable completion (not JSON, no choices, empty, cut off)."""
+
+
+class PermanentLLMError(LLMError):
+    """Raised when retrying the same request can't help: a 4xx other than 408/409/429."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ProviderRejected(PermanentLLMError):
+    """Raised on 401/403/404: a bad key or unknown model, which halts the whole batch."""
+
+
+class HandBack(SummarizeError):
+    """Raised when a worker is stopping and gives its job back to the queue instead of finishing it."""

@@ -1,0 +1,216 @@
+"""Reading and validating input records, streamed: JSONL files, stdin, directories of .txt/.md, iterables.
+
+Every problem becomes an InputError naming the source, line and id, so a user can fix the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from contract.errors import InputError
+
+MAX_ID_CHARS = 200
+_BAD_ID_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# JSON escaping can double a text's size, so a line may be that much longer than an article.
+_LINE_SLACK = 2
+
+
+@dataclass(frozen=True)
+class Record:
+    """One input record: valid when error is None."""
+
+    source: str
+    line: int
+    job_id: str | None
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    error: InputError | None = None
+
+
+def content_id(text: str) -> str:
+    """Id of a record that brings none: the same text always gets the same id, so resubmits dedupe."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
+def check_text(text: Any, max_bytes: int) -> str | None:
+    """Why `text` can't be summarized, or None when it can."""
+    if not isinstance(text, str):
+        return f"'text' must be a string, got {type(text).__name__}"
+    if not text.strip():
+        return "'text' is empty or whitespace only"
+    if "\x00" in text:
+        return "'text' contains NUL characters"
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        return f"article is {size} bytes; the limit is {max_bytes} (SUMMARIZE_MAX_ARTICLE_BYTES)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "'text' contains unpaired surrogates (not valid Unicode)"
+    return None
+
+
+def check_id(raw: Any) -> tuple[str | None, str | None]:
+    """(id, error) for a record's 'id' field."""
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        return None, f"'id' must be a string or an integer, got {type(raw).__name__}"
+    job_id = str(raw)
+    if not job_id.strip():
+        return None, "'id' is empty"
+    if len(job_id) > MAX_ID_CHARS:
+        return None, f"'id' is longer than {MAX_ID_CHARS} characters"
+    if _BAD_ID_CHARS.search(job_id):
+        return None, "'id' contains control characters"
+    return job_id, None
+
+
+def record_from_obj(obj: Any, source: str, line: int, max_bytes: int) -> Record:
+    def bad(reason: str, job_id: str | None = None) -> Record:
+        return Record(source, line, job_id, "", {}, InputError(source, line, job_id, reason))
+
+    if not isinstance(obj, dict):
+        return bad(f"expected a JSON object or a string, got {type(obj).__name__}")
+    job_id: str | None = None
+    if "id" in obj and obj["id"] is not None:
+        job_id, id_error = check_id(obj["id"])
+        if id_error:
+            return bad(id_error)
+    if "text" not in obj:
+        return bad("'text' is missing", job_id)
+    text = obj["text"]
+    reason = check_text(text, max_bytes)
+    if reason:
+        return bad(reason, job_id)
+    metadata = {k: v for k, v in obj.items() if k not in ("id", "text")}
+    return Record(source, line, job_id or content_id(text), text, metadata)
+
+
+def iter_jsonl(stream: IO[bytes], source: str, max_bytes: int) -> Iterator[Record]:
+    limit = max_bytes * _LINE_SLACK + 4096
+    line_no = 0
+    while True:
+        raw = stream.readline(limit + 1)
+        if not raw:
+            return
+        line_no += 1
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            # Skip the rest of a huge line without holding it in memory.
+            size = len(raw)
+            while raw and not raw.endswith(b"\n"):
+                raw = stream.readline(1 << 20)
+                size += len(raw)
+            err = f"line is {size} bytes; an article may be at most {max_bytes} bytes (SUMMARIZE_MAX_ARTICLE_BYTES)"
+            yield Record(source, line_no, None, "", {}, InputError(source, line_no, None, err))
+            continue
+        if not raw.strip():
+            continue  # blank lines are common at the end of files
+        if b"\x00" in raw:
+            yield Record(source, line_no, None, "", {}, InputError(source, line_no, None, "line contains NUL bytes"))
+            continue
+        try:
+            decoded = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            err = f"invalid UTF-8 at byte {exc.start} of the line"
+            yield Record(source, line_no, None, "", {}, InputError(source, line_no, None, err))
+            continue
+        try:
+            obj = json.loads(decoded)
+        except json.JSONDecodeError as exc:
+            err = f"invalid JSON: {exc.msg} at column {exc.colno}"
+            yield Record(source, line_no, None, "", {}, InputError(source, line_no, None, err))
+            continue
+        yield record_from_obj(obj, source, line_no, max_bytes)
+
+
+def iter_directory(path: Path, max_bytes: int) -> Iterator[Record]:
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in (".txt", ".md"))
+    for number, file in enumerate(files, start=1):
+        source, job_id = str(file), file.stem
+        size = file.stat().st_size
+        if size > max_bytes:
+            err = f"article is {size} bytes; the limit is {max_bytes} (SUMMARIZE_MAX_ARTICLE_BYTES)"
+            yield Record(source, 0, job_id, "", {}, InputError(source, 0, job_id, err))
+            continue
+        data = file.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield Record(source, 0, job_id, "", {}, InputError(source, 0, job_id, f"invalid UTF-8 at byte {exc.start}"))
+            continue
+        reason = check_text(text, max_bytes)
+        if reason:
+            yield Record(source, 0, job_id, "", {}, InputError(source, 0, job_id, reason))
+            continue
+        yield Record(source, number, job_id, text, {"file": file.name})
+
+
+def iter_items(items: Iterable[str | dict[str, Any]], max_bytes: int) -> Iterator[Record]:
+    for number, item in enumerate(items, start=1):
+        obj = {"text": item} if isinstance(item, str) else item
+        yield record_from_obj(obj, "<items>", number, max_bytes)
+
+
+def with_duplicates_marked(records: Iterable[Record]) -> Iterator[Record]:
+    """The same records, with a second occurrence of an id turned into an error naming the first."""
+    seen: dict[bytes, int] = {}  # 8-byte digests keep memory small for millions of ids
+    for rec in records:
+        if rec.error is None and rec.job_id is not None:
+            digest = hashlib.blake2b(rec.job_id.encode(), digest_size=8).digest()
+            first = seen.get(digest)
+            if first is not None:
+                reason = f"duplicate id {rec.job_id!r}: first seen at line {first}"
+                error = InputError(rec.source, rec.line, rec.job_id, reason)
+                rec = Record(rec.source, rec.line, rec.job_id, "", {}, error)
+            else:
+                seen[digest] = rec.line
+        yield rec
+
+
+@contextmanager
+def opened(path: str, max_bytes: int) -> Iterator[_Source]:
+    """A re-readable source for PATH: validation reads it once, enqueueing a second time."""
+    if path == "-":
+        # stdin can be read only once: spool it so both passes see the same bytes.
+        with tempfile.TemporaryFile() as spool:
+            shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+            yield _Source(lambda: _rewound(spool, "<stdin>", max_bytes))
+        return
+    p = Path(path)
+    if p.is_dir():
+        yield _Source(lambda: iter_directory(p, max_bytes))
+    elif p.is_file():
+        yield _Source(lambda: _from_file(p, max_bytes))
+    else:
+        raise InputError(path, 0, None, "no such file or directory")
+
+
+class _Source:
+    """Makes a fresh record iterator per pass (duplicates are marked by the caller)."""
+
+    def __init__(self, make: Any) -> None:
+        self._make = make
+
+    def records_raw(self) -> Iterator[Record]:
+        result: Iterator[Record] = self._make()
+        return result
+
+
+def _rewound(stream: IO[bytes], source: str, max_bytes: int) -> Iterator[Record]:
+    stream.seek(0)
+    return iter_jsonl(stream, source, max_bytes)
+
+
+def _from_file(path: Path, max_bytes: int) -> Iterator[Record]:
+    with open(path, "rb", buffering=1 << 20) as f:
+        yield from iter_jsonl(f, os.fspath(path), max_bytes)

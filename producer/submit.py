@@ -1,0 +1,99 @@
+"""Bulk submit: validate everything first, then store texts and publish messages in pipelined chunks.
+
+Resumable: ids already stored under the batch are skipped, and jobs stored but never published (an
+interrupted run) are published now. A crash between publishing a chunk and marking it queued can
+publish at most that chunk twice; the worker's claim drops the duplicate without an LLM call.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from celery import Celery
+
+from contract.errors import InputError, InvalidInput
+from contract.messaging import publish
+from contract.store import JobStore, NewJob
+
+from .reader import Record
+
+CHUNK = 500
+#: how many bad records an error message lists before it only counts them
+MAX_LISTED_ERRORS = 100
+
+
+@dataclass
+class SubmitReport:
+    batch_id: str
+    records: int = 0
+    enqueued: int = 0
+    skipped_existing: int = 0
+    invalid: int = 0
+    errors: list[InputError] = field(default_factory=list)
+
+
+def validate(records: Iterable[Record]) -> tuple[int, list[InputError], int]:
+    """(valid count, first errors, bad count) over the whole input, holding nothing but the errors."""
+    valid = bad = 0
+    errors: list[InputError] = []
+    for rec in records:
+        if rec.error is None:
+            valid += 1
+        else:
+            bad += 1
+            if len(errors) < MAX_LISTED_ERRORS:
+                errors.append(rec.error)
+    return valid, errors, bad
+
+
+def to_job(seq: int, rec: Record) -> NewJob:
+    if rec.error is None:
+        assert rec.job_id is not None
+        return NewJob(rec.job_id, seq, rec.text, rec.metadata)
+    # Invalid records kept as failed jobs need an id that can't collide with a valid one.
+    job_id = f"{rec.job_id or 'invalid'}@line{rec.line}" if rec.line else f"{rec.job_id or 'invalid'}@{rec.source}"
+    return NewJob(job_id, seq, "", {"source": rec.source, "line": rec.line}, error=rec.error.reason)
+
+
+def enqueue(
+    store: JobStore,
+    app: Celery,
+    batch_id: str,
+    records: Iterator[Record],
+    model: str,
+    max_words: int,
+    skip_invalid: bool,
+    on_chunk: Callable[[int], None] | None = None,
+) -> SubmitReport:
+    report = SubmitReport(batch_id)
+    store.init_batch(batch_id, model, max_words)
+    numbered = enumerate(records)
+    while chunk := list(itertools.islice(numbered, CHUNK)):
+        jobs = []
+        for seq, rec in chunk:
+            if rec.error is not None:
+                report.invalid += 1
+                if len(report.errors) < MAX_LISTED_ERRORS:
+                    report.errors.append(rec.error)
+                if not skip_invalid:
+                    continue
+            jobs.append(to_job(seq, rec))
+        to_publish = store.create_jobs(batch_id, jobs, model, max_words)
+        publish(app, store.settings, ((batch_id, job_id) for job_id in to_publish))
+        store.mark_queued(batch_id, to_publish)
+        report.records += len(chunk)
+        report.enqueued += len(to_publish)
+        report.skipped_existing += sum(1 for j in jobs if j.error is None) - len(to_publish)
+        if on_chunk:
+            on_chunk(len(chunk))
+    return report
+
+
+def check_or_raise(records: Iterable[Record], skip_invalid: bool) -> int:
+    """Validate first; raise InvalidInput (so nothing is enqueued) unless the user chose --skip-invalid."""
+    valid, errors, bad = validate(records)
+    if bad and not skip_invalid:
+        raise InvalidInput(errors, bad)
+    return valid + bad

@@ -1,0 +1,68 @@
+"""The Celery app (`celery -A worker worker`, `celery -A worker flower`), configured for I/O-bound LLM calls."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, bootsteps
+from celery.signals import worker_shutting_down
+
+from contract.messaging import make_celery
+from contract.settings import Settings
+
+from .housekeeping import Housekeeper
+from .runtime import runtime
+
+log = logging.getLogger(__name__)
+
+settings = Settings.from_env()
+app: Celery = make_celery(settings, "worker")
+app.conf.update(
+    # An LLM call is mostly waiting: one process with many threads holds hundreds of requests in
+    # flight on 2 cores, shares one openai connection pool, and keeps memory bounded.
+    worker_pool="threads",
+    worker_concurrency=settings.concurrency,
+    # One message per free thread: nothing sits reserved in a busy worker while another idles.
+    worker_prefetch_multiplier=1,
+    # Ack after the task ran, and give the message back if the worker dies under it.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    # Flower needs events; 'sent' events show jobs as soon as they are queued.
+    worker_send_task_events=True,
+    task_track_started=True,
+    worker_hijack_root_logger=False,
+    broker_pool_limit=32,
+)
+
+
+class HousekeepingStep(bootsteps.StartStopStep):
+    """Starts lease renewal and the reaper with the worker; stops them after the pool has drained."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.keeper: Housekeeper | None = None
+
+    def start(self, parent: Any) -> None:
+        rt = runtime(settings)
+        self.keeper = Housekeeper(rt.store, rt.leases, app, rt.stop)
+        self.keeper.start()
+        log.info("summarize worker ready: %s", {k: v for k, v in settings.public().items()
+                                                 if k in ("openai_base_url", "model", "concurrency", "rpm", "tpm")})
+
+    def stop(self, parent: Any) -> None:
+        if self.keeper is not None:
+            self.keeper.close()
+
+
+app.steps["worker"].add(HousekeepingStep)
+
+
+@worker_shutting_down.connect
+def _hand_back_on_shutdown(**_: Any) -> None:
+    runtime(settings).stop.set()
+
+
+from . import tasks  # noqa: E402,F401  (registers the task with the app)

@@ -1,0 +1,106 @@
+"""A rate limiter shared by every worker on every machine: GCRA for requests and tokens in one Lua script.
+
+Redis' clock is the only clock, so machines with skewed clocks still share one schedule. A 429 from
+the provider sets a cooldown that every worker waits out, not only the one that saw it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import redis
+
+from contract.errors import HandBack
+from contract.keys import Keys
+from contract.settings import Settings
+
+# KEYS rate, cooldown | ARGV ms_per_request, ms_per_token, token_burst_ms, tokens
+# Returns 0 when admitted (and books the slot), else milliseconds to wait before asking again.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local cool = redis.call('PTTL', KEYS[2])
+if cool > 0 then return cool end
+local per_req, per_tok = tonumber(ARGV[1]), tonumber(ARGV[2])
+local burst, tokens = tonumber(ARGV[3]), tonumber(ARGV[4])
+local r = math.max(tonumber(redis.call('HGET', KEYS[1], 'r') or '0'), now)
+local k = math.max(tonumber(redis.call('HGET', KEYS[1], 't') or '0'), now)
+local wait = 0
+if per_req > 0 and r > now then wait = r - now end
+-- A request bigger than the whole burst still passes once the bucket is empty.
+if per_tok > 0 and k > now and k + tokens * per_tok - now > burst then
+  wait = math.max(wait, k + tokens * per_tok - now - burst)
+end
+if wait > 0 then return math.max(1, math.ceil(wait)) end
+if per_req > 0 then redis.call('HSET', KEYS[1], 'r', tostring(r + per_req)) end
+if per_tok > 0 then redis.call('HSET', KEYS[1], 't', tostring(k + tokens * per_tok)) end
+redis.call('PEXPIRE', KEYS[1], 120000)
+return 0
+"""
+
+# KEYS rate | ARGV ms_per_token, token_delta
+_SETTLE = """
+if tonumber(ARGV[1]) <= 0 or redis.call('HEXISTS', KEYS[1], 't') == 0 then return 0 end
+redis.call('HINCRBYFLOAT', KEYS[1], 't', tonumber(ARGV[1]) * tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS cooldown | ARGV ms; only ever lengthens a cooldown another worker set
+_COOLDOWN = """
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end
+return 1
+"""
+
+#: tokens admitted at once beyond the steady pace, as a share of a minute's budget
+TOKEN_BURST_SHARE = 0.1
+
+
+def estimate_tokens(prompt_chars: int, max_tokens: int) -> int:
+    """Offline estimate (tiktoken would need a download): ~4 characters a token, plus the reply budget.
+
+    Overestimating only delays; the real count from `usage` corrects the schedule after the call.
+    """
+    return prompt_chars // 4 + 1 + max_tokens
+
+
+@dataclass
+class RateLimiter:
+    r: redis.Redis
+    settings: Settings
+
+    def __post_init__(self) -> None:
+        keys = Keys(self.settings.key_prefix)
+        self._keys = [keys.rate, keys.cooldown]
+        self._acquire = self.r.register_script(_ACQUIRE)
+        self._settle = self.r.register_script(_SETTLE)
+        self._cooldown = self.r.register_script(_COOLDOWN)
+        rpm, tpm = self.settings.rpm, self.settings.tpm
+        self.ms_per_request = 60_000 / rpm if rpm else 0.0
+        self.ms_per_token = 60_000 / tpm if tpm else 0.0
+        self.token_burst_ms = 60_000 * TOKEN_BURST_SHARE
+
+    def acquire(self, tokens: int, stop: threading.Event) -> float:
+        """Block until the shared schedule admits one request of `tokens`; returns seconds waited.
+
+        Waiting here is not a failed attempt. A worker that is shutting down hands the job back instead.
+        """
+        waited = 0.0
+        while True:
+            wait_ms = int(self._acquire(keys=self._keys, args=[self.ms_per_request, self.ms_per_token,
+                                                                self.token_burst_ms, tokens]))
+            if wait_ms <= 0:
+                return waited
+            if stop.wait(wait_ms / 1000):
+                raise HandBack("worker is shutting down")
+            waited += wait_ms / 1000
+
+    def settle(self, estimated: int, actual: int) -> None:
+        """Correct the token schedule with what the provider reported using."""
+        if self.ms_per_token and actual:
+            self._settle(keys=self._keys[:1], args=[self.ms_per_token, actual - estimated])
+
+    def cool_down(self, seconds: float) -> None:
+        """Pause every worker: the provider said 429 and asked for this long."""
+        if seconds > 0:
+            self._cooldown(keys=self._keys[1:], args=[int(seconds * 1000)])
