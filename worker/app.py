@@ -15,6 +15,9 @@ from .housekeeping import Housekeeper
 from .runtime import runtime
 
 log = logging.getLogger(__name__)
+# One INFO line per HTTP request from the openai client's HTTP stack drowns the task log at 400 jobs/s.
+for noisy in ("httpx", "httpx2", "httpcore", "openai"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
 
 settings = Settings.from_env()
 app: Celery = make_celery(settings, "worker")

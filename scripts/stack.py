@@ -1,0 +1,181 @@
+"""Start and stop the real processes of the system: redis-server, the local LLM server, Celery workers, Flower.
+
+Used by `make demo` / `make up`, by the test suite's fixtures and by the benchmarks, so all three run the
+same commands the README and compose.yaml show.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for(check: object, what: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before it was ready")
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as r:
+        return bool(r.status == 200)
+
+
+def port_open(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+        # Its own process group, so a stop reaches the children (prefork, uvicorn) too.
+        self.popen = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                      cwd=ROOT, start_new_session=True)
+        out.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def signal(self, sig: int) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            os.killpg(self.popen.pid, sig)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(10)
+        return self.popen.returncode
+
+    def kill9(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class Stack:
+    """A set of processes sharing one environment (REDIS_URL, OPENAI_BASE_URL, ...)."""
+
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="summarize-")))
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    procs: list[Proc] = field(default_factory=list)
+
+    def _proc(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> Proc:
+        p = Proc(name, argv, {**self.env, **(env or {})}, self.workdir / f"{name}.log")
+        self.procs.append(p)
+        return p.start()
+
+    def redis(self, port: int | None = None, password: str | None = None, extra: list[str] | None = None) -> Proc:
+        """redis-server with the append-only file on, as a broker wants: no eviction, fsync every second."""
+        port = port or free_port()
+        data = self.workdir / f"redis-{port}"
+        data.mkdir(parents=True, exist_ok=True)
+        argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                "--maxmemory-policy", "noeviction"]
+        if password:
+            argv += ["--requirepass", password]
+        proc = self._proc(f"redis-{port}", argv + (extra or []))
+        wait_for(lambda: port_open(port), "redis-server", 15, proc.popen)
+        auth = f":{password}@" if password else ""
+        self.env["REDIS_URL"] = f"redis://{auth}127.0.0.1:{port}/0"
+        proc.env["PORT"] = str(port)
+        return proc
+
+    def llm(self, port: int | None = None) -> Proc:
+        port = port or free_port()
+        proc = self._proc("llm", [str(BIN / "summarize"), "llm-serve", "--host", "127.0.0.1", "--port", str(port)])
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/health"), "local LLM server", 60, proc.popen)
+        self.env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{port}/v1"
+        return proc
+
+    def worker(self, name: str = "w1", concurrency: int | None = None, env: Mapping[str, str] | None = None,
+               ready_timeout: float = 60) -> Proc:
+        argv = [str(BIN / "celery"), "-A", "worker", "worker", "-n", f"{name}@%h", "-l", "info",
+                "--without-mingle", "--without-gossip"]
+        if concurrency:
+            argv += ["-c", str(concurrency)]
+        proc = self._proc(name, argv, env)
+        wait_for(lambda: b"ready." in proc.log.read_bytes(), f"worker {name}", ready_timeout, proc.popen)
+        return proc
+
+    def flower(self, port: int = 5555, env: Mapping[str, str] | None = None) -> Proc:
+        argv = [str(BIN / "celery"), "-A", "worker", "flower", f"--port={port}", "--address=127.0.0.1"]
+        proc = self._proc("flower", argv, env)
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/healthcheck"), "flower", 60, proc.popen)
+        return proc
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        self.procs.clear()
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running(**kwargs: object) -> Iterator[Stack]:
+    stack = Stack(**kwargs)  # type: ignore[arg-type]
+    try:
+        yield stack
+    finally:
+        stack.stop()
