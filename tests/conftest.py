@@ -1,0 +1,143 @@
+"""Fixtures that run the real parts: redis-server on a free port, Celery worker processes, HTTP LLM servers.
+
+Two worker groups share one Redis but not a queue or key prefix: 'local' talks to the offline extractive
+server (the demo's path), 'fault' to the fault-injecting server. Short leases and budgets keep fault
+tests in seconds; they are settings a user could set too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contract.settings import Settings
+from producer.api import Client
+from scripts.stack import BIN, Stack
+from tests.faultserver import FaultServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Fast-failing, fast-recovering settings for tests (all are ordinary environment settings).
+FAST = {
+    "SUMMARIZE_LLM_TIMEOUT": "2",
+    "SUMMARIZE_ATTEMPT_BUDGET": "6",
+    "SUMMARIZE_MAX_ATTEMPTS_PER_RUN": "4",
+    "SUMMARIZE_LEASE_SECONDS": "4",
+    "SUMMARIZE_REAP_INTERVAL": "0.5",
+    "SUMMARIZE_QUEUED_GRACE": "4",
+    "SUMMARIZE_CONCURRENCY": "32",
+}
+
+
+@dataclass
+class Group:
+    """One deployment under test: its environment, a producer client, and its worker processes."""
+
+    stack: Stack
+    env: dict[str, str]
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env)
+
+    def client(self) -> Client:
+        return Client(self.settings)
+
+    def cli(
+        self, *args: str, input: str | None = None, timeout: float = 120, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "summarize"), *args],
+            env={**self.env, **(env or {})},
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+        )
+
+    def worker(self, name: str, **env: str) -> Any:
+        return self.stack.worker(name, env={**self.env, **env})
+
+
+def batch_id() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    s = Stack()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(stack: Stack) -> str:
+    stack.redis()
+    return stack.env["REDIS_URL"]
+
+
+@pytest.fixture(scope="session")
+def local_llm(stack: Stack, redis_url: str) -> str:
+    stack.llm()
+    return stack.env["OPENAI_BASE_URL"]
+
+
+@pytest.fixture(scope="session")
+def fault_server() -> Iterator[FaultServer]:
+    with FaultServer() as srv:
+        yield srv
+
+
+def _env(redis_url: str, prefix: str, base_url: str, model: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SUMMARIZE_", "OPENAI_"))}
+    env.update(FAST)
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "SUMMARIZE_KEY_PREFIX": prefix,
+            "SUMMARIZE_QUEUE": prefix,
+            "OPENAI_BASE_URL": base_url,
+            "OPENAI_API_KEY": "sk-test-key-not-a-secret-0000",
+            "SUMMARIZE_MODEL": model,
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def local(stack: Stack, redis_url: str, local_llm: str) -> Group:
+    """A worker on the offline extractive server: the path `make demo` takes."""
+    group = Group(stack, _env(redis_url, "loc", local_llm, "sumy-lexrank"))
+    group.worker("local-w1")
+    return group
+
+
+@pytest.fixture(scope="session")
+def fault(stack: Stack, redis_url: str, fault_server: FaultServer) -> Group:
+    """A worker on the fault-injecting server; faults are chosen per article by markers in its text."""
+    group = Group(stack, _env(redis_url, "flt", fault_server.url, "fake-model"))
+    group.worker("fault-w1")
+    return group
+
+
+def isolated_group(stack: Stack, redis_url: str, base_url: str, model: str = "fake-model", **extra: str) -> Group:
+    """A group with its own queue and prefix, for tests that kill or stop its workers."""
+    name = f"iso{uuid.uuid4().hex[:6]}"
+    return Group(stack, _env(redis_url, name, base_url, model, **extra))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    sys.path.insert(0, str(ROOT))
