@@ -9,7 +9,6 @@ from typing import Any
 
 
 class Status(StrEnum):
-    NEW = "new"  # stored by the producer, message not yet published
     QUEUED = "queued"  # a message is (or should be) on the queue
     RUNNING = "running"  # a worker holds a lease on it
     DEFERRED = "deferred"  # handed back after transient failures; the reaper requeues it when due
@@ -18,8 +17,8 @@ class Status(StrEnum):
 
     @property
     def bucket(self) -> str:
-        """Which public counter the status counts under: new and deferred jobs are waiting, i.e. queued."""
-        if self in (Status.NEW, Status.DEFERRED):
+        """Which public counter the status counts under: deferred jobs are waiting, i.e. queued."""
+        if self is Status.DEFERRED:
             return Status.QUEUED.value
         return self.value
 

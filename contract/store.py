@@ -31,32 +31,22 @@ end
 """
 
 # KEYS job, batch, ids, due | ARGV job_id, seq, text, meta, now, ttl, due_at, member, model, max_words, status, error
-# Returns 1 created, 2 exists but was never published (an interrupted submit), 0 exists.
+# Returns 1 when created, 0 when the id already exists (a resumed submit skips it).
 _CREATE = """
-local s = redis.call('HGET', KEYS[1], 'status')
-if s then
-  if s == 'new' then return 2 end
-  return 0
-end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[11], 'seq', ARGV[2], 'text', ARGV[3], 'meta', ARGV[4],
   'created', ARGV[5], 'updated', ARGV[5], 'model', ARGV[9], 'max_words', ARGV[10], 'attempts', 0)
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[1])
 redis.call('HINCRBY', KEYS[2], 'total', 1)
 redis.call('HINCRBY', KEYS[2], bucket(ARGV[11]), 1)
-if ARGV[11] == 'new' then
+if ARGV[11] == 'queued' then
+  -- The reaper's safety net: if the message never reaches the queue (the producer died between this
+  -- and publishing), the job is published again once the queue has drained and the grace has passed.
   redis.call('ZADD', KEYS[4], ARGV[7], ARGV[8])
 else
   redis.call('HSET', KEYS[1], 'error', ARGV[12], 'error_type', 'InputError', 'finished', ARGV[5])
 end
-return 1
-"""
-
-# KEYS job, due | ARGV due_at, member
-_MARK_QUEUED = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'new' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'queued')
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 return 1
 """
 
@@ -150,7 +140,7 @@ if s == 'queued' and tonumber(ARGV[4]) > 0 then
 end
 if s == 'running' then
   redis.call('HINCRBY', KEYS[4], 'reclaimed', 1)
-elseif s == 'queued' or s == 'new' then
+elseif s == 'queued' then
   redis.call('HINCRBY', KEYS[4], 'republished', 1)
 end
 move(KEYS[2], s, 'queued')
@@ -194,7 +184,6 @@ class JobStore:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self._create = client.register_script(_PRELUDE + _CREATE)
-        self._mark_queued = client.register_script(_MARK_QUEUED)
         self._claim = client.register_script(_PRELUDE + _CLAIM)
         self._complete = client.register_script(_PRELUDE + _COMPLETE)
         self._fail = client.register_script(_PRELUDE + _FAIL)
@@ -224,7 +213,7 @@ class JobStore:
         batch_key, ids_key = self.keys.batch(batch_id), self.keys.batch_ids(batch_id)
         with self.r.pipeline(transaction=False) as p:
             for job in jobs:
-                status = "failed" if job.error is not None else "new"
+                status = "failed" if job.error is not None else "queued"
                 self._create(
                     keys=[self.keys.job(batch_id, job.job_id), batch_key, ids_key, self.keys.due],
                     args=[job.job_id, job.seq, job.text, json.dumps(job.metadata, ensure_ascii=False), now, ttl,
@@ -239,15 +228,7 @@ class JobStore:
             for k in (batch_key, ids_key, self.keys.dead(batch_id)):
                 p.expire(k, ttl)
             replies = p.execute()
-        return [job.job_id for job, rc in zip(jobs, replies, strict=False) if rc in (1, 2) and job.error is None]
-
-    def mark_queued(self, batch_id: str, job_ids: Iterable[str]) -> None:
-        next_look = time.time() + self.settings.queued_grace
-        with self.r.pipeline(transaction=False) as p:
-            for job_id in job_ids:
-                self._mark_queued(keys=[self.keys.job(batch_id, job_id), self.keys.due],
-                                  args=[next_look, Keys.member(batch_id, job_id)], client=p)
-            p.execute()
+        return [job.job_id for job, rc in zip(jobs, replies, strict=False) if rc == 1 and job.error is None]
 
     def retry_failed(self, batch_id: str) -> list[str]:
         """Move the batch's dead-lettered jobs back to queued; returns the ids to publish."""

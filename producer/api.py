@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -109,17 +110,22 @@ class Client:
                                 batch_id, model, max_words, skip_invalid, progress)
 
     def submit_path(self, path: str, batch_id: str | None = None, model: str | None = None,
-                    max_words: int | None = None, skip_invalid: bool = False, progress: bool = False) -> Batch:
-        """Submit a JSONL file, a directory of .txt/.md files, or '-' for JSONL on stdin."""
+                    max_words: int | None = None, skip_invalid: bool = False, progress: bool = False,
+                    stop: threading.Event | None = None) -> Batch:
+        """Submit a JSONL file, a directory of .txt/.md files, or '-' for JSONL on stdin.
+
+        Setting `stop` ends the submit after the chunk in flight; the same call again resumes it.
+        """
         with reader.opened(path, self.settings.max_article_bytes) as source:
-            return self._submit(source.records_raw, batch_id, model, max_words, skip_invalid, progress)
+            return self._submit(source.records_raw, batch_id, model, max_words, skip_invalid, progress, stop)
 
     def _submit(self, make: Any, batch_id: str | None, model: str | None, max_words: int | None,
-                skip_invalid: bool, progress: bool) -> Batch:
+                skip_invalid: bool, progress: bool, stop: threading.Event | None = None) -> Batch:
         batch_id = batch_id or new_batch_id()
         if not BATCH_ID_RE.match(batch_id):
             raise ConfigError(f"batch id {batch_id!r} must match {BATCH_ID_RE.pattern}")
-        total = check_or_raise(reader.with_duplicates_marked(make()), skip_invalid)
+        should_stop = stop.is_set if stop is not None else (lambda: False)
+        total = check_or_raise(reader.with_duplicates_marked(make()), skip_invalid, should_stop)
         bar = ProgressBar(f"submit {batch_id}", total) if progress else None
         sent = 0
 
@@ -130,7 +136,8 @@ class Client:
                 bar.update(sent)
 
         report = enqueue(self.store, self.celery, batch_id, reader.with_duplicates_marked(make()),
-                         model or self.settings.model, max_words or self.settings.max_words, skip_invalid, tick)
+                         model or self.settings.model, max_words or self.settings.max_words, skip_invalid, tick,
+                         should_stop)
         if bar:
             bar.close()
         return Batch(self, batch_id, report)

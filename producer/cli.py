@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import signal
 import sys
+import threading
 from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
@@ -70,12 +72,33 @@ def _failed_preview(client: Any, batch_id: str, limit: int = 10) -> list[dict[st
     return out
 
 
+def _stop_on_signals() -> threading.Event:
+    """First Ctrl-C (or SIGTERM) ends the submit after the chunk in flight; a second one aborts at once."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nsummarize submit: stopping after the current chunk (again to abort)", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     client = _client(settings)
+    stop = _stop_on_signals()
     batch = client.submit_path(args.path, batch_id=args.batch_id, model=args.model, max_words=args.max_words,
-                               skip_invalid=args.skip_invalid, progress=not args.quiet)
+                               skip_invalid=args.skip_invalid, progress=not args.quiet, stop=stop)
     rep = batch.report
     assert rep is not None
+    if rep.interrupted:
+        print(f"summarize submit: interrupted after {rep.records} record(s); resume with:\n"
+              f"  summarize submit {args.path} --batch-id {batch.id}", file=sys.stderr)
+        print(batch.id)
+        return 130
     print(f"submitted {rep.records} record(s) to batch {batch.id}: {rep.enqueued} enqueued, "
           f"{rep.skipped_existing} already there, {rep.invalid} invalid"
           + (" (kept as failed jobs)" if rep.invalid else ""), file=sys.stderr)

@@ -1,8 +1,8 @@
 """Bulk submit: validate everything first, then store texts and publish messages in pipelined chunks.
 
-Resumable: ids already stored under the batch are skipped, and jobs stored but never published (an
-interrupted run) are published now. A crash between publishing a chunk and marking it queued can
-publish at most that chunk twice; the worker's claim drops the duplicate without an LLM call.
+Resumable without double enqueueing: ids already stored under the batch are skipped. A job is stored
+(queued) before its message is published, so a crash in between leaves at most one chunk stored without
+a message; the worker's reaper publishes those once the queue has drained (see contract/store.py).
 """
 
 from __future__ import annotations
@@ -31,14 +31,18 @@ class SubmitReport:
     enqueued: int = 0
     skipped_existing: int = 0
     invalid: int = 0
+    interrupted: bool = False
     errors: list[InputError] = field(default_factory=list)
 
 
-def validate(records: Iterable[Record]) -> tuple[int, list[InputError], int]:
+def validate(records: Iterable[Record], should_stop: Callable[[], bool] = lambda: False,
+             ) -> tuple[int, list[InputError], int]:
     """(valid count, first errors, bad count) over the whole input, holding nothing but the errors."""
     valid = bad = 0
     errors: list[InputError] = []
     for rec in records:
+        if should_stop():
+            raise KeyboardInterrupt  # nothing is enqueued before validation ends, so stopping is free
         if rec.error is None:
             valid += 1
         else:
@@ -66,11 +70,12 @@ def enqueue(
     max_words: int,
     skip_invalid: bool,
     on_chunk: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> SubmitReport:
     report = SubmitReport(batch_id)
     store.init_batch(batch_id, model, max_words)
     numbered = enumerate(records)
-    while chunk := list(itertools.islice(numbered, CHUNK)):
+    while not should_stop() and (chunk := list(itertools.islice(numbered, CHUNK))):
         jobs = []
         for seq, rec in chunk:
             if rec.error is not None:
@@ -82,18 +87,19 @@ def enqueue(
             jobs.append(to_job(seq, rec))
         to_publish = store.create_jobs(batch_id, jobs, model, max_words)
         publish(app, store.settings, ((batch_id, job_id) for job_id in to_publish))
-        store.mark_queued(batch_id, to_publish)
         report.records += len(chunk)
         report.enqueued += len(to_publish)
         report.skipped_existing += sum(1 for j in jobs if j.error is None) - len(to_publish)
         if on_chunk:
             on_chunk(len(chunk))
+    report.interrupted = should_stop()
     return report
 
 
-def check_or_raise(records: Iterable[Record], skip_invalid: bool) -> int:
+def check_or_raise(records: Iterable[Record], skip_invalid: bool,
+                   should_stop: Callable[[], bool] = lambda: False) -> int:
     """Validate first; raise InvalidInput (so nothing is enqueued) unless the user chose --skip-invalid."""
-    valid, errors, bad = validate(records)
+    valid, errors, bad = validate(records, should_stop)
     if bad and not skip_invalid:
         raise InvalidInput(errors, bad)
     return valid + bad
