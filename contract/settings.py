@@ -62,10 +62,12 @@ class Settings:
     tpm: int = 0
 
     #: tenacity's budget inside one task run, before the job is handed back with a delay
-    attempt_budget: float = 60.0
+    attempt_budget: float = 20.0
     max_attempts_per_run: int = 4
     #: how long after its first failure a job keeps being retried before it fails for good
     retry_horizon: float = 1800.0
+    #: first delay of a handed-back job; doubles per hand-back up to 5 minutes
+    defer_base: float = 15.0
     #: a running job whose lease is not renewed for this long is presumed lost and re-enqueued
     lease_seconds: float = 60.0
     #: a queued job not started within this long while its queue is empty is presumed lost
@@ -108,6 +110,7 @@ class Settings:
             "SUMMARIZE_ATTEMPT_BUDGET": ("attempt_budget", float),
             "SUMMARIZE_MAX_ATTEMPTS_PER_RUN": ("max_attempts_per_run", int),
             "SUMMARIZE_RETRY_HORIZON": ("retry_horizon", float),
+            "SUMMARIZE_DEFER_BASE": ("defer_base", float),
             "SUMMARIZE_LEASE_SECONDS": ("lease_seconds", float),
             "SUMMARIZE_QUEUED_GRACE": ("queued_grace", float),
             "SUMMARIZE_REAP_INTERVAL": ("reap_interval", float),

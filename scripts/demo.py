@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.stack import BIN, ROOT, Stack, free_port, port_open  # noqa: E402
+from scripts.stack import BIN, ROOT, Stack, free_port, port_open
 
 
 def main() -> int:

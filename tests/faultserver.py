@@ -8,6 +8,13 @@ written, each consuming the next N request slots (``[[fault:429x1]][[fault:500x1
 500, then success). A directive without ``xN`` applies to every request. Markers that are not
 ``fault:`` markers (e.g. ``[[id:42]]``) are ignored, which lets callers make articles unique.
 
+Accounting rules worth knowing when reading ``/admin/stats``: requests rejected at the "gateway"
+(wrong API key, outage, rpm overshoot) are answered at once, without ``latency`` (which models
+generation time), and do not advance per-article fault counters. ``ok`` counts only normal
+answers actually delivered; injected 200s (garbage/empty/blank/length) are only in
+``statuses["200"]``, a dropped connection is ``statuses["reset"]``, and an answer whose client
+had already gone (e.g. timed out during a hang) is ``statuses["disconnected"]``.
+
 Run standalone with ``python -m tests.faultserver --port 8000``; tests and benchmarks use
 :class:`FaultServer`, which starts it in a subprocess.
 """
@@ -140,9 +147,7 @@ def _message_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # OpenAI content parts
-        return "".join(
-            str(part.get("text", "")) for part in content if isinstance(part, dict) and "text" in part
-        )
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict) and "text" in part)
     return ""
 
 
@@ -191,6 +196,26 @@ class _DropConnection(Response):
 def _client_gone(scope: Scope) -> bool:
     cycle = getattr(scope.get(_RAW_SEND_KEY), "__self__", None)
     return bool(getattr(cycle, "disconnected", False))
+
+
+async def _sleep_until_disconnect(request: Request, seconds: float) -> None:
+    """Sleep, but end early once the client hangs up.
+
+    A hung request whose client already timed out would otherwise stay "in flight" for the whole
+    hang and record its outcome long after the test that caused it (into someone else's stats).
+    Only hangs pay for the watcher task; plain latency is a bare sleep to keep throughput up.
+    """
+
+    async def wait_for_disconnect() -> None:
+        # With the body consumed, uvicorn's receive() blocks until the connection is lost.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(wait_for_disconnect())
+    try:
+        await asyncio.wait({watcher}, timeout=seconds)
+    finally:
+        watcher.cancel()
 
 
 class _ExposeRawSend:
@@ -369,11 +394,11 @@ def create_app(config: ServerConfig | None = None) -> ASGIApp:
         except _BadDirective as exc:
             return _error(400, str(exc)), 400
 
-        delay = cfg.latency
         if fault is not None and fault.kind == "hang":
-            delay += float(fault.param) if fault.param is not None else DEFAULT_HANG_S
-        if delay > 0:
-            await asyncio.sleep(delay)
+            hang = float(fault.param) if fault.param is not None else DEFAULT_HANG_S
+            await _sleep_until_disconnect(request, cfg.latency + hang)
+        elif cfg.latency > 0:
+            await asyncio.sleep(cfg.latency)
 
         content = expected_summary(article)
         if fault is None or fault.kind == "hang":
@@ -640,9 +665,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each completion")
     parser.add_argument("--rpm", type=int, default=0, help="requests per minute enforced (0 = unlimited)")
-    parser.add_argument(
-        "--api-key-env", metavar="NAME", help="environment variable holding the required API key"
-    )
+    parser.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the required API key")
     args = parser.parse_args(argv)
 
     api_key = None

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletion
 
 from tests.faultserver import FaultServer, article_key, expected_summary, extract_article
 
@@ -39,12 +40,10 @@ def client(server: FaultServer) -> openai.OpenAI:
 
 def make_article(directives: str = "") -> str:
     # The uuid marker keeps each test's per-article counters separate.
-    return (
-        f"The quick brown fox [[id:{uuid.uuid4().hex}]] jumps over the lazy dog {directives} again and again"
-    )
+    return f"The quick brown fox [[id:{uuid.uuid4().hex}]] jumps over the lazy dog {directives} again and again"
 
 
-def ask(client: openai.OpenAI, article: str, model: str = "fake-model") -> Any:
+def ask(client: openai.OpenAI, article: str, model: str = "fake-model") -> ChatCompletion:
     return client.chat.completions.create(
         model=model,
         messages=[
@@ -55,13 +54,9 @@ def ask(client: openai.OpenAI, article: str, model: str = "fake-model") -> Any:
 
 
 def test_helpers() -> None:
-    assert (
-        extract_article("x <article> a <article> b </article> c </article> y") == "a <article> b </article> c"
-    )
+    assert extract_article("x <article> a <article> b </article> c </article> y") == "a <article> b </article> c"
     assert extract_article("no tags here ") == "no tags here "
-    assert expected_summary("a [[fault:500x1]] b [[id:7]]c " + "w " * 20) == "Summary: a b c " + " ".join(
-        ["w"] * 9
-    )
+    assert expected_summary("a [[fault:500x1]] b [[id:7]]c " + "w " * 20) == "Summary: a b c " + " ".join(["w"] * 9)
     assert article_key("a[[x]]") != article_key("a")
 
 
@@ -119,6 +114,13 @@ def test_hang_times_out_client(srv: FaultServer) -> None:
     with pytest.raises(openai.APITimeoutError):
         ask(client, article)
     ask(client, article)  # the second request is not hung
+    # The server gives up on the hung request once the client hangs up, well before 5 s.
+    deadline = time.monotonic() + 3
+    while (stats := srv.stats())["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stats["in_flight"] == 0
+    assert stats["statuses"] == {"disconnected": 1, "200": 1}
+    assert stats["ok"] == 1
 
 
 def test_reset_drops_connection(srv: FaultServer, client: openai.OpenAI) -> None:
@@ -207,7 +209,7 @@ def test_api_key_config(srv: FaultServer, client: openai.OpenAI) -> None:
 def test_api_key_from_env_not_argv() -> None:
     with FaultServer(api_key="from-env") as srv:
         assert srv._proc is not None
-        assert "from-env" not in " ".join(map(str, srv._proc.args))
+        assert "from-env" not in str(srv._proc.args)
         bad = openai.OpenAI(base_url=srv.url, api_key="k", max_retries=0, timeout=2)
         with pytest.raises(openai.AuthenticationError):
             ask(bad, make_article())
@@ -249,8 +251,16 @@ def test_concurrency_sanity(srv: FaultServer, client: openai.OpenAI) -> None:
     # Not a benchmark: only checks that hundreds of keep-alive connections are served in parallel.
     srv.configure(latency=0.2)
     articles = [make_article() for _ in range(300)]
-    with ThreadPoolExecutor(max_workers=300) as pool:
-        results = list(pool.map(lambda a: ask(client, a).choices[0].message.content, articles))
+    # Thread start-up alone would stagger the requests past the 0.2 s latency, leaving too few in
+    # flight at once; the barrier releases them together so the server's concurrency shows.
+    start = threading.Barrier(len(articles))
+
+    def call(article: str) -> str | None:
+        start.wait(timeout=15)
+        return ask(client, article).choices[0].message.content
+
+    with ThreadPoolExecutor(max_workers=len(articles)) as pool:
+        results = list(pool.map(call, articles))
     assert results == [expected_summary(a) for a in articles]
     stats = srv.stats()
     assert stats["ok"] == 300

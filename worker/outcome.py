@@ -16,8 +16,9 @@ from .retry import defer_delay
 log = logging.getLogger(__name__)
 
 
-def settle_failure(store: JobStore, job: ClaimedJob, exc: Exception, attempts: int, horizon: float) -> str:
+def settle_failure(store: JobStore, job: ClaimedJob, exc: Exception, attempts: int) -> str:
     """Record a failed run; returns the outcome name the task reports to Flower."""
+    horizon = store.settings.retry_horizon
     if isinstance(exc, redis.RedisError):
         # Nowhere to record anything: let the lease lapse and the reaper re-enqueue the job later.
         raise exc
@@ -27,7 +28,7 @@ def settle_failure(store: JobStore, job: ClaimedJob, exc: Exception, attempts: i
     if isinstance(exc, TransientLLMError):
         first = job.first_failure or time.time()
         if time.time() - first < horizon:
-            delay = defer_delay(job.deferrals, exc.retry_after)
+            delay = defer_delay(job.deferrals, exc.retry_after, store.settings.defer_base)
             store.defer(job, delay, exc, attempts)
             log.warning("job %s/%s deferred %.0fs after %s", job.batch_id, job.job_id, delay, exc)
             return "deferred"

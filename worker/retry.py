@@ -74,8 +74,8 @@ def policy(settings: Settings, sleep: Callable[[float], None]) -> Retrying:
     )
 
 
-def defer_delay(deferrals: int, asked: float | None, rng: random.Random | None = None) -> float:
-    """How long a handed-back job waits: 15 s doubling to 5 min, jittered, never less than Retry-After."""
-    base = min(300.0, 15.0 * 2**deferrals)
+def defer_delay(deferrals: int, asked: float | None, first: float = 15.0, rng: random.Random | None = None) -> float:
+    """How long a handed-back job waits: `first` doubling to 5 min, jittered, never less than Retry-After."""
+    base = min(300.0, first * 2**deferrals)
     delay: float = base * (0.75 + 0.5 * (rng or random).random())
     return max(delay, asked or 0.0)

@@ -31,6 +31,6 @@ def summarize_job(self: Any, batch_id: str, job_id: str) -> str:
             result = summarize(job.text, job.max_words, job.model, rt.provider.for_job(attempts),
                                rt.settings.max_summary_chars)
         except Exception as exc:
-            return settle_failure(rt.store, job, exc, attempts.n, rt.settings.retry_horizon)
+            return settle_failure(rt.store, job, exc, attempts.n)
         rt.store.complete(job, result.text, result.model, result.usage, attempts.n)
     return "done"

@@ -1,0 +1,272 @@
+"""compose.yaml: valid for docker-compose, the right services and commands, no secrets in the file.
+
+Needs only the `docker-compose` binary (no Docker engine): `docker-compose config` validates and
+resolves the file. Each run uses an empty env file and a scrubbed environment, so a developer's own
+`.env` or exported settings neither change the outcome nor end up in a failure message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "compose.yaml"
+README = ROOT / "README.md"
+DOCKER_COMPOSE = shutil.which("docker-compose")
+
+pytestmark = pytest.mark.skipif(
+    DOCKER_COMPOSE is None,
+    reason="the docker-compose binary is not installed (scripts/bootstrap.sh installs it with apt-get)",
+)
+
+# What the README runs by hand; each compose service must run the same thing.
+CANONICAL = {
+    "worker": "celery -A worker worker",
+    "flower": "celery -A worker flower",
+    "llm": "summarize llm-serve",
+    "producer": "summarize submit",
+}
+
+# The full command lines, exactly.
+EXPECTED_COMMANDS = {
+    "redis": ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec",
+              "--maxmemory-policy", "noeviction", "--requirepass", "change-me"],
+    "llm": ["summarize", "llm-serve", "--host", "0.0.0.0", "--port", "8765"],
+    "worker": ["celery", "-A", "worker", "worker", "--loglevel=INFO"],
+    "flower": ["celery", "-A", "worker", "flower", "--port=5555"],
+    "producer": ["summarize", "submit", "/app/samples/articles.jsonl", "--wait"],
+}
+
+APP_SERVICES = ("worker", "flower", "producer")
+LONG_RUNNING = ("redis", "llm", "worker", "flower")
+
+# Variables the file reads, dropped from the environment docker-compose sees.
+COMPOSE_VARS = ("REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "OPENAI_BASE_URL", "OPENAI_API_KEY",
+                "SUMMARIZE_MODEL", "SUMMARIZE_RPM", "SUMMARIZE_TPM")
+# The only secret values the file may spell out: documented placeholders (and "no key").
+ALLOWED_SECRET_DEFAULTS = {"", "change-me", "admin:change-me"}
+SECRETISH = re.compile(r"PASS|SECRET|TOKEN|KEY|AUTH|CREDENTIAL", re.IGNORECASE)
+
+
+def _compose(*args: str, env: dict[str, str] | None = None, tmp: Path) -> str:
+    """Run docker-compose on compose.yaml with an empty env file; return stdout."""
+    assert DOCKER_COMPOSE is not None
+    env_file = tmp / "empty.env"
+    env_file.write_text("")
+    run_env = {k: v for k, v in os.environ.items()
+               if k not in COMPOSE_VARS and k not in ("PYTHONPATH", "PYTHONHOME", "COMPOSE_FILE",
+                                                    "COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME")}
+    run_env.update(env or {})
+    cmd = [DOCKER_COMPOSE, "--env-file", str(env_file), "-f", str(COMPOSE_FILE),
+           "--project-directory", str(ROOT), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=run_env, timeout=60, check=False)
+    assert proc.returncode == 0, f"{shlex.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
+    return proc.stdout
+
+
+def _load_yaml(text: str) -> Any:
+    """PyYAML if this venv has it, else the interpreter docker-compose runs on (which always does)."""
+    try:
+        import yaml
+    except ImportError:
+        pass
+    else:
+        return yaml.safe_load(text)
+    assert DOCKER_COMPOSE is not None
+    with open(DOCKER_COMPOSE, "rb") as f:
+        first = f.readline().decode("utf-8", "replace")
+    if not first.startswith("#!") or "python" not in first:
+        pytest.skip("cannot parse YAML: PyYAML is not installed and docker-compose is not a Python script")
+    interpreter = shlex.split(first[2:])
+    out = subprocess.run(
+        [*interpreter, "-c", "import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)"],
+        input=text, capture_output=True, text=True, check=True, timeout=60,
+        env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")},
+    ).stdout
+    return json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def tmp_env_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("compose")
+
+
+@pytest.fixture(scope="module")
+def config(tmp_env_dir: Path) -> dict[str, Any]:
+    """`docker-compose --profile producer config`, with every variable at its documented default."""
+    data = _load_yaml(_compose("--profile", "producer", "config", tmp=tmp_env_dir))
+    assert isinstance(data, dict) and "services" in data
+    return data
+
+
+@pytest.fixture(scope="module")
+def raw_config(tmp_env_dir: Path) -> dict[str, Any]:
+    """The same, before variable interpolation (shows where `${...}` is used)."""
+    data = _load_yaml(_compose("--profile", "producer", "config", "--no-interpolate", tmp=tmp_env_dir))
+    assert isinstance(data, dict)
+    return data
+
+
+def _command(service: dict[str, Any]) -> list[str]:
+    cmd = service.get("command")
+    return shlex.split(cmd) if isinstance(cmd, str) else list(cmd or [])
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+# (1) validity
+
+def test_config_validates_with_and_without_producer_profile(tmp_env_dir: Path) -> None:
+    assert _compose("config", "-q", tmp=tmp_env_dir) == ""
+    assert _compose("--profile", "producer", "config", "-q", tmp=tmp_env_dir) == ""
+
+
+def test_producer_is_only_in_its_profile(tmp_env_dir: Path) -> None:
+    default = _compose("config", "--services", tmp=tmp_env_dir).split()
+    with_profile = _compose("--profile", "producer", "config", "--services", tmp=tmp_env_dir).split()
+    assert set(default) >= {"redis", "llm", "worker", "flower"}
+    assert "producer" in with_profile
+    assert _compose("config", "--profiles", tmp=tmp_env_dir).split() == ["producer"]
+
+
+# (2) services
+
+def test_services_exist(config: dict[str, Any]) -> None:
+    assert set(config["services"]) == {"redis", "llm", "worker", "flower", "producer"}
+
+
+def test_worker_can_scale(config: dict[str, Any]) -> None:
+    worker = config["services"]["worker"]
+    assert "container_name" not in worker
+    assert not worker.get("ports"), "a published port would make `--scale worker=N` collide"
+
+
+def test_flower_published_on_5555_with_basic_auth(config: dict[str, Any]) -> None:
+    flower = config["services"]["flower"]
+    published = {str(p.get("published")) if isinstance(p, dict) else str(p).split(":")[-2]
+                 for p in flower.get("ports", [])}
+    targets = {str(p.get("target")) if isinstance(p, dict) else str(p).split(":")[-1]
+               for p in flower.get("ports", [])}
+    assert "5555" in published and "5555" in targets
+    assert _environment(flower)["FLOWER_BASIC_AUTH"] == "admin:change-me"
+
+
+def test_redis_durable_and_password_protected(config: dict[str, Any]) -> None:
+    redis = config["services"]["redis"]
+    assert redis["image"] == "redis:7"
+    cmd = _command(redis)
+    assert cmd[cmd.index("--appendonly") + 1] == "yes"
+    assert cmd[cmd.index("--requirepass") + 1] == "change-me"
+    mounts = [v if isinstance(v, dict) else dict(zip(("source", "target"), str(v).split(":"), strict=False))
+              for v in redis.get("volumes", [])]
+    assert any(m.get("source") == "redis-data" and m.get("target") == "/data" for m in mounts), mounts
+    assert "redis-data" in config.get("volumes", {})
+    # The healthcheck authenticates through REDISCLI_AUTH, never `-a <password>` on a command line.
+    test = redis["healthcheck"]["test"]
+    check = test if isinstance(test, str) else " ".join(test)
+    assert "redis-cli" in check and "ping" in check
+    assert " -a " not in f" {check} " and "change-me" not in check
+    assert _environment(redis)["REDISCLI_AUTH"] == "change-me"
+
+
+def test_producer_profile_and_dependencies(config: dict[str, Any]) -> None:
+    services = config["services"]
+    assert services["producer"]["profiles"] == ["producer"]
+    for name in APP_SERVICES:
+        deps = services[name]["depends_on"]
+        assert deps["redis"]["condition"] == "service_healthy", name
+    assert "depends_on" not in services["llm"], "the llm server needs no Redis"
+    assert "REDIS_URL" not in _environment(services["llm"])
+    for name in LONG_RUNNING:
+        assert services[name]["restart"] == "unless-stopped", name
+
+
+def test_app_services_share_image_and_environment(config: dict[str, Any]) -> None:
+    services = config["services"]
+    images = {services[name]["image"] for name in (*APP_SERVICES, "llm")}
+    assert len(images) == 1, images
+    expected = {
+        "REDIS_URL": "redis://:change-me@redis:6379/0",
+        "OPENAI_BASE_URL": "http://llm:8765/v1",
+        "OPENAI_API_KEY": "",
+        "SUMMARIZE_MODEL": "sumy-lexrank",
+        "SUMMARIZE_RPM": "0",
+        "SUMMARIZE_TPM": "0",
+    }
+    for name in APP_SERVICES:
+        env = _environment(services[name])
+        assert {k: env.get(k) for k in expected} == expected, name
+
+
+# (3) commands: the same as the README runs by hand
+
+@pytest.mark.parametrize("service", sorted(EXPECTED_COMMANDS))
+def test_command_exact(config: dict[str, Any], service: str) -> None:
+    assert _command(config["services"][service]) == EXPECTED_COMMANDS[service]
+
+
+@pytest.mark.parametrize(("service", "canonical"), sorted(CANONICAL.items()))
+def test_compose_runs_canonical_command(config: dict[str, Any], service: str, canonical: str) -> None:
+    assert shlex.join(_command(config["services"][service])).startswith(canonical)
+
+
+@pytest.mark.parametrize(("service", "canonical"), sorted(CANONICAL.items()))
+def test_readme_shows_canonical_command(service: str, canonical: str) -> None:
+    if not README.exists():
+        pytest.skip("README.md does not exist yet")
+    assert canonical in README.read_text(encoding="utf-8"), f"README.md never shows `{canonical}` ({service})"
+
+
+# (4) no secrets in the file
+
+def test_secret_defaults_are_documented_placeholders() -> None:
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    for var, default in re.findall(r"\$\{(\w+):?-([^}]*)\}", text):
+        if SECRETISH.search(var):
+            assert default in ALLOWED_SECRET_DEFAULTS, f"${{{var}}} defaults to a literal secret"
+    assert not re.search(r"\bsk-[A-Za-z0-9_-]{12,}", text), "something like an API key is in compose.yaml"
+    assert "-----BEGIN" not in text
+    for password in re.findall(r"rediss?://[^:/@\s]*:([^@\s]+)@", text):
+        assert re.fullmatch(r"\$\{REDIS_PASSWORD:-change-me\}", password), "a literal password in a redis URL"
+
+
+def test_secret_settings_come_from_variables(raw_config: dict[str, Any]) -> None:
+    services = raw_config["services"]
+    for name, service in services.items():
+        for key, value in _environment(service).items():
+            if SECRETISH.search(key) or key == "REDIS_URL":
+                assert value == "" or "${" in value, f"{name}: {key} is a literal, not a variable"
+    cmd = _command(services["redis"])
+    assert cmd[cmd.index("--requirepass") + 1] == "${REDIS_PASSWORD:-change-me}"
+    url = _environment(services["worker"])["REDIS_URL"]
+    assert url == "redis://:${REDIS_PASSWORD:-change-me}@redis:6379/0"
+
+
+def test_every_placeholder_is_replaced_by_the_environment(tmp_env_dir: Path) -> None:
+    """With the variables set, no `change-me` is left: every secret site reads its variable."""
+    env = {"REDIS_PASSWORD": "pw-from-env-0123", "FLOWER_BASIC_AUTH": "ops:flower-from-env",
+           "OPENAI_API_KEY": "key-from-env"}
+    out = _compose("--profile", "producer", "config", env=env, tmp=tmp_env_dir)
+    assert "change-me" not in out
+    services = _load_yaml(out)["services"]
+    assert _command(services["redis"])[-1] == "pw-from-env-0123"
+    assert _environment(services["redis"])["REDISCLI_AUTH"] == "pw-from-env-0123"
+    assert _environment(services["flower"])["FLOWER_BASIC_AUTH"] == "ops:flower-from-env"
+    for name in APP_SERVICES:
+        env_vars = _environment(services[name])
+        assert env_vars["REDIS_URL"] == "redis://:pw-from-env-0123@redis:6379/0", name
+        assert env_vars["OPENAI_API_KEY"] == "key-from-env", name
