@@ -65,7 +65,8 @@ def test_kill9_worker_mid_batch_loses_nothing(stack: Stack, redis_url: str, slow
     arts = articles("k", 40)
     w1 = g.worker("kill-w1")
     batch = g.client().submit(arts, batch_id=batch_id())  # type: ignore[arg-type]
-    wait_until(lambda: batch.status()["done"] >= CONCURRENCY, 60, "first jobs done")
+    wait_until(lambda: (s := batch.status())["done"] >= CONCURRENCY and s["running"] >= CONCURRENCY // 2, 60,
+               "a batch under way")
     w1.kill9()
     in_flight = batch.status()["running"]
 

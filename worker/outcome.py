@@ -32,7 +32,7 @@ def settle_failure(store: JobStore, job: ClaimedJob, exc: Exception, attempts: i
             store.defer(job, delay, exc, attempts)
             log.warning("job %s/%s deferred %.0fs after %s", job.batch_id, job.job_id, delay, exc)
             return "deferred"
-        exc = TransientLLMError(f"gave up after {horizon:.0f}s of retries; last error: {exc}", exc.status)
+        exc = type(exc)(f"gave up after {horizon:.0f}s of retries; last error: {exc}", exc.status)
     if isinstance(exc, ProviderRejected):
         # Thousands of jobs would fail the same way: stop paying for the discovery one at a time.
         store.halt(job.batch_id, exc)
