@@ -12,9 +12,31 @@ from redis.retry import Retry
 from .errors import BrokerUnavailable
 from .settings import Settings, redact_url
 
-#: Connection errors are retried by redis-py itself for about this long: a Redis restart or failover
-#: of a few seconds is invisible to callers.
+#: Connection errors are retried by redis-py itself, with backoff capped at 2 s, about 18 s in all: a
+#: Redis restart or failover of a few seconds is invisible to callers.
 RECONNECT_ATTEMPTS = 12
+
+
+def _permanent(error: BaseException) -> bool:
+    """Errors no reconnect can cure: wrong credentials, a certificate that doesn't verify."""
+    if isinstance(error, redis.AuthenticationError):
+        return True
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class ReconnectRetry(Retry):
+    """redis-py's Retry, minus retrying what can't get better (AuthenticationError is a ConnectionError)."""
+
+    def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False) -> Any:
+        def retryable(error: Exception) -> bool:
+            return not _permanent(error) and (is_retryable is None or is_retryable(error))
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
 
 
 def ssl_options(settings: Settings) -> dict[str, Any]:
@@ -33,7 +55,7 @@ def ssl_options(settings: Settings) -> dict[str, Any]:
 
 def make_redis(settings: Settings, max_connections: int | None = None) -> redis.Redis:
     """A client whose pool suits `max_connections` threads; blocks for a connection instead of failing."""
-    retry = Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.1), RECONNECT_ATTEMPTS)
+    retry = ReconnectRetry(ExponentialWithJitterBackoff(cap=2.0, base=0.1), RECONNECT_ATTEMPTS)
     pool = redis.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=max_connections or 50,

@@ -146,6 +146,8 @@ class Settings:
             raise ConfigError(f"OPENAI_BASE_URL {self.openai_base_url!r} must be an http(s) URL")
         if self.max_words < 1 or self.concurrency < 1 or self.llm_timeout <= 0:
             raise ConfigError("SUMMARIZE_MAX_WORDS, SUMMARIZE_CONCURRENCY and SUMMARIZE_LLM_TIMEOUT must be positive")
+        if self.max_summary_chars < 16 or self.max_article_bytes < 16:
+            raise ConfigError("SUMMARIZE_MAX_SUMMARY_CHARS and SUMMARIZE_MAX_ARTICLE_BYTES must be at least 16")
 
     @property
     def is_local_llm(self) -> bool:

@@ -13,7 +13,8 @@ SYSTEM = (
 
 # An article must not be able to close its own delimiter and speak as the user.
 _TAG = re.compile(r"</?\s*article\s*>", re.IGNORECASE)
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# C0 and C1 controls (U+009B starts terminal escape sequences too).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _SPACES = re.compile(r"\s+")
 
 
