@@ -57,6 +57,10 @@ class Settings:
     max_summary_chars: int = 4000
 
     concurrency: int = 200
+    #: how the limiter counts tokens before a call: "estimate" (4 characters a token, offline) or
+    #: "tiktoken" (needs the tiktoken package and its encoding files, e.g. in TIKTOKEN_CACHE_DIR)
+    token_counter: str = "estimate"
+    tiktoken_encoding: str = "o200k_base"
     #: provider limits shared by every worker; 0 turns that limit off
     rpm: int = 0
     tpm: int = 0
@@ -127,7 +131,13 @@ class Settings:
             if number < 0:
                 raise ConfigError(f"{var}={raw!r} must not be negative")
             values[name] = number
-        for var, name in (("SUMMARIZE_KEY_PREFIX", "key_prefix"), ("SUMMARIZE_QUEUE", "queue")):
+        strings = {
+            "SUMMARIZE_KEY_PREFIX": "key_prefix",
+            "SUMMARIZE_QUEUE": "queue",
+            "SUMMARIZE_TOKEN_COUNTER": "token_counter",
+            "SUMMARIZE_TIKTOKEN_ENCODING": "tiktoken_encoding",
+        }
+        for var, name in strings.items():
             if env.get(var):
                 values[name] = env[var]
         settings = cls(**values)
@@ -146,6 +156,8 @@ class Settings:
             raise ConfigError(f"OPENAI_BASE_URL {self.openai_base_url!r} must be an http(s) URL")
         if self.max_words < 1 or self.concurrency < 1 or self.llm_timeout <= 0:
             raise ConfigError("SUMMARIZE_MAX_WORDS, SUMMARIZE_CONCURRENCY and SUMMARIZE_LLM_TIMEOUT must be positive")
+        if self.token_counter not in ("estimate", "tiktoken"):
+            raise ConfigError(f"SUMMARIZE_TOKEN_COUNTER={self.token_counter!r} must be 'estimate' or 'tiktoken'")
         if self.max_summary_chars < 16 or self.max_article_bytes < 16:
             raise ConfigError("SUMMARIZE_MAX_SUMMARY_CHARS and SUMMARIZE_MAX_ARTICLE_BYTES must be at least 16")
 

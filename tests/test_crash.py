@@ -150,7 +150,7 @@ def queued_job_ids(group: Group) -> list[str]:
 def test_interrupted_submit_resumes_without_double_enqueue(stack: Stack, redis_url: str, fault_server: FaultServer,
                                                           tmp_path: Path, sig: int) -> None:
     g = isolated_group(stack, redis_url, fault_server.url)
-    n = 6000
+    n = 3000
     src = tmp_path / "big.jsonl"
     src.write_text("".join(json.dumps({"id": f"p{i}", "text": f"Resumable article {i} on the water board."}) + "\n"
                            for i in range(n)))

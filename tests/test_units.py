@@ -296,3 +296,14 @@ def test_unreachable_redis_is_a_clear_error() -> None:
     with pytest.raises(BrokerUnavailable, match="unreachable") as info:
         ping(client, settings)
     assert "pw-hidden" not in str(info.value)
+
+
+def test_token_counter_falls_back_to_the_estimate_offline() -> None:
+    from worker.ratelimit import token_counter
+
+    # tiktoken is not a dependency; asked for without it (or without its files), the estimate is used.
+    count = token_counter(Settings(token_counter="tiktoken", tiktoken_encoding="no-such-encoding"))
+    assert count("x" * 400, 100) == estimate_tokens(400, 100)
+    assert token_counter(Settings())("abcd" * 10, 5) == estimate_tokens(40, 5)
+    with pytest.raises(ConfigError, match="SUMMARIZE_TOKEN_COUNTER"):
+        Settings.from_env({"SUMMARIZE_TOKEN_COUNTER": "magic"})

@@ -6,7 +6,9 @@ the provider sets a cooldown that every worker waits out, not only the one that 
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -52,16 +54,31 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1
 return 1
 """
 
+log = logging.getLogger(__name__)
+
 #: tokens admitted at once beyond the steady pace, as a share of a minute's budget
 TOKEN_BURST_SHARE = 0.1
 
 
 def estimate_tokens(prompt_chars: int, max_tokens: int) -> int:
-    """Offline estimate (tiktoken would need a download): ~4 characters a token, plus the reply budget.
+    """Offline estimate: ~4 characters a token for the prompt, plus the whole reply budget.
 
     Overestimating only delays; the real count from `usage` corrects the schedule after the call.
     """
     return prompt_chars // 4 + 1 + max_tokens
+
+
+def token_counter(settings: Settings) -> Callable[[str, int], int]:
+    """(prompt text, max_tokens) -> tokens to book. tiktoken when asked for and loadable, else the estimate."""
+    if settings.token_counter == "tiktoken":
+        try:
+            import tiktoken
+
+            enc = tiktoken.get_encoding(settings.tiktoken_encoding)
+            return lambda text, max_tokens: len(enc.encode(text, disallowed_special=())) + 4 + max_tokens
+        except Exception as exc:  # no package, or no encoding files offline
+            log.warning("tiktoken unavailable (%s); counting tokens by the 4-characters estimate", exc)
+    return lambda text, max_tokens: estimate_tokens(len(text), max_tokens)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from contract.errors import TransientLLMError
 from contract.settings import Settings
 
 from . import llm, prompt, retry
-from .ratelimit import RateLimiter, estimate_tokens
+from .ratelimit import RateLimiter, token_counter
 
 #: (messages, model, max_tokens) -> Completion: whatever reaches the provider, however it retries
 Call = Callable[[list[dict[str, str]], str, int], llm.Completion]
@@ -47,9 +47,12 @@ class ProviderCall:
     settings: Settings
     stop: threading.Event = field(default_factory=threading.Event)
 
+    def __post_init__(self) -> None:
+        self.count_tokens = token_counter(self.settings)
+
     def for_job(self, attempts: Attempts) -> Call:
         def call(messages: list[dict[str, str]], model: str, max_tokens: int) -> llm.Completion:
-            estimate = estimate_tokens(sum(len(m["content"]) for m in messages), max_tokens)
+            estimate = self.count_tokens("\n".join(m["content"] for m in messages), max_tokens)
             for attempt in retry.policy(self.settings, retry.interruptible_sleep(self.stop)):
                 with attempt:
                     self.limiter.acquire(estimate, self.stop)
