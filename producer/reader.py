@@ -22,8 +22,10 @@ from contract.errors import InputError
 
 MAX_ID_CHARS = 200
 _BAD_ID_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-# JSON escaping can double a text's size, so a line may be that much longer than an article.
-_LINE_SLACK = 2
+#: ids of invalid records kept as failed jobs (--skip-invalid) start with this; valid ids may not
+INVALID_ID_PREFIX = "invalid@"
+# json.dumps escapes a non-ASCII letter as \uXXXX: 6 bytes for at most 3 in UTF-8, 6 for 1 control char.
+_LINE_SLACK = 6
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,12 @@ def check_id(raw: Any) -> tuple[str | None, str | None]:
         return None, f"'id' is longer than {MAX_ID_CHARS} characters"
     if _BAD_ID_CHARS.search(job_id):
         return None, "'id' contains control characters"
+    if job_id.startswith(INVALID_ID_PREFIX):
+        return None, f"ids starting with {INVALID_ID_PREFIX!r} are reserved for invalid records"
+    try:
+        job_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return None, "'id' is not valid Unicode (unpaired surrogate)"
     return job_id, None
 
 
@@ -80,7 +88,7 @@ def record_from_obj(obj: Any, source: str, line: int, max_bytes: int) -> Record:
         return Record(source, line, job_id, "", {}, InputError(source, line, job_id, reason))
 
     if not isinstance(obj, dict):
-        return bad(f"expected a JSON object or a string, got {type(obj).__name__}")
+        return bad(f"expected a JSON object, got {type(obj).__name__}")
     job_id: str | None = None
     if "id" in obj and obj["id"] is not None:
         job_id, id_error = check_id(obj["id"])
@@ -93,6 +101,11 @@ def record_from_obj(obj: Any, source: str, line: int, max_bytes: int) -> Record:
     if reason:
         return bad(reason, job_id)
     metadata = {k: v for k, v in obj.items() if k not in ("id", "text")}
+    try:
+        json.dumps(metadata, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, TypeError, ValueError) as exc:
+        keys = ", ".join(sorted(metadata))
+        return bad(f"metadata ({keys}) can't be stored: {type(exc).__name__}: {exc}"[:300], job_id)
     return Record(source, line, job_id or content_id(text), text, metadata)
 
 
@@ -127,7 +140,7 @@ def iter_jsonl(stream: IO[bytes], source: str, max_bytes: int) -> Iterator[Recor
         try:
             obj = json.loads(decoded)
         except json.JSONDecodeError as exc:
-            err = f"invalid JSON: {exc.msg} at column {exc.colno}"
+            err = f"invalid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"
             yield Record(source, line_no, None, "", {}, InputError(source, line_no, None, err))
             continue
         yield record_from_obj(obj, source, line_no, max_bytes)

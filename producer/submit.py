@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from celery import Celery
 
@@ -17,7 +18,7 @@ from contract.errors import InputError, InvalidInput
 from contract.messaging import publish
 from contract.store import JobStore, NewJob
 
-from .reader import Record
+from .reader import INVALID_ID_PREFIX, Record
 
 CHUNK = 500
 #: how many bad records an error message lists before it only counts them
@@ -56,9 +57,10 @@ def to_job(seq: int, rec: Record) -> NewJob:
     if rec.error is None:
         assert rec.job_id is not None
         return NewJob(rec.job_id, seq, rec.text, rec.metadata)
-    # Invalid records kept as failed jobs need an id that can't collide with a valid one.
-    job_id = f"{rec.job_id or 'invalid'}@line{rec.line}" if rec.line else f"{rec.job_id or 'invalid'}@{rec.source}"
-    return NewJob(job_id, seq, "", {"source": rec.source, "line": rec.line}, error=rec.error.reason)
+    # Invalid records kept as failed jobs get an id in a namespace valid ids can't use (reader.check_id).
+    where = f"line{rec.line}" if rec.line else Path(rec.source).name
+    meta = {"source": rec.source, "line": rec.line, "id": rec.job_id}
+    return NewJob(f"{INVALID_ID_PREFIX}{where}", seq, "", meta, error=rec.error.reason)
 
 
 def enqueue(
