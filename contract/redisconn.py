@@ -53,9 +53,10 @@ def ssl_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
-def make_redis(settings: Settings, max_connections: int | None = None) -> redis.Redis:
+def make_redis(settings: Settings, max_connections: int | None = None,
+               attempts: int = RECONNECT_ATTEMPTS) -> redis.Redis:
     """A client whose pool suits `max_connections` threads; blocks for a connection instead of failing."""
-    retry = ReconnectRetry(ExponentialWithJitterBackoff(cap=2.0, base=0.1), RECONNECT_ATTEMPTS)
+    retry = ReconnectRetry(ExponentialWithJitterBackoff(cap=2.0, base=0.1), attempts)
     pool = redis.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=max_connections or 50,
@@ -69,6 +70,16 @@ def make_redis(settings: Settings, max_connections: int | None = None) -> redis.
         **ssl_options(settings),
     )
     return redis.Redis(connection_pool=pool)
+
+
+def check_reachable(settings: Settings) -> None:
+    """A quick first contact (a second or so of retries) so a wrong URL is reported at once, not after the
+    long reconnect budget meant for restarts in the middle of work."""
+    probe = make_redis(settings, max_connections=1, attempts=2)
+    try:
+        ping(probe, settings)
+    finally:
+        probe.close()
 
 
 def ping(client: redis.Redis, settings: Settings) -> None:

@@ -22,7 +22,7 @@ from contract.errors import ConfigError
 from contract.job import JobResult
 from contract.keys import BATCH_ID_RE
 from contract.messaging import make_celery, publish
-from contract.redisconn import make_redis, ping
+from contract.redisconn import check_reachable, make_redis
 from contract.settings import Settings
 from contract.store import JobStore
 
@@ -79,8 +79,8 @@ class Client:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
+        check_reachable(self.settings)
         self.redis = make_redis(self.settings, max_connections=8)
-        ping(self.redis, self.settings)
         self.store = JobStore(self.redis, self.settings)
         self.celery = make_celery(self.settings, "producer")
 
