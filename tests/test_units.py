@@ -122,13 +122,9 @@ def test_retry_after_forms() -> None:
 
 
 def test_completion_validation_rejects_unusable_answers() -> None:
-    class Obj:
-        def __init__(self, **kw: Any) -> None:
-            self.__dict__.update(kw)
-
     def resp(content: str | None, finish: str = "stop", choices: bool = True) -> Any:
-        msg = Obj(content=content)
-        return Obj(choices=[Obj(message=msg, finish_reason=finish)] if choices else [], model="m", usage=None)
+        choice = {"message": {"role": "assistant", "content": content}, "finish_reason": finish}
+        return {"choices": [choice] if choices else [], "model": "m", "usage": None}
 
     with pytest.raises(MalformedResponse, match="no choices"):
         llm._validated(resp("x", choices=False))
@@ -137,6 +133,8 @@ def test_completion_validation_rejects_unusable_answers() -> None:
     with pytest.raises(MalformedResponse, match="length"):
         llm._validated(resp("cut", "length"))
     assert llm._validated(resp("ok")).content == "ok"
+    with pytest.raises(MalformedResponse, match="not a JSON object"):
+        llm._validated("<html>")
 
 
 # ---- retry policy (no real sleeping: a recording sleep is passed in) ------------------------------
@@ -263,10 +261,10 @@ def test_limiter_paces_requests_and_shares_cooldown(redis_url: str) -> None:
     limiter = RateLimiter(client, settings)
     stop = threading.Event()
     waited = sum(limiter.acquire(10, stop) for _ in range(5))
-    assert waited >= 0.35  # 600 RPM = one slot per 100 ms: the first at once, four more 100 ms apart
+    assert waited >= 0.35  # 600 RPM = one slot per ~100 ms: the first at once, then one wait per booked slot
     sec, usec = client.time()  # type: ignore[misc]
     tat = float(client.hget(Keys(settings.key_prefix).rate, "r"))  # type: ignore[arg-type]
-    assert 0 < tat - (sec * 1000 + usec / 1000) <= 100  # the next slot is booked one interval ahead
+    assert 0 < tat - (sec * 1000 + usec / 1000) <= 60_000 * 1.01 / 600  # next slot: one interval (+1%) ahead
     other = RateLimiter(client, settings)  # another worker process
     other.cool_down(0.3)
     waited = limiter.acquire(10, stop)
@@ -307,3 +305,13 @@ def test_token_counter_falls_back_to_the_estimate_offline() -> None:
     assert token_counter(Settings())("abcd" * 10, 5) == estimate_tokens(40, 5)
     with pytest.raises(ConfigError, match="SUMMARIZE_TOKEN_COUNTER"):
         Settings.from_env({"SUMMARIZE_TOKEN_COUNTER": "magic"})
+
+
+def test_limiter_books_tokens_per_minute(redis_url: str) -> None:
+    settings = Settings.from_dsn(redis_url, key_prefix=f"rl{uuid.uuid4().hex[:6]}", tpm=60_000)
+    limiter = RateLimiter(make_redis(settings), settings)
+    stopping = threading.Event()
+    stopping.set()  # any wait at all would hand back: shows whether the schedule admitted the call at once
+    assert limiter.acquire(5000, stopping) == 0.0  # within the burst (a tenth of a minute's tokens)
+    with pytest.raises(HandBack):
+        limiter.acquire(5000, stopping)  # the bucket is spent: this one is booked ~4 s ahead

@@ -51,7 +51,10 @@ class Housekeeper(threading.Thread):
         self.store, self.leases, self.app, self.stop = store, leases, app, stop
         self.owner = f"{socket.gethostname()}:{threading.get_native_id()}"
         s = store.settings
-        self.period = max(0.2, min(s.lease_seconds / 3, s.reap_interval))
+        self.period = max(0.1, min(s.lease_seconds / 3, s.reap_interval))
+        # Renewing every held lease costs one script call per job: do it as rarely as the lease allows.
+        self.renew_every = max(1, round((s.lease_seconds / 3) / self.period))
+        self.ticks = 0
         self.finished = threading.Event()
 
     def run(self) -> None:
@@ -62,7 +65,9 @@ class Housekeeper(threading.Thread):
                 log.exception("housekeeping tick failed")
 
     def tick(self) -> None:
-        self._renew()
+        self.ticks += 1
+        if self.ticks % self.renew_every == 0:
+            self._renew()
         if not self.stop.is_set() and self.store.try_reaper_lock(self.owner):
             due = self.store.requeue_due()
             if due:

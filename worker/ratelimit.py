@@ -18,27 +18,27 @@ from contract.keys import Keys
 from contract.settings import Settings
 
 # KEYS rate, cooldown | ARGV ms_per_request, ms_per_token, token_burst_ms, tokens
-# Returns 0 when admitted (and books the slot), else milliseconds to wait before asking again.
+# Books the caller's slot and returns the milliseconds until it: each request costs one call, however
+# long it waits, and a late sender never costs the schedule a slot (the next one is already booked).
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local cool = redis.call('PTTL', KEYS[2])
-if cool > 0 then return cool end
 local per_req, per_tok = tonumber(ARGV[1]), tonumber(ARGV[2])
 local burst, tokens = tonumber(ARGV[3]), tonumber(ARGV[4])
-local r = math.max(tonumber(redis.call('HGET', KEYS[1], 'r') or '0'), now)
-local k = math.max(tonumber(redis.call('HGET', KEYS[1], 't') or '0'), now)
-local wait = 0
-if per_req > 0 and r > now then wait = r - now end
--- A request bigger than the whole burst still passes once the bucket is empty.
-if per_tok > 0 and k > now and k + tokens * per_tok - now > burst then
-  wait = math.max(wait, k + tokens * per_tok - now - burst)
+local slot = now + math.max(0, redis.call('PTTL', KEYS[2]))
+if per_req <= 0 and per_tok <= 0 then return math.ceil(slot - now) end
+local r = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
+local k = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
+if per_req > 0 then slot = math.max(slot, r) end
+if per_tok > 0 then
+  k = math.max(k, now)
+  -- Tokens may run ahead of the steady pace by `burst`; a request bigger than that waits for an empty bucket.
+  slot = math.max(slot, k + tokens * per_tok - burst)
+  redis.call('HSET', KEYS[1], 't', tostring(k + tokens * per_tok))
 end
-if wait > 0 then return math.max(1, math.ceil(wait)) end
-if per_req > 0 then redis.call('HSET', KEYS[1], 'r', tostring(r + per_req)) end
-if per_tok > 0 then redis.call('HSET', KEYS[1], 't', tostring(k + tokens * per_tok)) end
+if per_req > 0 then redis.call('HSET', KEYS[1], 'r', tostring(slot + per_req)) end
 redis.call('PEXPIRE', KEYS[1], 120000)
-return 0
+return math.ceil(slot - now)
 """
 
 # KEYS rate | ARGV ms_per_token, token_delta
@@ -48,9 +48,15 @@ redis.call('HINCRBYFLOAT', KEYS[1], 't', tonumber(ARGV[1]) * tonumber(ARGV[2]))
 return 1
 """
 
-# KEYS cooldown | ARGV ms; only ever lengthens a cooldown another worker set
+# KEYS cooldown, rate | ARGV ms; only ever lengthens a cooldown another worker set, and moves the
+# booking schedule past it so requests booked from now on land after it.
 _COOLDOWN = """
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end
+local t = redis.call('TIME')
+local until_ms = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 + tonumber(ARGV[1])
+if tonumber(redis.call('HGET', KEYS[2], 'r') or '0') < until_ms then
+  redis.call('HSET', KEYS[2], 'r', tostring(until_ms))
+end
 return 1
 """
 
@@ -58,6 +64,9 @@ log = logging.getLogger(__name__)
 
 #: tokens admitted at once beyond the steady pace, as a share of a minute's budget
 TOKEN_BURST_SHARE = 0.1
+#: pace 1% under the configured limits: senders wake a little late or early, and a provider counting
+#: in a sliding window must never see limit + 1
+PACE_MARGIN = 1.01
 
 
 def estimate_tokens(prompt_chars: int, max_tokens: int) -> int:
@@ -93,24 +102,23 @@ class RateLimiter:
         self._settle = self.r.register_script(_SETTLE)
         self._cooldown = self.r.register_script(_COOLDOWN)
         rpm, tpm = self.settings.rpm, self.settings.tpm
-        self.ms_per_request = 60_000 / rpm if rpm else 0.0
-        self.ms_per_token = 60_000 / tpm if tpm else 0.0
+        self.ms_per_request = 60_000 * PACE_MARGIN / rpm if rpm else 0.0
+        self.ms_per_token = 60_000 * PACE_MARGIN / tpm if tpm else 0.0
         self.token_burst_ms = 60_000 * TOKEN_BURST_SHARE
 
     def acquire(self, tokens: int, stop: threading.Event) -> float:
-        """Block until the shared schedule admits one request of `tokens`; returns seconds waited.
+        """Book a slot for one request of `tokens` in the shared schedule and sleep until it.
 
-        Waiting here is not a failed attempt. A worker that is shutting down hands the job back instead.
+        Returns seconds waited. Waiting here is not a failed attempt. A worker that is shutting down
+        hands the job back instead (its booked slot goes unused).
         """
-        waited = 0.0
-        while True:
-            wait_ms = int(self._acquire(keys=self._keys, args=[self.ms_per_request, self.ms_per_token,
-                                                                self.token_burst_ms, tokens]))
-            if wait_ms <= 0:
-                return waited
-            if stop.wait(wait_ms / 1000):
-                raise HandBack("worker is shutting down")
-            waited += wait_ms / 1000
+        wait_ms = int(self._acquire(keys=self._keys, args=[self.ms_per_request, self.ms_per_token,
+                                                            self.token_burst_ms, tokens]))
+        if wait_ms <= 0:
+            return 0.0
+        if stop.wait(wait_ms / 1000):
+            raise HandBack("worker is shutting down")
+        return wait_ms / 1000
 
     def settle(self, estimated: int, actual: int) -> None:
         """Correct the token schedule with what the provider reported using."""
@@ -120,4 +128,4 @@ class RateLimiter:
     def cool_down(self, seconds: float) -> None:
         """Pause every worker: the provider said 429 and asked for this long."""
         if seconds > 0:
-            self._cooldown(keys=self._keys[1:], args=[int(seconds * 1000)])
+            self._cooldown(keys=[self._keys[1], self._keys[0]], args=[int(seconds * 1000)])
