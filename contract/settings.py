@@ -57,6 +57,9 @@ class Settings:
     max_summary_chars: int = 4000
 
     concurrency: int = 200
+    #: jobs of one batch carried by one Celery message: divides the broker's per-message cost
+    #: (receive, events, ack) by this much; Flower shows one task per message
+    jobs_per_message: int = 20
     #: how the limiter counts tokens before a call: "estimate" (4 characters a token, offline) or
     #: "tiktoken" (needs the tiktoken package and its encoding files, e.g. in TIKTOKEN_CACHE_DIR)
     token_counter: str = "estimate"
@@ -109,6 +112,7 @@ class Settings:
             "SUMMARIZE_MAX_ARTICLE_BYTES": ("max_article_bytes", int),
             "SUMMARIZE_MAX_SUMMARY_CHARS": ("max_summary_chars", int),
             "SUMMARIZE_CONCURRENCY": ("concurrency", int),
+            "SUMMARIZE_JOBS_PER_MESSAGE": ("jobs_per_message", int),
             "SUMMARIZE_RPM": ("rpm", int),
             "SUMMARIZE_TPM": ("tpm", int),
             "SUMMARIZE_ATTEMPT_BUDGET": ("attempt_budget", float),
@@ -154,8 +158,9 @@ class Settings:
             raise ConfigError(f"REDIS_URL {redact_url(self.redis_url)!r} must start with redis://, rediss:// or unix://")
         if urlsplit(self.openai_base_url).scheme not in ("http", "https"):
             raise ConfigError(f"OPENAI_BASE_URL {self.openai_base_url!r} must be an http(s) URL")
-        if self.max_words < 1 or self.concurrency < 1 or self.llm_timeout <= 0:
-            raise ConfigError("SUMMARIZE_MAX_WORDS, SUMMARIZE_CONCURRENCY and SUMMARIZE_LLM_TIMEOUT must be positive")
+        if self.max_words < 1 or self.concurrency < 1 or self.llm_timeout <= 0 or self.jobs_per_message < 1:
+            raise ConfigError("SUMMARIZE_MAX_WORDS, SUMMARIZE_CONCURRENCY, SUMMARIZE_JOBS_PER_MESSAGE and "
+                              "SUMMARIZE_LLM_TIMEOUT must be positive")
         if self.token_counter not in ("estimate", "tiktoken"):
             raise ConfigError(f"SUMMARIZE_TOKEN_COUNTER={self.token_counter!r} must be 'estimate' or 'tiktoken'")
         if self.max_summary_chars < 16 or self.max_article_bytes < 16:

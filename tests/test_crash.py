@@ -142,7 +142,7 @@ def queued_job_ids(group: Group) -> list[str]:
     out = []
     for item in raw:  # type: ignore[union-attr]
         body = json.loads(base64.b64decode(json.loads(item)["body"]))
-        out.append(body[0][1])
+        out.extend(body[0][1])  # args are [batch_id, [job_id, ...]]
     return out
 
 

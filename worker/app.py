@@ -25,7 +25,9 @@ app.conf.update(
     # An LLM call is mostly waiting: one process with many threads holds hundreds of requests in
     # flight on 2 cores, shares one openai connection pool, and keeps memory bounded.
     worker_pool="threads",
-    worker_concurrency=settings.concurrency,
+    # Each Celery thread waits on one message's jobs, which run in the runtime's pool of
+    # SUMMARIZE_CONCURRENCY threads; twice the messages needed to fill it covers slow stragglers.
+    worker_concurrency=max(2, 2 * -(-settings.concurrency // settings.jobs_per_message)),
     # One message per free thread: nothing sits reserved in a busy worker while another idles.
     worker_prefetch_multiplier=1,
     # Ack after the task ran, and give the message back if the worker dies under it.

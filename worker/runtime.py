@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from contract.redisconn import make_redis
@@ -21,6 +22,11 @@ class Runtime:
     store: JobStore
     provider: ProviderCall
     leases: Leases = field(default_factory=Leases)
+    #: the LLM calls of every message's jobs run here: SUMMARIZE_CONCURRENCY requests in flight
+    pool: ThreadPoolExecutor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="llm")
 
     @property
     def stop(self) -> threading.Event:

@@ -1,28 +1,31 @@
-"""The summarize task: load the job, call the summarize function, store the outcome."""
+"""The summarize task: for each job of the message, load it, call the summarize function, store the outcome."""
 
 from __future__ import annotations
 
-import logging
 import uuid
-from typing import Any
+from collections import Counter
 
 from contract.errors import ProviderRejected
 from contract.messaging import TASK_NAME
 
 from .app import app
 from .outcome import settle_failure
-from .runtime import runtime
+from .runtime import Runtime, runtime
 from .summarize import Attempts, summarize
 
-log = logging.getLogger(__name__)
 
-
-@app.task(name=TASK_NAME, bind=True)
-def summarize_job(self: Any, batch_id: str, job_id: str) -> str:
+@app.task(name=TASK_NAME)
+def summarize_jobs(batch_id: str, job_ids: list[str] | str) -> dict[str, int]:
+    """Run the message's jobs side by side in the process's LLM pool; returns outcome counts for Flower."""
     rt = runtime()
-    job = rt.store.claim(batch_id, job_id, token=self.request.id or uuid.uuid4().hex)
+    ids = [job_ids] if isinstance(job_ids, str) else job_ids
+    return dict(Counter(rt.pool.map(lambda job_id: run_job(rt, batch_id, job_id), ids)))
+
+
+def run_job(rt: Runtime, batch_id: str, job_id: str) -> str:
+    job = rt.store.claim(batch_id, job_id, token=uuid.uuid4().hex)
     if isinstance(job, str):
-        return f"skipped ({job})"  # a duplicate delivery of a job that is done, failed or running elsewhere
+        return f"skipped-{job}"  # a duplicate delivery of a job that is done, failed or running elsewhere
     attempts = Attempts()
     with rt.leases.hold(job):
         try:
