@@ -11,6 +11,7 @@ import time
 import redis
 from celery import Celery
 
+from contract.keys import Keys
 from scripts.stack import BIN
 
 from .common import Ctx, Figure, bench_stack, log, run_child, settings_of, write_jsonl
@@ -60,15 +61,16 @@ def run(ctx: Ctx) -> None:
             raise RuntimeError(f"summarize submit failed ({run.returncode}): {run.stderr[-2000:]}")
         client = redis.Redis.from_url(stack.env["REDIS_URL"])
         queued_ours = client.llen(settings.queue)
-        total = client.hget(f"{settings.key_prefix}:batch:bench-submit", "total")
+        total = client.hget(Keys(settings.key_prefix).batch("bench-submit"), "total")
         mem = client.info("memory")["used_memory"]
         client.close()
     rate = n / run.wall
     log(f"submit: ours {n} in {run.wall:.1f}s = {rate:.0f}/s, cpu {run.cpu:.1f}s, "
         f"maxrss {run.maxrss_kb / 1024:.0f} MB, {queued_ours} messages queued, "
         f"batch total {total!r}, redis used {mem / 1e6:.0f} MB")
-    if queued_ours != n:
-        ctx.note(NAME, f"expected {n} messages queued, found {queued_ours}")
+    expected = -(-n // settings.jobs_per_message)  # one message carries up to jobs_per_message jobs
+    if queued_ours != expected or int(total or 0) != n:
+        ctx.note(NAME, f"expected {expected} messages for {n} jobs, found {queued_ours} (batch total {total!r})")
     ctx.note(NAME, f"{n} articles, {size_mb:.0f} MB JSONL; ours = wall time of the whole `summarize submit` process "
                    f"(start-up and its validation pass included); naive = {sample} articles in this process, "
                    f"rate extrapolated to {n}")
