@@ -121,7 +121,8 @@ def _env(redis_url: str, prefix: str, base_url: str, model: str, **extra: str) -
 @pytest.fixture(scope="session")
 def local(stack: Stack, redis_url: str, local_llm: str) -> Group:
     """A worker on the offline extractive server: the path `make demo` takes."""
-    group = Group(stack, _env(redis_url, "loc", local_llm, "sumy-lexrank"))
+    # The offline server spends real CPU per article: 32 requests at once can queue past the fast 2 s timeout.
+    group = Group(stack, _env(redis_url, "loc", local_llm, "sumy-lexrank", SUMMARIZE_LLM_TIMEOUT="30"))
     group.worker("local-w1")
     return group
 
