@@ -30,24 +30,42 @@ local function move(batch, from, to)
 end
 """
 
-# KEYS job, batch, ids, due | ARGV job_id, seq, text, meta, now, ttl, due_at, member, model, max_words, status, error
-# Returns 1 when created, 0 when the id already exists (a resumed submit skips it).
+# KEYS batch, ids, due, dead | ARGV job_key_prefix, member_prefix, now, ttl, due_at, model, max_words,
+#   then per job: job_id, seq, text, meta, error ('' for a valid record)
+# One call per chunk of jobs: a job key is the prefix (from Keys.job) plus the id. Returns 1 per job
+# created, 0 per id that already exists (a resumed submit skips it).
 _CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[11], 'seq', ARGV[2], 'text', ARGV[3], 'meta', ARGV[4],
-  'created', ARGV[5], 'updated', ARGV[5], 'model', ARGV[9], 'max_words', ARGV[10], 'attempts', 0)
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[1])
-redis.call('HINCRBY', KEYS[2], 'total', 1)
-redis.call('HINCRBY', KEYS[2], bucket(ARGV[11]), 1)
-if ARGV[11] == 'queued' then
-  -- The reaper's safety net: if the message never reaches the queue (the producer died between this
-  -- and publishing), the job is published again once the queue has drained and the grace has passed.
-  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[8])
-else
-  redis.call('HSET', KEYS[1], 'error', ARGV[12], 'error_type', 'InputError', 'finished', ARGV[5])
+local jp, mp, now, ttl, due_at = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local out, queued, failed = {}, 0, 0
+for i = 8, #ARGV, 5 do
+  local id, seq, err = ARGV[i], ARGV[i + 1], ARGV[i + 4]
+  local jk = jp .. id
+  if redis.call('EXISTS', jk) == 1 then
+    out[#out + 1] = 0
+  else
+    local status = (err == '') and 'queued' or 'failed'
+    redis.call('HSET', jk, 'status', status, 'seq', seq, 'text', ARGV[i + 2], 'meta', ARGV[i + 3],
+      'created', now, 'updated', now, 'model', ARGV[6], 'max_words', ARGV[7], 'attempts', 0)
+    redis.call('EXPIRE', jk, ttl)
+    redis.call('ZADD', KEYS[2], 'NX', seq, id)
+    if status == 'queued' then
+      -- The reaper's safety net: if the message never reaches the queue (the producer died between
+      -- this and publishing), the job is published again once the queue has drained and the grace passed.
+      redis.call('ZADD', KEYS[3], due_at, mp .. id)
+      queued = queued + 1
+    else
+      redis.call('HSET', jk, 'error', err, 'error_type', 'InputError', 'finished', now)
+      redis.call('SADD', KEYS[4], id)
+      failed = failed + 1
+    end
+    out[#out + 1] = 1
+  end
 end
-return 1
+redis.call('HINCRBY', KEYS[1], 'total', queued + failed)
+redis.call('HINCRBY', KEYS[1], 'queued', queued)
+redis.call('HINCRBY', KEYS[1], 'failed', failed)
+for _, k in ipairs({KEYS[1], KEYS[2], KEYS[4]}) do redis.call('EXPIRE', k, ttl) end
+return out
 """
 
 # KEYS job, batch, due, halt | ARGV now, lease_until, token, member
@@ -183,7 +201,7 @@ class JobStore:
         self.r = client
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self._create = client.register_script(_PRELUDE + _CREATE)
+        self._create = client.register_script(_CREATE)
         self._claim = client.register_script(_PRELUDE + _CLAIM)
         self._complete = client.register_script(_PRELUDE + _COMPLETE)
         self._fail = client.register_script(_PRELUDE + _FAIL)
@@ -206,29 +224,17 @@ class JobStore:
             p.execute()
 
     def create_jobs(self, batch_id: str, jobs: Sequence[NewJob], model: str, max_words: int) -> list[str]:
-        """Store a chunk in one round trip. Returns the ids that now need a message published."""
+        """Store a chunk in one script call. Returns the ids that now need a message published."""
+        if not jobs:
+            return []
         now = time.time()
-        ttl = self.settings.result_ttl
-        first_look = now + self.settings.queued_grace
-        batch_key, ids_key = self.keys.batch(batch_id), self.keys.batch_ids(batch_id)
-        with self.r.pipeline(transaction=False) as p:
-            for job in jobs:
-                status = "failed" if job.error is not None else "queued"
-                self._create(
-                    keys=[self.keys.job(batch_id, job.job_id), batch_key, ids_key, self.keys.due],
-                    args=[job.job_id, job.seq, job.text, json.dumps(job.metadata, ensure_ascii=False), now, ttl,
-                          first_look, Keys.member(batch_id, job.job_id), model, max_words, status,
-                          job.error or ""],
-                    client=p,
-                )
-            if any(j.error is not None for j in jobs):
-                for job in jobs:
-                    if job.error is not None:
-                        p.sadd(self.keys.dead(batch_id), job.job_id)
-            for k in (batch_key, ids_key, self.keys.dead(batch_id)):
-                p.expire(k, ttl)
-            replies = p.execute()
-        return [job.job_id for job, rc in zip(jobs, replies, strict=False) if rc == 1 and job.error is None]
+        args: list[Any] = [self.keys.job(batch_id, ""), Keys.member(batch_id, ""), now, self.settings.result_ttl,
+                           now + self.settings.queued_grace, model, max_words]
+        for job in jobs:
+            args += [job.job_id, job.seq, job.text, json.dumps(job.metadata, ensure_ascii=False), job.error or ""]
+        keys = [self.keys.batch(batch_id), self.keys.batch_ids(batch_id), self.keys.due, self.keys.dead(batch_id)]
+        created = self._create(keys=keys, args=args)
+        return [job.job_id for job, rc in zip(jobs, created, strict=True) if rc == 1 and job.error is None]
 
     def retry_failed(self, batch_id: str) -> list[str]:
         """Move the batch's dead-lettered jobs back to queued; returns the ids to publish."""

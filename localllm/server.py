@@ -48,6 +48,8 @@ class ApiError(Exception):
 
 class LocalLLMServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 refuses connections when a worker opens hundreds at once.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], api_key: str | None, quiet: bool) -> None:
         if ":" in address[0]:
