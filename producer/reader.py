@@ -53,13 +53,12 @@ def check_text(text: Any, max_bytes: int) -> str | None:
         return "'text' is empty or whitespace only"
     if "\x00" in text:
         return "'text' contains NUL characters"
-    size = len(text.encode("utf-8", "surrogatepass"))
-    if size > max_bytes:
-        return f"article is {size} bytes; the limit is {max_bytes} (SUMMARIZE_MAX_ARTICLE_BYTES)"
     try:
-        text.encode("utf-8")
+        size = len(text.encode("utf-8"))
     except UnicodeEncodeError:
         return "'text' contains unpaired surrogates (not valid Unicode)"
+    if size > max_bytes:
+        return f"article is {size} bytes; the limit is {max_bytes} (SUMMARIZE_MAX_ARTICLE_BYTES)"
     return None
 
 
@@ -83,7 +82,7 @@ def check_id(raw: Any) -> tuple[str | None, str | None]:
     return job_id, None
 
 
-def record_from_obj(obj: Any, source: str, line: int, max_bytes: int) -> Record:
+def record_from_obj(obj: Any, source: str, line: int, max_bytes: int, check_unicode: bool = True) -> Record:
     def bad(reason: str, job_id: str | None = None) -> Record:
         return Record(source, line, job_id, "", {}, InputError(source, line, job_id, reason))
 
@@ -102,7 +101,8 @@ def record_from_obj(obj: Any, source: str, line: int, max_bytes: int) -> Record:
         return bad(reason, job_id)
     metadata = {k: v for k, v in obj.items() if k not in ("id", "text")}
     try:
-        json.dumps(metadata, ensure_ascii=False).encode("utf-8")
+        if check_unicode and metadata:
+            json.dumps(metadata, ensure_ascii=False).encode("utf-8")
     except (UnicodeEncodeError, TypeError, ValueError) as exc:
         keys = ", ".join(sorted(metadata))
         return bad(f"metadata ({keys}) can't be stored: {type(exc).__name__}: {exc}"[:300], job_id)
@@ -143,7 +143,8 @@ def iter_jsonl(stream: IO[bytes], source: str, max_bytes: int) -> Iterator[Recor
             err = f"invalid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"
             yield Record(source, line_no, None, "", {}, InputError(source, line_no, None, err))
             continue
-        yield record_from_obj(obj, source, line_no, max_bytes)
+        # Unpaired surrogates in parsed JSON can only come from \uD800-\uDFFF escapes in the line.
+        yield record_from_obj(obj, source, line_no, max_bytes, check_unicode=b"\\ud" in raw.lower())
 
 
 def iter_directory(path: Path, max_bytes: int) -> Iterator[Record]:
