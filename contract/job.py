@@ -9,6 +9,8 @@ from typing import Any
 
 
 class Status(StrEnum):
+    """A job's status in Redis; the Lua scripts in store.py are the only code that changes it."""
+
     QUEUED = "queued"  # a message is (or should be) on the queue
     RUNNING = "running"  # a worker holds a lease on it
     DEFERRED = "deferred"  # handed back after transient failures; the reaper requeues it when due

@@ -61,6 +61,11 @@ class Keys:
         return f"{self.prefix}:stats"
 
     @staticmethod
+    def broker_queue(queue: str) -> str:
+        """List: kombu's Redis transport keeps a queue's messages under the queue's own name (priority 0)."""
+        return queue
+
+    @staticmethod
     def member(batch_id: str, job_id: str) -> str:
         # Batch ids can't contain ':' (BATCH_ID_RE), so the first ':' splits the pair unambiguously.
         return f"{batch_id}{SEP}{job_id}"

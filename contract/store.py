@@ -321,7 +321,7 @@ class JobStore:
         members: list[str] = self.r.zrangebyscore(self.keys.due, "-inf", now, start=0, num=limit)  # type: ignore[assignment]
         if not members:
             return []
-        backlog = int(self.r.llen(self.settings.queue))  # type: ignore[arg-type]
+        backlog = int(self.r.llen(self.keys.broker_queue(self.settings.queue)))  # type: ignore[arg-type]
         next_look = now + self.settings.queued_grace
         pairs = [Keys.split_member(m) for m in members]
         with self.r.pipeline(transaction=False) as p:
@@ -334,9 +334,6 @@ class JobStore:
 
     def try_reaper_lock(self, owner: str) -> bool:
         return bool(self.r.set(self.keys.reaper_lock, owner, nx=True, px=int(self.settings.reap_interval * 1000)))
-
-    def count(self, name: str, n: int = 1) -> None:
-        self.r.hincrby(self.keys.stats, name, n)
 
     # ---- reading -------------------------------------------------------------------------------
 
