@@ -37,8 +37,13 @@ class Keys:
 
     @property
     def due(self) -> str:
-        """Sorted set of `batch:job` scored by when the reaper must look at the job again."""
+        """Sorted set of `batch:job` for running and deferred jobs, scored by lease end or retry time."""
         return f"{self.prefix}:due"
+
+    @property
+    def orphans(self) -> str:
+        """Sorted set of `batch:job` for queued jobs, scored by when to suspect their message was lost."""
+        return f"{self.prefix}:orphans"
 
     @property
     def reaper_lock(self) -> str:

@@ -161,6 +161,8 @@ class Settings:
         if self.max_words < 1 or self.concurrency < 1 or self.llm_timeout <= 0 or self.jobs_per_message < 1:
             raise ConfigError("SUMMARIZE_MAX_WORDS, SUMMARIZE_CONCURRENCY, SUMMARIZE_JOBS_PER_MESSAGE and "
                               "SUMMARIZE_LLM_TIMEOUT must be positive")
+        if self.lease_seconds <= 0 or self.reap_interval <= 0:
+            raise ConfigError("SUMMARIZE_LEASE_SECONDS and SUMMARIZE_REAP_INTERVAL must be greater than 0")
         if self.token_counter not in ("estimate", "tiktoken"):
             raise ConfigError(f"SUMMARIZE_TOKEN_COUNTER={self.token_counter!r} must be 'estimate' or 'tiktoken'")
         if self.max_summary_chars < 16 or self.max_article_bytes < 16:

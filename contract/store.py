@@ -30,7 +30,7 @@ local function move(batch, from, to)
 end
 """
 
-# KEYS batch, ids, due, dead | ARGV job_key_prefix, member_prefix, now, ttl, due_at, model, max_words,
+# KEYS batch, ids, orphans, dead | ARGV job_key_prefix, member_prefix, now, ttl, due_at, model, max_words,
 #   then per job: job_id, seq, text, meta, error ('' for a valid record)
 # One call per chunk of jobs: a job key is the prefix (from Keys.job) plus the id. Returns 1 per job
 # created, 0 per id that already exists (a resumed submit skips it).
@@ -68,7 +68,7 @@ for _, k in ipairs({KEYS[1], KEYS[2], KEYS[4]}) do redis.call('EXPIRE', k, ttl) 
 return out
 """
 
-# KEYS job, batch, due, halt | ARGV now, lease_until, token, member
+# KEYS job, batch, due, halt, orphans | ARGV now, lease_until, token, member
 _CLAIM = """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return {'missing'} end
@@ -79,6 +79,7 @@ if s == 'deferred' and tonumber(redis.call('ZSCORE', KEYS[3], ARGV[4]) or '0') >
 move(KEYS[2], s, 'running')
 redis.call('HSET', KEYS[1], 'status', 'running', 'token', ARGV[3], 'lease', ARGV[2], 'updated', ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
+redis.call('ZREM', KEYS[5], ARGV[4])
 local f = redis.call('HMGET', KEYS[1], 'text', 'model', 'max_words', 'attempts', 'first_failure', 'deferrals')
 return {'claimed', f[1] or '', f[2] or '', f[3] or '0', f[4] or '0', f[5] or '', f[6] or '0',
   redis.call('GET', KEYS[4]) or ''}
@@ -116,16 +117,19 @@ redis.call('EXPIRE', KEYS[4], ARGV[7])
 return 1
 """
 
-# KEYS job, batch, due | ARGV now, due_at, error_type, error, attempts_delta, member, token
+# KEYS job, batch, due | ARGV now, due_at, error_type, error, attempts_delta, member, token, is_failure
 _DEFER = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' or redis.call('HGET', KEYS[1], 'token') ~= ARGV[7] then
   return 0
 end
 move(KEYS[2], 'running', 'deferred')
 redis.call('HSET', KEYS[1], 'status', 'deferred', 'error_type', ARGV[3], 'error', ARGV[4], 'updated', ARGV[1])
-redis.call('HSETNX', KEYS[1], 'first_failure', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'attempts', ARGV[5])
-redis.call('HINCRBY', KEYS[1], 'deferrals', 1)
+-- A worker handing a job back on shutdown is no failure: it must not start the retry horizon.
+if ARGV[8] == '1' then
+  redis.call('HSETNX', KEYS[1], 'first_failure', ARGV[1])
+  redis.call('HINCRBY', KEYS[1], 'deferrals', 1)
+end
 redis.call('HDEL', KEYS[1], 'lease', 'token')
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[6])
 return 1
@@ -141,35 +145,41 @@ redis.call('ZADD', KEYS[2], 'XX', ARGV[2], ARGV[3])
 return 1
 """
 
-# KEYS job, batch, due, stats | ARGV now, member, next_look, backlog
-# Returns 1 when the caller must publish a fresh message for the job.
+# KEYS job, batch, due, stats, orphans | ARGV now, member, next_look
+# For the `due` set (leases and deferrals). Returns 1 when the caller must publish a fresh message.
 _REQUEUE_DUE = """
 local s = redis.call('HGET', KEYS[1], 'status')
-if not s or s == 'done' or s == 'failed' then
+if not s or s == 'done' or s == 'failed' or s == 'queued' then
   redis.call('ZREM', KEYS[3], ARGV[2])
   return 0
 end
-local score = tonumber(redis.call('ZSCORE', KEYS[3], ARGV[2]) or '0')
-if score > tonumber(ARGV[1]) then return 0 end
-if s == 'queued' and tonumber(ARGV[4]) > 0 then
-  -- Its message is most likely still behind others in the queue: look again later.
-  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
-  return 0
-end
-if s == 'running' then
-  redis.call('HINCRBY', KEYS[4], 'reclaimed', 1)
-elseif s == 'queued' then
-  redis.call('HINCRBY', KEYS[4], 'republished', 1)
-end
+if tonumber(redis.call('ZSCORE', KEYS[3], ARGV[2]) or '0') > tonumber(ARGV[1]) then return 0 end
+if s == 'running' then redis.call('HINCRBY', KEYS[4], 'reclaimed', 1) end
 move(KEYS[2], s, 'queued')
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updated', ARGV[1])
 redis.call('HDEL', KEYS[1], 'lease', 'token')
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[2])
+return 1
+"""
+
+# KEYS job, orphans, stats | ARGV now, member, next_look
+# For the `orphans` set, looked at only while the queue is empty: a job still queued then has no message.
+_REQUEUE_ORPHAN = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return 0
+end
+if tonumber(redis.call('ZSCORE', KEYS[2], ARGV[2]) or '0') > tonumber(ARGV[1]) then return 0 end
+redis.call('HINCRBY', KEYS[3], 'republished', 1)
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 return 1
 """
 
 # KEYS job, batch, due, dead | ARGV now, member, next_look, job_id
 _RETRY_FAILED = """
+-- An invalid input record (kept by --skip-invalid) has nothing to summarize: retrying can't help.
+if redis.call('HGET', KEYS[1], 'error_type') == 'InputError' then return 0 end
 redis.call('SREM', KEYS[4], ARGV[4])
 if redis.call('HGET', KEYS[1], 'status') ~= 'failed' then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'text') == 0 then return 0 end
@@ -208,6 +218,7 @@ class JobStore:
         self._defer = client.register_script(_PRELUDE + _DEFER)
         self._heartbeat = client.register_script(_HEARTBEAT)
         self._requeue_due = client.register_script(_PRELUDE + _REQUEUE_DUE)
+        self._requeue_orphan = client.register_script(_REQUEUE_ORPHAN)
         self._retry_failed = client.register_script(_PRELUDE + _RETRY_FAILED)
 
     # ---- producer side -------------------------------------------------------------------------
@@ -232,7 +243,7 @@ class JobStore:
                            now + self.settings.queued_grace, model, max_words]
         for job in jobs:
             args += [job.job_id, job.seq, job.text, json.dumps(job.metadata, ensure_ascii=False), job.error or ""]
-        keys = [self.keys.batch(batch_id), self.keys.batch_ids(batch_id), self.keys.due, self.keys.dead(batch_id)]
+        keys = [self.keys.batch(batch_id), self.keys.batch_ids(batch_id), self.keys.orphans, self.keys.dead(batch_id)]
         created = self._create(keys=keys, args=args)
         return [job.job_id for job, rc in zip(jobs, created, strict=True) if rc == 1 and job.error is None]
 
@@ -250,7 +261,7 @@ class JobStore:
             with self.r.pipeline(transaction=False) as p:
                 for job_id in chunk:
                     self._retry_failed(
-                        keys=[self.keys.job(batch_id, job_id), self.keys.batch(batch_id), self.keys.due, dead],
+                        keys=[self.keys.job(batch_id, job_id), self.keys.batch(batch_id), self.keys.orphans, dead],
                         args=[now, Keys.member(batch_id, job_id), next_look, job_id], client=p)
                 out.extend(j for j, rc in zip(chunk, p.execute(), strict=True) if rc == 1)
         return out
@@ -262,7 +273,7 @@ class JobStore:
         now = time.time()
         reply = self._claim(
             keys=[self.keys.job(batch_id, job_id), self.keys.batch(batch_id), self.keys.due,
-                  self.keys.halt(batch_id)],
+                  self.keys.halt(batch_id), self.keys.orphans],
             args=[now, now + self.settings.lease_seconds, token, Keys.member(batch_id, job_id)],
         )
         if reply[0] != "claimed":
@@ -291,13 +302,15 @@ class JobStore:
                   self.settings.result_ttl],
         ))
 
-    def defer(self, job: ClaimedJob, delay: float, error: BaseException, attempts: int) -> bool:
+    def defer(self, job: ClaimedJob, delay: float, error: BaseException, attempts: int,
+              failure: bool = True) -> bool:
+        """Give the job back to run again after `delay`; `failure=False` for a worker handing it back."""
         b, j = job.batch_id, job.job_id
         now = time.time()
         return bool(self._defer(
             keys=[self.keys.job(b, j), self.keys.batch(b), self.keys.due],
             args=[now, now + delay, type(error).__name__, str(error)[:2000], attempts, Keys.member(b, j),
-                  job.token],
+                  job.token, "1" if failure else "0"],
         ))
 
     def halt(self, batch_id: str, error: BaseException) -> None:
@@ -313,22 +326,29 @@ class JobStore:
             p.execute()
 
     def requeue_due(self, limit: int = 1000) -> list[tuple[str, str]]:
-        """Jobs whose time has come (deferred and due, lease expired, message presumed lost), now queued.
-
-        The caller publishes one message for each pair returned. Run by one worker at a time.
-        """
+        """Jobs whose time has come, now queued: expired leases and due deferrals always; queued jobs past
+        their grace only while the queue is empty (their message was lost). The caller publishes one
+        message for each pair returned. Run by one worker at a time."""
         now = time.time()
-        members: list[str] = self.r.zrangebyscore(self.keys.due, "-inf", now, start=0, num=limit)  # type: ignore[assignment]
-        if not members:
-            return []
-        backlog = int(self.r.llen(self.keys.broker_queue(self.settings.queue)))  # type: ignore[arg-type]
         next_look = now + self.settings.queued_grace
+        out: list[tuple[str, str]] = []
+        due: list[str] = self.r.zrangebyscore(self.keys.due, "-inf", now, start=0, num=limit)  # type: ignore[assignment]
+        if due:
+            out += self._requeue(due, lambda b, j, m, p: self._requeue_due(
+                keys=[self.keys.job(b, j), self.keys.batch(b), self.keys.due, self.keys.stats, self.keys.orphans],
+                args=[now, m, next_look], client=p))
+        if not self.r.llen(self.keys.broker_queue(self.settings.queue)):
+            lost: list[str] = self.r.zrangebyscore(self.keys.orphans, "-inf", now, start=0, num=limit)  # type: ignore[assignment]
+            if lost:
+                out += self._requeue(lost, lambda b, j, m, p: self._requeue_orphan(
+                    keys=[self.keys.job(b, j), self.keys.orphans, self.keys.stats], args=[now, m, next_look], client=p))
+        return out
+
+    def _requeue(self, members: list[str], call: Any) -> list[tuple[str, str]]:
         pairs = [Keys.split_member(m) for m in members]
         with self.r.pipeline(transaction=False) as p:
-            for b, j in pairs:
-                self._requeue_due(
-                    keys=[self.keys.job(b, j), self.keys.batch(b), self.keys.due, self.keys.stats],
-                    args=[now, Keys.member(b, j), next_look, backlog], client=p)
+            for (b, j), m in zip(pairs, members, strict=True):
+                call(b, j, m, p)
             replies = p.execute()
         return [pair for pair, rc in zip(pairs, replies, strict=True) if rc == 1]
 

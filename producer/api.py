@@ -98,6 +98,8 @@ class Client:
         progress: bool = False,
     ) -> Batch:
         """Submit texts or dicts ({'text', optional 'id', anything else kept as metadata})."""
+        if isinstance(items, str | bytes | dict):
+            raise ConfigError("submit() takes an iterable of articles; wrap a single text or dict in a list")
         if isinstance(items, Sequence):
             return self._submit(lambda: reader.iter_items(items, self.settings.max_article_bytes),
                                 batch_id, model, max_words, skip_invalid, progress)

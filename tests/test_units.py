@@ -315,3 +315,24 @@ def test_limiter_books_tokens_per_minute(redis_url: str) -> None:
     assert limiter.acquire(5000, stopping) == 0.0  # within the burst (a tenth of a minute's tokens)
     with pytest.raises(HandBack):
         limiter.acquire(5000, stopping)  # the bucket is spent: this one is booked ~4 s ahead
+
+
+def test_a_queued_job_is_republished_only_once_the_queue_has_drained(store: JobStore) -> None:
+    store.init_batch("b4", "m", 50)
+    store.create_jobs("b4", [NewJob("j", 0, "text", {})], "m", 50)
+    time.sleep(0.3)  # past the queued grace (0.2 s here)
+    store.r.rpush(store.settings.queue, "someone else's message")
+    assert store.requeue_due() == []  # a backlog: its message is probably still in it
+    store.r.delete(store.settings.queue)
+    assert store.requeue_due() == [("b4", "j")]  # queue empty and still not started: the message was lost
+    assert store.requeue_due() == []  # and it gets a fresh grace period
+    job = claim(store, "b4", "j")
+    assert store.complete(job, "s", "m", {}, 1)
+    assert not store.r.zscore(store.keys.orphans, Keys.member("b4", "j"))
+
+
+def test_retry_does_not_resend_invalid_input_records(store: JobStore) -> None:
+    store.init_batch("b5", "m", 50)
+    store.create_jobs("b5", [NewJob("invalid@line1", 0, "", {}, error="'text' is missing")], "m", 50)
+    assert store.status("b5")["failed"] == 1
+    assert store.retry_failed("b5") == []

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import worker_shutting_down
+from celery.signals import worker_shutdown, worker_shutting_down
 
 from contract.messaging import make_celery
 from contract.settings import Settings
@@ -42,13 +42,18 @@ app.conf.update(
 
 
 class HousekeepingStep(bootsteps.StartStopStep):
-    """Starts lease renewal and the reaper with the worker; stops them after the pool has drained."""
+    """Starts lease renewal and the reaper with the worker.
+
+    Steps stop in reverse order, so this one stops *before* the pool drains its running tasks: leases must
+    keep being renewed until then, so the thread is closed only at `worker_shutdown` (after the drain).
+    """
 
     requires = ("celery.worker.components:Pool",)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.keeper: Housekeeper | None = None
+        _keepers.append(self)
 
     def start(self, parent: Any) -> None:
         rt = runtime(settings)
@@ -57,12 +62,19 @@ class HousekeepingStep(bootsteps.StartStopStep):
         log.info("summarize worker ready: %s", {k: v for k, v in settings.public().items()
                                                  if k in ("openai_base_url", "model", "concurrency", "rpm", "tpm")})
 
-    def stop(self, parent: Any) -> None:
+    def close_keeper(self) -> None:
         if self.keeper is not None:
             self.keeper.close()
 
 
 app.steps["worker"].add(HousekeepingStep)
+_keepers: list[HousekeepingStep] = []
+
+
+@worker_shutdown.connect
+def _close_housekeeping(**_: Any) -> None:
+    for step in _keepers:
+        step.close_keeper()
 
 
 @worker_shutting_down.connect

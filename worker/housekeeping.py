@@ -68,6 +68,7 @@ class Housekeeper(threading.Thread):
         self.ticks += 1
         if self.ticks % self.renew_every == 0:
             self._renew()
+        # A stopping worker keeps renewing its leases but leaves reaping to the others.
         if not self.stop.is_set() and self.store.try_reaper_lock(self.owner):
             due = self.store.requeue_due()
             if due:
@@ -80,5 +81,5 @@ class Housekeeper(threading.Thread):
             self.store.heartbeat(held)
 
     def close(self) -> None:
-        """Called once the pool has drained, so no lease of a running job lapses during shutdown."""
+        """Called at worker_shutdown, after the pool drained, so no running job's lease lapses meanwhile."""
         self.finished.set()

@@ -23,7 +23,7 @@ def settle_failure(store: JobStore, job: ClaimedJob, exc: Exception, attempts: i
         # Nowhere to record anything: let the lease lapse and the reaper re-enqueue the job later.
         raise exc
     if isinstance(exc, HandBack):
-        store.defer(job, 0.0, exc, attempts)
+        store.defer(job, 0.0, exc, attempts, failure=False)
         return "handed-back"
     if isinstance(exc, TransientLLMError):
         first = job.first_failure or time.time()
@@ -33,7 +33,7 @@ def settle_failure(store: JobStore, job: ClaimedJob, exc: Exception, attempts: i
             log.warning("job %s/%s deferred %.0fs after %s", job.batch_id, job.job_id, delay, exc)
             return "deferred"
         exc = type(exc)(f"gave up after {horizon:.0f}s of retries; last error: {exc}", exc.status)
-    if isinstance(exc, ProviderRejected):
+    if isinstance(exc, ProviderRejected) and not job.halted:
         # Thousands of jobs would fail the same way: stop paying for the discovery one at a time.
         store.halt(job.batch_id, exc)
         log.error("batch %s halted: %s", job.batch_id, exc)

@@ -31,13 +31,15 @@ local r = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
 local k = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
 if per_req > 0 then slot = math.max(slot, r) end
 if per_tok > 0 then
-  k = math.max(k, now)
-  -- Tokens may run ahead of the steady pace by `burst`; a request bigger than that waits for an empty bucket.
+  -- Tokens are booked from when the request will really be sent (after any cooldown), and may run
+  -- ahead of the steady pace by `burst`; a request bigger than that waits for an empty bucket.
+  k = math.max(k, slot)
   slot = math.max(slot, k + tokens * per_tok - burst)
   redis.call('HSET', KEYS[1], 't', tostring(k + tokens * per_tok))
 end
 if per_req > 0 then redis.call('HSET', KEYS[1], 'r', tostring(slot + per_req)) end
-redis.call('PEXPIRE', KEYS[1], 120000)
+-- Keep the schedule while anything is booked on it, or a new one would start beside it.
+redis.call('PEXPIRE', KEYS[1], math.ceil(math.max(120000, slot - now + 60000)))
 return math.ceil(slot - now)
 """
 

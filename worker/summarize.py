@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from openai import OpenAI
 
-from contract.errors import TransientLLMError
+from contract.errors import HandBack, TransientLLMError
 from contract.settings import Settings
 
 from . import llm, prompt, retry
@@ -55,6 +55,8 @@ class ProviderCall:
             estimate = self.count_tokens("\n".join(m["content"] for m in messages), max_tokens)
             for attempt in retry.policy(self.settings, retry.interruptible_sleep(self.stop)):
                 with attempt:
+                    if self.stop.is_set():
+                        raise HandBack("worker is shutting down")  # start no new request while stopping
                     self.limiter.acquire(estimate, self.stop)
                     attempts.n += 1
                     try:
