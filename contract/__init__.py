@@ -13,6 +13,7 @@ from .errors import (
     ProviderRejected,
     SummarizeError,
     TransientLLMError,
+    TruncatedSummary,
 )
 from .job import ClaimedJob, JobResult, Status
 from .keys import BATCH_ID_RE, Keys
@@ -42,5 +43,6 @@ __all__ = [
     "Status",
     "SummarizeError",
     "TransientLLMError",
+    "TruncatedSummary",
     "redact_url",
 ]

@@ -62,6 +62,10 @@ class MalformedResponse(TransientLLMError):
     """Raised when a 200 answer is not a usable completion (not JSON, no choices, empty, cut off)."""
 
 
+class TruncatedSummary(MalformedResponse):
+    """Raised when the model stopped at max_tokens (finish_reason=length); the next try gets more room."""
+
+
 class PermanentLLMError(LLMError):
     """Raised when retrying the same request can't help: a 4xx other than 408/409/429."""
 

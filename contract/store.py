@@ -389,5 +389,18 @@ class JobStore:
                 yield JobResult.from_hash(job_id, {k: v for k, v in zip(RESULT_FIELDS, row, strict=True) if v})
             start += chunk
 
+    def dead_letters(self, batch_id: str, limit: int = 10) -> list[dict[str, Any]]:
+        """Up to `limit` of the batch's failed jobs with their errors, straight from the dead-letter set."""
+        ids: list[str] = []
+        for job_id in self.r.sscan_iter(self.keys.dead(batch_id), count=limit):
+            ids.append(job_id)
+            if len(ids) >= limit:
+                break
+        with self.r.pipeline(transaction=False) as p:
+            for job_id in ids:
+                p.hmget(self.keys.job(batch_id, job_id), ("error_type", "error"))
+            rows = p.execute()
+        return [{"id": j, "error_type": t, "error": e} for j, (t, e) in zip(ids, rows, strict=True)]
+
     def existing_ids(self, batch_id: str) -> int:
         return int(self.r.zcard(self.keys.batch_ids(batch_id)))  # type: ignore[arg-type]

@@ -62,16 +62,6 @@ def _status_line(s: dict[str, Any]) -> str:
     return line
 
 
-def _failed_preview(client: Any, batch_id: str, limit: int = 10) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for r in client.store.results(batch_id):
-        if r.status == "failed":
-            out.append({"id": r.id, "error_type": r.error_type, "error": r.error})
-            if len(out) >= limit:
-                break
-    return out
-
-
 def _stop_on_signals() -> threading.Event:
     """First Ctrl-C (or SIGTERM) ends the submit after the chunk in flight; a second one aborts at once."""
     stop = threading.Event()
@@ -129,7 +119,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     client = _client(settings)
     status = client.store.status(args.batch)
     if status["failed"]:
-        status["failed_jobs"] = _failed_preview(client, args.batch)
+        status["failed_jobs"] = client.store.dead_letters(args.batch)
     if args.json:
         print(json.dumps(status, ensure_ascii=False))
         return 0

@@ -151,6 +151,11 @@ def iter_directory(path: Path, max_bytes: int) -> Iterator[Record]:
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in (".txt", ".md"))
     for number, file in enumerate(files, start=1):
         source, job_id = str(file), file.stem
+        checked_id, id_error = check_id(job_id)
+        if id_error:
+            yield Record(source, 0, None, "", {}, InputError(source, 0, None, f"file name: {id_error}"))
+            continue
+        job_id = checked_id or job_id
         size = file.stat().st_size
         if size > max_bytes:
             err = f"article is {size} bytes; the limit is {max_bytes} (SUMMARIZE_MAX_ARTICLE_BYTES)"

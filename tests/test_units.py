@@ -336,3 +336,25 @@ def test_retry_does_not_resend_invalid_input_records(store: JobStore) -> None:
     store.create_jobs("b5", [NewJob("invalid@line1", 0, "", {}, error="'text' is missing")], "m", 50)
     assert store.status("b5")["failed"] == 1
     assert store.retry_failed("b5") == []
+
+
+def test_a_cut_off_summary_is_retried_with_more_room(redis_url: str) -> None:
+    from worker.summarize import Attempts, ProviderCall
+
+    settings = Settings.from_dsn(redis_url, key_prefix=f"tr{uuid.uuid4().hex[:6]}")
+    provider = ProviderCall(client=None, limiter=RateLimiter(make_redis(settings), settings),  # type: ignore[arg-type]
+                            settings=settings)
+    asked: list[int] = []
+
+    def fake_complete(client: Any, messages: Any, model: str, max_tokens: int) -> llm.Completion:
+        asked.append(max_tokens)
+        if len(asked) == 1:
+            raise llm.TruncatedSummary("cut off")
+        return llm.Completion("ok", model, {})
+
+    original, llm.complete = llm.complete, fake_complete  # type: ignore[assignment]
+    try:
+        provider.for_job(Attempts())([{"role": "user", "content": "x"}], "m", 100)
+    finally:
+        llm.complete = original  # type: ignore[assignment]
+    assert asked == [100, 200]

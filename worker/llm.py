@@ -18,7 +18,13 @@ try:  # openai-python 3.x ships its HTTP stack as httpx2; older releases use htt
 except ImportError:  # pragma: no cover
     import httpx  # type: ignore[no-redef]
 
-from contract.errors import MalformedResponse, PermanentLLMError, ProviderRejected, TransientLLMError
+from contract.errors import (
+    MalformedResponse,
+    PermanentLLMError,
+    ProviderRejected,
+    TransientLLMError,
+    TruncatedSummary,
+)
 from contract.settings import Settings
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
@@ -119,7 +125,7 @@ def _validated(response: Any) -> Completion:
     if not isinstance(content, str) or not content.strip():
         raise MalformedResponse("response content is empty")
     if choice.get("finish_reason") == "length":
-        raise MalformedResponse("summary was cut off at max_tokens (finish_reason=length)")
+        raise TruncatedSummary("summary was cut off at max_tokens (finish_reason=length)")
     raw_usage = response.get("usage")
     usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
     counts = {name: _int(usage.get(name)) for name in ("prompt_tokens", "completion_tokens", "total_tokens")}

@@ -8,11 +8,14 @@ from dataclasses import dataclass, field
 
 from openai import OpenAI
 
-from contract.errors import HandBack, TransientLLMError
+from contract.errors import HandBack, TransientLLMError, TruncatedSummary
 from contract.settings import Settings
 
 from . import llm, prompt, retry
 from .ratelimit import RateLimiter, token_counter
+
+#: the most a retry after finish_reason=length may ask for
+MAX_COMPLETION_TOKENS = 4096
 
 #: (messages, model, max_tokens) -> Completion: whatever reaches the provider, however it retries
 Call = Callable[[list[dict[str, str]], str, int], llm.Completion]
@@ -53,6 +56,7 @@ class ProviderCall:
     def for_job(self, attempts: Attempts) -> Call:
         def call(messages: list[dict[str, str]], model: str, max_tokens: int) -> llm.Completion:
             estimate = self.count_tokens("\n".join(m["content"] for m in messages), max_tokens)
+            room = max_tokens
             for attempt in retry.policy(self.settings, retry.interruptible_sleep(self.stop)):
                 with attempt:
                     if self.stop.is_set():
@@ -60,7 +64,11 @@ class ProviderCall:
                     self.limiter.acquire(estimate, self.stop)
                     attempts.n += 1
                     try:
-                        completion = llm.complete(self.client, messages, model, max_tokens)
+                        completion = llm.complete(self.client, messages, model, room)
+                    except TruncatedSummary:
+                        # The same request at temperature 0 would stop at the same place: give it more room.
+                        room = min(room * 2, MAX_COMPLETION_TOKENS)
+                        raise
                     except TransientLLMError as exc:
                         if exc.status == 429 and exc.retry_after:
                             self.limiter.cool_down(exc.retry_after)
