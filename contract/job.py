@@ -17,13 +17,6 @@ class Status(StrEnum):
     DONE = "done"
     FAILED = "failed"
 
-    @property
-    def bucket(self) -> str:
-        """Which public counter the status counts under: deferred jobs are waiting, i.e. queued."""
-        if self is Status.DEFERRED:
-            return Status.QUEUED.value
-        return self.value
-
 
 COUNTERS = ("total", "queued", "running", "done", "failed")
 

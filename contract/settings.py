@@ -168,10 +168,6 @@ class Settings:
         if self.max_summary_chars < 16 or self.max_article_bytes < 16:
             raise ConfigError("SUMMARIZE_MAX_SUMMARY_CHARS and SUMMARIZE_MAX_ARTICLE_BYTES must be at least 16")
 
-    @property
-    def is_local_llm(self) -> bool:
-        return self.model == LOCAL_MODEL
-
     def public(self) -> dict[str, Any]:
         """Settings safe to print: secrets masked, passwords cut out of URLs."""
         out: dict[str, Any] = {}

@@ -9,12 +9,10 @@
 
 from __future__ import annotations
 
-import json
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -100,16 +98,8 @@ class Client:
         """Submit texts or dicts ({'text', optional 'id', anything else kept as metadata})."""
         if isinstance(items, str | bytes | dict):
             raise ConfigError("submit() takes an iterable of articles; wrap a single text or dict in a list")
-        if isinstance(items, Sequence):
-            return self._submit(lambda: reader.iter_items(items, self.settings.max_article_bytes),
-                                batch_id, model, max_words, skip_invalid, progress)
-        # A generator can be read only once: spool it so validation and enqueueing both see it.
-        with tempfile.TemporaryFile("w+b") as spool:
-            for item in items:
-                obj = {"text": item} if isinstance(item, str) else item
-                spool.write(json.dumps(obj, ensure_ascii=False).encode() + b"\n")
-            return self._submit(lambda: reader._rewound(spool, "<items>", self.settings.max_article_bytes),
-                                batch_id, model, max_words, skip_invalid, progress)
+        with reader.opened_items(items, self.settings.max_article_bytes) as source:
+            return self._submit(source.records_raw, batch_id, model, max_words, skip_invalid, progress)
 
     def submit_path(self, path: str, batch_id: str | None = None, model: str | None = None,
                     max_words: int | None = None, skip_invalid: bool = False, progress: bool = False,

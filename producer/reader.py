@@ -12,7 +12,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,10 +174,14 @@ def iter_directory(path: Path, max_bytes: int) -> Iterator[Record]:
         yield Record(source, number, job_id, text, {"file": file.name})
 
 
+def as_object(item: str | dict[str, Any]) -> Any:
+    """An API item as a record object: a plain string is the text."""
+    return {"text": item} if isinstance(item, str) else item
+
+
 def iter_items(items: Iterable[str | dict[str, Any]], max_bytes: int) -> Iterator[Record]:
     for number, item in enumerate(items, start=1):
-        obj = {"text": item} if isinstance(item, str) else item
-        yield record_from_obj(obj, "<items>", number, max_bytes)
+        yield record_from_obj(as_object(item), "<items>", number, max_bytes)
 
 
 def with_duplicates_marked(records: Iterable[Record]) -> Iterator[Record]:
@@ -212,6 +216,19 @@ def opened(path: str, max_bytes: int) -> Iterator[_Source]:
         yield _Source(lambda: _from_file(p, max_bytes))
     else:
         raise InputError(path, 0, None, "no such file or directory")
+
+
+@contextmanager
+def opened_items(items: Iterable[str | dict[str, Any]], max_bytes: int) -> Iterator[_Source]:
+    """A re-readable source for API items: a sequence is read twice, anything else spooled first."""
+    if isinstance(items, Sequence):
+        yield _Source(lambda: iter_items(items, max_bytes))
+        return
+    # A generator can be read only once: spool it as JSONL so both passes see the same records.
+    with tempfile.TemporaryFile() as spool:
+        for item in items:
+            spool.write(json.dumps(as_object(item), ensure_ascii=False).encode() + b"\n")
+        yield _Source(lambda: _rewound(spool, "<items>", max_bytes))
 
 
 class _Source:
