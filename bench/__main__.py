@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import memory, overhead, peer_compare, ratelimit, submit, throughput
+from . import curator_compare, memory, overhead, peer_compare, ratelimit, submit, throughput
 from .common import Ctx, Figure, fmt, log, machine_info
 
 BENCHMARKS: dict[str, tuple[str, Callable[[Ctx], None]]] = {
@@ -24,6 +24,8 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Ctx], None]]] = {
     "ratelimit": ("SUMMARIZE_RPM=600 over four workers vs what the server saw", ratelimit.run),
     "submit": ("100k x 3 KB articles: summarize submit vs SET + send_task per article", submit.run),
     "memory": ("peak RSS of a worker with 200 requests in flight", memory.run),
+    "curator": ("jobs/s and CPU per job of one worker vs Bespoke Curator's online mode, 200 in flight @ 0.5 s",
+                curator_compare.run),
 }
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
