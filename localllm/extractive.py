@@ -44,16 +44,7 @@ def summarize_text(text: str, max_words: int) -> str:
     """Pick the best LexRank sentences fitting in ``max_words`` words, kept in article order."""
     if max_words < 1:
         raise ValueError(f"max_words must be at least 1, got {max_words}")
-    sentences = split_sentences(text)
-    if not sentences:
-        raise ValueError("text to summarize is empty")
-    # Headlines, datelines and bylines carry no final punctuation and would run into the next
-    # sentence once joined, so they only compete when nothing else is left.
-    sentences = [s for s in sentences if _ENDS_SENTENCE_RE.search(s)] or sentences
-    # LexRank is quadratic in pure Python (2,000 sentences take about a minute); a news
-    # article's substance is in its first few hundred sentences anyway.
-    sentences = sentences[:MAX_RANKED_SENTENCES]
-
+    sentences = candidate_sentences(text)
     ranked = _rank(sentences)
     chosen: list[int] = []
     used = 0
@@ -65,6 +56,30 @@ def summarize_text(text: str, max_words: int) -> str:
     if not chosen:
         return _cut_words(sentences[ranked[0]], max_words)
     return " ".join(sentences[index] for index in sorted(chosen))
+
+
+def top_sentences(text: str, count: int) -> list[str]:
+    """The ``count`` best-ranked sentences, best first (fewer if the article is shorter)."""
+    sentences = candidate_sentences(text)
+    return [sentences[index] for index in _rank(sentences)[: max(count, 0)]]
+
+
+def lead_sentence(text: str, max_words: int) -> str:
+    """The article's first real sentence (a news lead), cut to ``max_words`` words."""
+    return _cut_words(candidate_sentences(text)[0], max(max_words, 1))
+
+
+def candidate_sentences(text: str) -> list[str]:
+    """The sentences a summary is made of; ValueError when there are none."""
+    sentences = split_sentences(text)
+    if not sentences:
+        raise ValueError("text to summarize is empty")
+    # Headlines, datelines and bylines carry no final punctuation and would run into the next
+    # sentence once joined, so they only compete when nothing else is left.
+    sentences = [s for s in sentences if _ENDS_SENTENCE_RE.search(s)] or sentences
+    # LexRank is quadratic in pure Python (2,000 sentences take about a minute); a news
+    # article's substance is in its first few hundred sentences anyway.
+    return sentences[:MAX_RANKED_SENTENCES]
 
 
 def split_sentences(text: str) -> list[str]:

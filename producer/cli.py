@@ -154,7 +154,11 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_llm_serve(args: argparse.Namespace, settings: Settings) -> int:
     from localllm.server import serve
 
-    serve(args.host, args.port, api_key=settings.llm_serve_api_key or None)
+    if args.context_tokens < 1 or args.batch_delay < 0:
+        print("summarize llm-serve: --context-tokens must be >= 1 and --batch-delay >= 0", file=sys.stderr)
+        return EXIT_TIMEOUT  # the usage-error code
+    serve(args.host, args.port, api_key=settings.llm_serve_api_key or None,
+          context_tokens=args.context_tokens, batch_delay=args.batch_delay)
     return 0
 
 
@@ -201,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("llm-serve", help="the offline OpenAI-compatible extractive summarizer")
     ls.add_argument("--host", default="127.0.0.1")
     ls.add_argument("--port", type=int, default=8765)
+    ls.add_argument("--context-tokens", type=int, default=16384, metavar="N",
+                    help="context window: prompt plus max_tokens above it is refused (default 16384)")
+    ls.add_argument("--batch-delay", type=float, default=2.0, metavar="SECONDS",
+                    help="Batch API: seconds a batch waits in_progress before its lines run (default 2)")
     ls.set_defaults(func=cmd_llm_serve)
     return p
 

@@ -12,7 +12,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion
 
-from tests.faultserver import FaultServer, article_key, expected_summary, extract_article
+from tests.faultserver import FaultServer, ServerConfig, article_key, expected_summary, extract_article
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -70,7 +70,7 @@ def test_success_body_and_usage(srv: FaultServer, client: openai.OpenAI) -> None
     assert choice.finish_reason == "stop"
     prompt_len = len("You summarize articles.") + len(f"Summarize this:\n<article>\n{article}\n</article>")
     assert resp.usage is not None
-    assert resp.usage.prompt_tokens == prompt_len // 4
+    assert resp.usage.prompt_tokens == -(-prompt_len // 4)  # a token per 4 characters, rounded up
     assert resp.usage.completion_tokens == len(expected_summary(article).split())
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
     assert client.models.list().data[0].id == "fake-model"
@@ -199,7 +199,7 @@ def test_rpm_limit(srv: FaultServer, client: openai.OpenAI) -> None:
 
 
 def test_api_key_config(srv: FaultServer, client: openai.OpenAI) -> None:
-    assert srv.configure(api_key="s3cret") == {"latency": 0.0, "rpm": 0, "api_key_set": True}
+    assert srv.configure(api_key="s3cret") == {**ServerConfig().public(), "api_key_set": True}
     with pytest.raises(openai.AuthenticationError):
         ask(client, make_article())
     good = openai.OpenAI(base_url=srv.url, api_key="s3cret", max_retries=0, timeout=2)
@@ -242,7 +242,7 @@ def test_reset_restores_start_state(srv: FaultServer, client: openai.OpenAI) -> 
     stats = srv.stats()
     assert stats["requests"] == 0 and stats["ok"] == 0 and stats["by_article"] == {}
     assert stats["statuses"] == {} and stats["ok_times"] == []
-    assert stats["config"] == {"latency": 0.0, "rpm": 0, "api_key_set": False}
+    assert stats["config"] == ServerConfig().public()
     with pytest.raises(openai.InternalServerError):  # per-article fault progress was cleared too
         ask(client, article)
 

@@ -1,27 +1,48 @@
-"""The offline LLM: extractive summarizer unit tests and the real HTTP server driven by the openai client."""
+"""The offline LLM: its wire shapes, summarizer and JSON filler as units, and `summarize llm-serve` as a real
+process on a loopback port driven by the openai client (chat, Files and Batch APIs, signals)."""
 
 from __future__ import annotations
 
 import http.client
 import json
-import threading
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import jsonschema
 import openai
+import pydantic
 import pytest
+from openai.types import Batch, FileObject
+from openai.types.chat import ChatCompletion
 
+from contract import openai_shapes as shapes
 from localllm.extractive import (
     MAX_RANKED_SENTENCES,
     MODEL_NAME,
     count_tokens,
+    lead_sentence,
     split_sentences,
     summarize_text,
+    top_sentences,
     truncate_tokens,
 )
-from localllm.server import make_server
+from localllm.jsonfill import FillText, fill_schema
 
-API_KEY = "test-key"
+pytestmark = pytest.mark.timeout(60)
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "test-key-not-a-secret"
+CONTEXT_TOKENS = 3000
+BATCH_DELAY = 0.4
 
 ARTICLE = """City council approves new park
 
@@ -34,49 +55,103 @@ Some residents raised concerns about parking near the park during council hearin
 The mayor said the park would make the riverfront a place for every family in the city."""
 
 
-def _start(server: ThreadingHTTPServer) -> Iterator[int]:
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+# --- a real `summarize llm-serve` process ------------------------------------------------------------------
+
+
+@dataclass
+class LLMServe:
+    proc: subprocess.Popen[bytes]
+    log: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def client(self, api_key: str = "x") -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url, api_key=api_key, max_retries=0, timeout=30)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, float]:
+        """Send ``sig``; the exit code and the seconds it took to exit."""
+        started = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        return code, time.monotonic() - started
+
+
+def start_llm_serve(tmp: Path, *args: str, api_key: str | None = None) -> LLMServe:
+    """`summarize llm-serve --port 0 ...`; the bound port is read from its 'listening on' line."""
+    env = {k: v for k, v in os.environ.items() if k != "LLM_SERVE_API_KEY"}
+    env["PYTHONPATH"] = str(ROOT)
+    if api_key:
+        env["LLM_SERVE_API_KEY"] = api_key
+    log = tmp / f"llm-serve-{time.monotonic_ns()}.log"
+    argv = [str(BIN / "summarize"), "llm-serve", "--host", "127.0.0.1", "--port", "0", *args]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    deadline = time.monotonic() + 45
+    while time.monotonic() < deadline:
+        found = re.search(r"listening on http://127\.0\.0\.1:(\d+)/v1", log.read_text(errors="replace"))
+        if found:
+            return LLMServe(proc, log, int(found.group(1)))
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"llm-serve did not start:\n{log.read_text(errors='replace')}")
 
 
 @pytest.fixture(scope="module")
-def port() -> Iterator[int]:
-    yield from _start(make_server("127.0.0.1", 0, quiet=True))
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMServe]:
+    srv = start_llm_serve(
+        tmp_path_factory.mktemp("llm"), "--context-tokens", str(CONTEXT_TOKENS), "--batch-delay", str(BATCH_DELAY)
+    )
+    yield srv
+    srv.stop()
 
 
 @pytest.fixture(scope="module")
-def secured_port() -> Iterator[int]:
-    yield from _start(make_server("127.0.0.1", 0, api_key=API_KEY, quiet=True))
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMServe]:
+    srv = start_llm_serve(tmp_path_factory.mktemp("llm-key"), api_key=API_KEY)
+    yield srv
+    srv.stop()
 
 
-def _client(port: int, api_key: str = "x") -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key, max_retries=0, timeout=30)
+@pytest.fixture
+def client(server: LLMServe) -> openai.OpenAI:
+    return server.client()
 
 
-def _messages(article: str, words: int = 40) -> list[dict[str, str]]:
-    return [
-        {"role": "system", "content": f"Summarize the news article in at most {words} words."},
-        {"role": "user", "content": f"Summarize this:\n<article>\n{article}\n</article>"},
-    ]
+def messages(article: str, system: str | None = "Summarize the news article.") -> list[dict[str, str]]:
+    msgs = [{"role": "system", "content": system}] if system is not None else []
+    return [*msgs, {"role": "user", "content": f"Summarize this:\n<article>\n{article}\n</article>"}]
 
 
-def _raw_post(port: int, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, object]]:
+def ask(client: openai.OpenAI, article: str = ARTICLE, **kwargs: Any) -> ChatCompletion:
+    kwargs.setdefault("messages", messages(article))
+    return client.chat.completions.create(model=MODEL_NAME, **kwargs)
+
+
+def raw(port: int, method: str, path: str, body: bytes | None = None,
+        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        conn.request("POST", "/v1/chat/completions", body=body, headers=headers or {})
+        conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
-        return response.status, json.loads(response.read())
+        return response.status, dict(response.getheaders()), response.read()
     finally:
         conn.close()
 
 
-def _article_positions(summary: str, article: str) -> list[int]:
+def article_positions(summary: str, article: str) -> list[int]:
     """Indices of the article sentences that, joined by spaces, make up ``summary`` (fails otherwise)."""
     positions: list[int] = []
     rest = summary
@@ -88,13 +163,196 @@ def _article_positions(summary: str, article: str) -> list[int]:
     return positions
 
 
-# --- summarize_text -------------------------------------------------------------------------------------
+# --- contract.openai_shapes ----------------------------------------------------------------------------
+
+
+def test_word_room_convention_round_trips() -> None:
+    assert shapes.max_tokens_for_words(80) == 224
+    for words in (1, 2, 7, 60, 80, 500):
+        assert shapes.words_for_max_tokens(shapes.max_tokens_for_words(words)) == words
+    assert shapes.words_for_max_tokens(1) == 1  # never zero words, however little room
+    assert shapes.words_for_max_tokens(2 * shapes.max_tokens_for_words(60)) == 152  # the worker's doubled retry
+
+
+def test_error_and_context_length_shapes() -> None:
+    assert shapes.error_body("bad", code="x") == {
+        "error": {"message": "bad", "type": "invalid_request_error", "param": None, "code": "x"}
+    }
+    body = shapes.context_length_exceeded(16384, 16000, 1000)
+    assert body["error"]["code"] == "context_length_exceeded"
+    assert body["error"]["message"] == (
+        "This model's maximum context length is 16384 tokens. However, you requested 17000 tokens "
+        "(16000 in the messages, 1000 in the completion). Please reduce the length of the messages or completion."
+    )
+
+
+def test_message_parsing() -> None:
+    parts = [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {}}, {"type": "text", "text": "b"}]
+    assert shapes.content_text(parts) == "a\nb"
+    assert shapes.content_text("plain") == "plain"
+    assert shapes.content_text(None) == ""
+    msgs = [
+        {"role": "system", "content": "S1"},
+        {"role": "developer", "content": [{"type": "text", "text": "S2"}]},
+        {"role": "user", "content": "first"},
+        "junk",
+        {"role": "user", "content": parts},
+    ]
+    assert shapes.message_texts(msgs) == ["S1", "S2", "first", "", "a\nb"]
+    assert shapes.system_prompt(msgs) == "S1\nS2"
+    assert shapes.system_prompt([{"role": "user", "content": "x"}]) is None
+    assert shapes.last_user_text(msgs) == "a\nb"
+    assert shapes.extract_article("x <article> a <article> b </article> c </article> y") == "a <article> b </article> c"
+    assert shapes.extract_article("no tags here ") == "no tags here "
+    assert shapes.requested_max_tokens({"max_tokens": 5, "max_completion_tokens": 9}) == 9
+    assert shapes.requested_max_tokens({"max_tokens": 5}) == 5
+    assert shapes.response_format_kind({}) == "text"
+    assert shapes.response_format_kind({"response_format": {"type": "json_object"}}) == "json_object"
+    schema = {"type": "object"}
+    fmt = {"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}}
+    assert shapes.response_json_schema(fmt) == schema
+    assert shapes.response_json_schema({"response_format": {"type": "json_object"}}) is None
+
+
+def test_shapes_parse_as_the_openai_client_models() -> None:
+    completion = shapes.chat_completion(
+        shapes.Answer("", "length", "thinking"), model="m", prompt_tokens=3, completion_tokens=4
+    )
+    parsed = ChatCompletion.model_validate(completion)
+    assert parsed.choices[0].finish_reason == "length"
+    assert parsed.usage is not None and parsed.usage.total_tokens == 7
+    assert completion["choices"][0]["message"]["reasoning_content"] == "thinking"
+    assert ChatCompletion.model_validate(
+        shapes.chat_completion(None, model="m", prompt_tokens=1, completion_tokens=0)
+    ).choices == []
+
+    file = FileObject.model_validate(shapes.file_object("file-1", filename="a.jsonl", purpose="batch", size=3,
+                                                        created_at=1))
+    assert file.bytes == 3
+    view = shapes.BatchView(id="batch_1", input_file_id="file-1", created_at=100, status="failed",
+                            errors=[shapes.batch_error("invalid_json_line", "bad", line=2)],
+                            timestamps={"failed_at": 101}, counts=(3, 1, 2), metadata={"k": "v"})
+    batch = Batch.model_validate(shapes.batch_object(view))
+    assert batch.status == "failed" and batch.failed_at == 101 and batch.expires_at == 100 + 86400
+    assert batch.errors is not None and batch.errors.data is not None and batch.errors.data[0].line == 2
+    assert batch.request_counts is not None and batch.request_counts.failed == 2
+    page = shapes.list_page([{"id": "a"}, {"id": "b"}], has_more=True)
+    assert (page["first_id"], page["last_id"], page["has_more"]) == ("a", "b", True)
+
+
+def test_batch_lines() -> None:
+    line = shapes.batch_request_line("c1", {"model": "m"})
+    assert line == {"custom_id": "c1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m"}}
+    ok = shapes.batch_response_line("c1", 200, {"x": 1}, request_id="req_1", line_id="batch_req_1")
+    assert ok == {"id": "batch_req_1", "custom_id": "c1", "error": None,
+                  "response": {"status_code": 200, "request_id": "req_1", "body": {"x": 1}}}
+    gone = shapes.batch_error_line("c2", shapes.BATCH_EXPIRED, "late")
+    assert gone["response"] is None and gone["error"] == {"code": "batch_expired", "message": "late"}
+    requests = shapes.parse_batch_input(shapes.jsonl([line, shapes.batch_request_line("c2", {})]) + b"\n\n")
+    assert [(r.line, r.custom_id) for r in requests] == [(1, "c1"), (2, "c2")]
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        ("{not json", "invalid_json_line"),
+        ('{"method": "POST", "url": "/v1/chat/completions", "body": {}}', "missing_required_parameter"),
+        ('{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {}}', "duplicate_custom_id"),
+        ('{"custom_id": "z", "method": "POST", "url": "/v1/embeddings", "body": {}}', "invalid_url"),
+        ('{"custom_id": "z", "method": "GET", "url": "/v1/chat/completions", "body": {}}', "invalid_method"),
+        ('{"custom_id": "z", "method": "POST", "url": "/v1/chat/completions", "body": []}', "invalid_request"),
+    ],
+)
+def test_batch_input_validation(line: str, code: str) -> None:
+    good = '{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {}}'
+    with pytest.raises(shapes.BatchInputError) as info:
+        shapes.parse_batch_input(f"{good}\n{line}\n")
+    assert [(e["code"], e["line"]) for e in info.value.errors] == [(code, 2)]
+
+
+def test_empty_batch_input_is_invalid() -> None:
+    with pytest.raises(shapes.BatchInputError) as info:
+        shapes.parse_batch_input(b"\n")
+    assert info.value.errors[0]["code"] == "empty_file"
+
+
+# --- the JSON filler -----------------------------------------------------------------------------------
+
+TEXT = FillText(summary="Council approves a park by the river.", lead="The council voted.",
+                sentences=("One.", "Two.", "Three.", "Four."))
+
+
+class Section(pydantic.BaseModel):
+    heading: str
+    sentences: list[str]
+
+
+class Report(pydantic.BaseModel):
+    """Written the way people write models for OpenAI's structured outputs: nested, optional, enums."""
+
+    headline: str
+    summary: str
+    key_points: list[str]
+    word_count: int
+    confidence: float
+    is_opinion: bool
+    tone: str = pydantic.Field(json_schema_extra={"enum": ["neutral", "positive", "negative"]})
+    section: Section
+    byline: str | None
+
+
+SCHEMAS: list[dict[str, Any]] = [
+    Report.model_json_schema(),
+    {
+        "type": "object",
+        "properties": {
+            "title": {"type": "string", "maxLength": 10},
+            "abstract": {"type": "string", "minLength": 100},
+            "points": {"type": "array", "items": {"type": "string"}, "minItems": 6, "maxItems": 8},
+            "few": {"type": "array", "items": {"type": "string"}, "maxItems": 2},
+            "score": {"type": "integer", "minimum": 1, "maximum": 5},
+            "big": {"type": "integer", "exclusiveMinimum": 100},
+            "ratio": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+            "kind": {"const": "news"},
+            "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "minItems": 1},
+            "nothing": {"type": "null"},
+            "either": {"anyOf": [{"type": "null"}, {"type": "integer", "maximum": 2}]},
+            "typed_list": {"type": ["string", "null"]},
+        },
+        "required": ["title", "abstract", "points", "few", "score", "big", "ratio", "kind", "tags", "nothing",
+                     "either", "typed_list"],
+        "additionalProperties": False,
+    },
+    {"type": "array", "items": {"type": "object", "properties": {"n": {"type": "integer"}}}, "minItems": 2},
+]
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_filled_values_are_schema_valid(schema: dict[str, Any]) -> None:
+    value = fill_schema(schema, TEXT)
+    jsonschema.validate(value, schema)
+    if isinstance(value, dict):
+        assert set(value) == set(schema["properties"])  # every property, as strict mode requires
+
+
+def test_filled_values_follow_field_names() -> None:
+    report = Report.model_validate(fill_schema(Report.model_json_schema(), TEXT))
+    assert report.headline == TEXT.lead
+    assert report.summary == TEXT.summary
+    assert report.key_points == ["One.", "Two.", "Three."]
+    assert report.word_count == len(TEXT.summary.split())
+    assert report.is_opinion is False
+    assert report.tone == "neutral"
+    assert report.section.sentences == ["One.", "Two.", "Three."]
+
+
+# --- summarize_text --------------------------------------------------------------------------------------
 
 
 def test_summary_keeps_article_order_and_word_limit() -> None:
     summary = summarize_text(ARTICLE, 40)
     assert len(summary.split()) <= 40
-    assert len(_article_positions(summary, ARTICLE)) >= 2
+    assert len(article_positions(summary, ARTICLE)) >= 2
 
 
 def test_headline_without_punctuation_is_skipped() -> None:
@@ -130,6 +388,15 @@ def test_only_leading_sentences_are_ranked() -> None:
     assert f"came {MAX_RANKED_SENTENCES}." not in summary
 
 
+def test_lead_and_top_sentences() -> None:
+    assert lead_sentence(ARTICLE, 100) == "The city council voted on Tuesday to approve a new park along the river."
+    assert lead_sentence(ARTICLE, 3) == "The city council…"
+    top = top_sentences(ARTICLE, 3)
+    assert len(top) == 3
+    assert set(top) <= set(split_sentences(ARTICLE))
+    assert len(top_sentences(ARTICLE, 100)) == 7  # the headline only competes when nothing else is left
+
+
 @pytest.mark.parametrize("text", ["", "   \n\t "])
 def test_blank_text_raises(text: str) -> None:
     with pytest.raises(ValueError):
@@ -142,12 +409,12 @@ def test_token_helpers() -> None:
     assert truncate_tokens("Short.", 10) == "Short."
 
 
-# --- HTTP server through the openai client --------------------------------------------------------------
+# --- chat completions through the openai client --------------------------------------------------------
 
 
-def test_chat_completion_summarizes_article(port: int) -> None:
-    messages = _messages(ARTICLE, words=40)
-    response = _client(port).chat.completions.create(model=MODEL_NAME, messages=messages)  # type: ignore[arg-type]
+def test_chat_completion_summarizes_article(client: openai.OpenAI) -> None:
+    msgs = messages(ARTICLE)
+    response = ask(client, messages=msgs, max_tokens=shapes.max_tokens_for_words(40))
 
     assert response.object == "chat.completion"
     assert response.id.startswith("chatcmpl-")
@@ -156,93 +423,147 @@ def test_chat_completion_summarizes_article(port: int) -> None:
     assert choice.finish_reason == "stop"
     assert choice.message.role == "assistant"
     content = choice.message.content
-    assert content
-    assert len(content.split()) <= 40
-    assert _article_positions(content, ARTICLE)
+    assert content == summarize_text(ARTICLE, 40)
+    assert article_positions(content, ARTICLE)
 
     usage = response.usage
     assert usage is not None
     assert usage.completion_tokens == count_tokens(content)
-    assert usage.prompt_tokens == count_tokens("\n".join(m["content"] for m in messages))
+    assert usage.prompt_tokens == count_tokens("\n".join(m["content"] for m in msgs))
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
-def test_default_word_limit_without_system_message(port: int) -> None:
-    response = _client(port).chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": ARTICLE}])
-    content = response.choices[0].message.content
-    assert content
-    assert len(content.split()) <= 80
+def test_word_limit_comes_from_max_tokens_whatever_the_prompt(client: openai.OpenAI) -> None:
+    custom = "Tu es un rédacteur. Résume l'article en trois phrases au plus, sans préambule."
+    for words in (12, 25, 60):
+        content = ask(client, messages=messages(ARTICLE, custom), max_tokens=shapes.max_tokens_for_words(words))
+        text = content.choices[0].message.content
+        assert text == summarize_text(ARTICLE, words)
+    # The prompt's own wording ("at most 10 words") no longer decides anything.
+    said = ask(client, messages=messages(ARTICLE, "Summarize in at most 10 words."), max_tokens=200)
+    assert said.choices[0].message.content == summarize_text(ARTICLE, shapes.words_for_max_tokens(200))
 
 
-def test_max_tokens_truncates_with_length(port: int) -> None:
-    response = _client(port).chat.completions.create(
-        model=MODEL_NAME,
-        messages=_messages(ARTICLE),  # type: ignore[arg-type]
-        max_tokens=7,
-    )
+def test_default_word_limit_without_max_tokens_or_system(client: openai.OpenAI) -> None:
+    response = ask(client, messages=[{"role": "user", "content": ARTICLE}])
+    assert response.choices[0].message.content == summarize_text(ARTICLE, 80)
+
+
+def test_max_tokens_truncates_with_length(client: openai.OpenAI) -> None:
+    # A hyphenated chain is many tokens in one word, so the words that fit the room overflow it in tokens.
+    dense = "-".join("abcdefghijklmnopqrst" * 2) + " rose."
+    response = ask(client, dense, max_tokens=70)
     choice = response.choices[0]
     assert choice.finish_reason == "length"
     assert choice.message.content
-    assert count_tokens(choice.message.content) <= 7
-    assert response.usage is not None
-    assert response.usage.completion_tokens == count_tokens(choice.message.content)
+    assert count_tokens(choice.message.content) == 70
+    assert response.usage is not None and response.usage.completion_tokens == 70
 
 
-def test_models_list(port: int) -> None:
-    models = _client(port).models.list()
+def test_structured_output_with_pydantic_model(client: openai.OpenAI) -> None:
+    # The client turns the model into a strict json_schema and parses the answer back into it.
+    completion = client.chat.completions.parse(
+        model=MODEL_NAME, messages=messages(ARTICLE), response_format=Report,  # type: ignore[arg-type]
+        max_tokens=shapes.max_tokens_for_words(500),
+    )
+    report = completion.choices[0].message.parsed
+    assert report is not None
+    assert report.summary == summarize_text(ARTICLE, 500)
+    assert report.headline == lead_sentence(ARTICLE, 500)
+    assert report.key_points == top_sentences(ARTICLE, 3)
+    assert report.word_count == len(report.summary.split())
+    # A rich schema needs more room than its summary's words: too little is cut, as a real model's would be.
+    with pytest.raises(openai.LengthFinishReasonError):
+        client.chat.completions.parse(
+            model=MODEL_NAME, messages=messages(ARTICLE), response_format=Report,  # type: ignore[arg-type]
+            max_tokens=shapes.max_tokens_for_words(30),
+        )
+
+
+@pytest.mark.parametrize("schema", SCHEMAS[1:])
+def test_json_schema_answers_validate(client: openai.OpenAI, schema: dict[str, Any]) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+    response = ask(client, response_format=fmt, max_tokens=1000)
+    assert response.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(response.choices[0].message.content or ""), schema)
+
+
+def test_json_object_answer(client: openai.OpenAI) -> None:
+    response = ask(client, response_format={"type": "json_object"}, max_tokens=shapes.max_tokens_for_words(30))
+    assert json.loads(response.choices[0].message.content or "") == {"summary": summarize_text(ARTICLE, 30)}
+
+
+def test_context_length_exceeded(client: openai.OpenAI) -> None:
+    long_article = " ".join(["The council met again and talked about the park."] * 300)
+    prompt_tokens = count_tokens("\n".join(m["content"] for m in messages(long_article)))
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(client, long_article, max_tokens=100)
+    assert info.value.code == "context_length_exceeded"
+    assert info.value.response.json()["error"]["message"] == (
+        f"This model's maximum context length is {CONTEXT_TOKENS} tokens. However, you requested "
+        f"{prompt_tokens + 100} tokens ({prompt_tokens} in the messages, 100 in the completion). "
+        "Please reduce the length of the messages or completion."
+    )
+    # A prompt that fits leaves room: asking for more than the rest of the window is refused too.
+    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+        ask(client, max_tokens=CONTEXT_TOKENS)
+
+
+def test_models_list_reports_context_window(client: openai.OpenAI) -> None:
+    models = client.models.list()
     assert [m.id for m in models.data] == [MODEL_NAME]
-    assert models.data[0].owned_by == "local"
+    model = models.data[0]
+    assert model.owned_by == "local"
+    assert model.model_extra == {"context_length": CONTEXT_TOKENS, "max_model_len": CONTEXT_TOKENS}
+    assert client.models.retrieve(MODEL_NAME).id == MODEL_NAME
 
 
-def test_unknown_model_is_not_found(port: int) -> None:
+def test_unknown_model_is_not_found(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
-        _client(port).chat.completions.create(model="gpt-4o", messages=_messages(ARTICLE))  # type: ignore[arg-type]
+        client.chat.completions.create(model="gpt-4o", messages=messages(ARTICLE))  # type: ignore[arg-type]
     assert info.value.code == "model_not_found"
     assert "gpt-4o" in info.value.message
     assert MODEL_NAME in info.value.message
 
 
-def test_empty_article_is_bad_request(port: int) -> None:
+def test_empty_article_and_stream_are_bad_requests(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        _client(port).chat.completions.create(
-            model=MODEL_NAME,
-            messages=_messages("   "),  # type: ignore[arg-type]
-        )
+        ask(client, "   ")
     assert info.value.type == "invalid_request_error"
-
-
-def test_stream_is_bad_request(port: int) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        _client(port).chat.completions.create(
-            model=MODEL_NAME,
-            messages=_messages(ARTICLE),  # type: ignore[arg-type]
-            stream=True,
-        )
+        ask(client, stream=True)
     assert "stream" in info.value.message.lower()
 
 
-def test_wrong_api_key_is_rejected(secured_port: int) -> None:
+def test_wrong_api_key_is_rejected(secured: LLMServe) -> None:
     with pytest.raises(openai.AuthenticationError) as info:
-        _client(secured_port, api_key="wrong").models.list()
+        secured.client(api_key="wrong").models.list()
     assert info.value.code == "invalid_api_key"
-    assert _client(secured_port, api_key=API_KEY).models.list().data[0].id == MODEL_NAME
+    status, _, body = raw(secured.port, "POST", "/v1/chat/completions", b"{}")  # no Authorization at all
+    assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
+    assert secured.client(api_key=API_KEY).models.list().data[0].id == MODEL_NAME
+    status, _, body = raw(secured.port, "GET", "/health")  # readiness probes carry no key
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
 
 
-def test_invalid_json_and_unknown_path(port: int) -> None:
-    status, body = _raw_post(port, b"{not json", {"Content-Type": "application/json"})
+def test_invalid_json_and_unknown_path(server: LLMServe, client: openai.OpenAI) -> None:
+    status, _, body = raw(server.port, "POST", "/v1/chat/completions", b"{not json",
+                          {"Content-Type": "application/json"})
     assert status == 400
-    assert body["error"] == {
+    assert json.loads(body)["error"] == {
         "message": "Request body is not valid JSON.",
         "type": "invalid_request_error",
         "param": None,
         "code": None,
     }
     with pytest.raises(openai.NotFoundError):
-        _client(port).get("/nowhere", cast_to=object)
+        client.get("/nowhere", cast_to=object)
+    status, _, body = raw(server.port, "GET", "/v1/chat/completions")
+    assert status == 405 and "error" in json.loads(body)
 
 
-def test_health_and_keep_alive(port: int) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+def test_health_and_keep_alive(server: LLMServe) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
         for _ in range(2):  # the second request reuses the same connection
             conn.request("GET", "/health")
@@ -253,8 +574,8 @@ def test_health_and_keep_alive(port: int) -> None:
         conn.close()
 
 
-def test_oversized_body_is_rejected(port: int) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+def test_oversized_body_is_rejected(server: LLMServe) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
         conn.putrequest("POST", "/v1/chat/completions")
         conn.putheader("Content-Length", str(9 * 1024 * 1024))
@@ -264,3 +585,169 @@ def test_oversized_body_is_rejected(port: int) -> None:
         assert response.getheader("Connection") == "close"
     finally:
         conn.close()
+
+
+# --- Files and Batch APIs through the openai client ----------------------------------------------------
+
+
+def request_line(custom_id: str, article: str = ARTICLE, words: int = 30, **body: Any) -> dict[str, Any]:
+    return shapes.batch_request_line(custom_id, {
+        "model": MODEL_NAME, "messages": messages(article), "max_tokens": shapes.max_tokens_for_words(words), **body,
+    })
+
+
+def upload(client: openai.OpenAI, lines: list[dict[str, Any]] | bytes) -> FileObject:
+    data = lines if isinstance(lines, bytes) else shapes.jsonl(lines)
+    return client.files.create(file=("batch.jsonl", data), purpose="batch")
+
+
+def wait_done(client: openai.OpenAI, batch_id: str, timeout: float = 30) -> tuple[Batch, list[str]]:
+    """The finished batch and every status seen while polling."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = client.batches.retrieve(batch_id)
+        if not seen or seen[-1] != batch.status:
+            seen.append(batch.status)
+        if batch.status in shapes.TERMINAL_BATCH_STATUSES:
+            return batch, seen
+        time.sleep(0.05)
+    raise AssertionError(f"batch {batch_id} still {seen[-1]} after {timeout}s")
+
+
+def result_lines(client: openai.OpenAI, file_id: str | None) -> dict[str, dict[str, Any]]:
+    if file_id is None:
+        return {}
+    text = client.files.content(file_id).text
+    return {line["custom_id"]: line for line in map(json.loads, text.splitlines())}
+
+
+def test_files_roundtrip(client: openai.OpenAI) -> None:
+    data = shapes.jsonl([request_line("a"), request_line("b")])
+    created = upload(client, data)
+    assert created.id.startswith("file-")
+    assert (created.bytes, created.purpose, created.filename, created.status) == (len(data), "batch",
+                                                                                  "batch.jsonl", "processed")
+    assert client.files.retrieve(created.id) == created
+    assert client.files.content(created.id).content == data
+    deleted = client.files.delete(created.id)
+    assert deleted.deleted and deleted.id == created.id
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(created.id)
+
+
+def test_batch_completes_with_output_and_error_files(client: openai.OpenAI) -> None:
+    long_article = " ".join(["The council met again and talked about the park."] * 300)
+    lines = [
+        request_line("ok-1", words=20),
+        request_line("bad-model", model="gpt-4o"),
+        request_line("ok-2", words=40, response_format={"type": "json_object"}),
+        request_line("too-long", long_article),
+        request_line("empty", "   "),
+    ]
+    source = upload(client, lines)
+    created = client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions",
+                                    completion_window="24h", metadata={"job": "t1"})
+    assert created.status == "validating"
+    assert created.metadata == {"job": "t1"}
+    assert created.request_counts is not None and created.request_counts.total == 5
+
+    batch, seen = wait_done(client, created.id)
+    assert seen[-1] == "completed"
+    assert "in_progress" in seen  # the processing delay makes it visible
+    assert batch.request_counts is not None
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (5, 2, 3)
+    assert batch.in_progress_at and batch.finalizing_at and batch.completed_at
+
+    outputs = result_lines(client, batch.output_file_id)
+    assert set(outputs) == {"ok-1", "ok-2"}
+    first = outputs["ok-1"]["response"]
+    assert first["status_code"] == 200 and outputs["ok-1"]["error"] is None
+    assert ChatCompletion.model_validate(first["body"]).choices[0].message.content == summarize_text(ARTICLE, 20)
+    second = outputs["ok-2"]["response"]["body"]["choices"][0]["message"]["content"]
+    assert json.loads(second) == {"summary": summarize_text(ARTICLE, 40)}
+
+    errors = result_lines(client, batch.error_file_id)
+    assert set(errors) == {"bad-model", "too-long", "empty"}
+    assert errors["bad-model"]["response"]["status_code"] == 404
+    assert errors["too-long"]["response"]["body"]["error"]["code"] == "context_length_exceeded"
+    assert errors["empty"]["response"]["status_code"] == 400
+    assert batch.usage is not None and batch.usage.input_tokens > 0
+
+
+def test_invalid_input_file_fails_the_batch(client: openai.OpenAI) -> None:
+    data = shapes.jsonl([request_line("a")]) + b"{oops\n" + shapes.jsonl([request_line("a")])
+    batch = client.batches.create(input_file_id=upload(client, data).id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    batch, _ = wait_done(client, batch.id)
+    assert batch.status == "failed" and batch.failed_at
+    assert batch.errors is not None and batch.errors.data is not None
+    assert [(e.code, e.line) for e in batch.errors.data] == [("invalid_json_line", 2), ("duplicate_custom_id", 3)]
+    assert batch.output_file_id is None and batch.error_file_id is None
+
+
+def test_batch_create_is_validated(client: openai.OpenAI) -> None:
+    source = upload(client, [request_line("a")])
+    with pytest.raises(openai.NotFoundError):
+        client.batches.create(input_file_id="file-nope", endpoint="/v1/chat/completions", completion_window="24h")
+    with pytest.raises(openai.BadRequestError):
+        client.batches.create(input_file_id=source.id, endpoint="/v1/embeddings", completion_window="24h")
+    with pytest.raises(openai.BadRequestError):
+        client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions",
+                              completion_window="1h")  # type: ignore[arg-type]
+
+
+def test_cancel_returns_unrun_lines(client: openai.OpenAI) -> None:
+    source = upload(client, [request_line(f"c{i}") for i in range(3)])
+    created = client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions",
+                                    completion_window="24h")
+    cancelling = client.batches.cancel(created.id)
+    assert cancelling.status == "cancelling" and cancelling.cancelling_at
+    batch, _ = wait_done(client, created.id)
+    assert batch.status == "cancelled" and batch.cancelled_at
+    errors = result_lines(client, batch.error_file_id)
+    assert set(errors) == {"c0", "c1", "c2"}
+    assert {e["error"]["code"] for e in errors.values()} == {"batch_cancelled"}
+    with pytest.raises(openai.BadRequestError):
+        client.batches.cancel(created.id)  # already finished
+
+
+def test_batches_list_pages_newest_first(client: openai.OpenAI) -> None:
+    source = upload(client, [request_line("a")])
+    ids = [client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions",
+                                 completion_window="24h").id for _ in range(3)]
+    first = client.batches.list(limit=2)
+    assert [b.id for b in first.data] == ids[::-1][:2]
+    assert first.has_more
+    listed = [b.id for b in client.batches.list(limit=2)]  # auto-paging follows after=last_id
+    assert listed[:3] == ids[::-1]
+    assert len(listed) == len(set(listed))
+    for batch_id in ids:
+        wait_done(client, batch_id)
+
+
+# --- the process: logging and signals ----------------------------------------------------------------------
+
+
+def test_log_has_paths_and_statuses_only(secured: LLMServe) -> None:
+    secret_article = "The zebra-crossing referendum passed narrowly on Sunday. Officials were surprised."
+    client = secured.client(api_key=API_KEY)
+    ask(client, secret_article)
+    with pytest.raises(openai.AuthenticationError):
+        ask(secured.client(api_key="sk-wrong-key"), secret_article)
+    log = secured.log_text()
+    assert re.search(r"llm-serve: POST /v1/chat/completions 200 [\d.]+ms", log)
+    assert re.search(r"llm-serve: POST /v1/chat/completions 401 [\d.]+ms", log)
+    for secret in (API_KEY, "sk-wrong-key", "zebra"):
+        assert secret not in log
+
+
+def test_stops_promptly_on_sigterm_and_ctrl_c(tmp_path: Path) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        srv = start_llm_serve(tmp_path)
+        assert srv.client().models.list().data  # serving, with a kept-alive connection open
+        code, took = srv.stop(sig)
+        assert code == 0, srv.log_text()
+        assert took < 3
+        assert "llm-serve: stopped" in srv.log_text()
+        assert "Traceback" not in srv.log_text()

@@ -1,0 +1,3 @@
+from tests.faultserver.cli import main
+
+main()
