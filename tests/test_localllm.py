@@ -35,6 +35,7 @@ from localllm.extractive import (
     truncate_tokens,
 )
 from localllm.jsonfill import FillText, fill_schema
+from tests.faultserver.batch_client import create_batch, result_lines, upload_batch_input, wait_for_batch
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -137,7 +138,8 @@ def messages(article: str, system: str | None = "Summarize the news article.") -
 
 def ask(client: openai.OpenAI, article: str = ARTICLE, **kwargs: Any) -> ChatCompletion:
     kwargs.setdefault("messages", messages(article))
-    return client.chat.completions.create(model=MODEL_NAME, **kwargs)
+    response: ChatCompletion = client.chat.completions.create(model=MODEL_NAME, **kwargs)
+    return response
 
 
 def raw(port: int, method: str, path: str, body: bytes | None = None,
@@ -596,35 +598,9 @@ def request_line(custom_id: str, article: str = ARTICLE, words: int = 30, **body
     })
 
 
-def upload(client: openai.OpenAI, lines: list[dict[str, Any]] | bytes) -> FileObject:
-    data = lines if isinstance(lines, bytes) else shapes.jsonl(lines)
-    return client.files.create(file=("batch.jsonl", data), purpose="batch")
-
-
-def wait_done(client: openai.OpenAI, batch_id: str, timeout: float = 30) -> tuple[Batch, list[str]]:
-    """The finished batch and every status seen while polling."""
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        batch = client.batches.retrieve(batch_id)
-        if not seen or seen[-1] != batch.status:
-            seen.append(batch.status)
-        if batch.status in shapes.TERMINAL_BATCH_STATUSES:
-            return batch, seen
-        time.sleep(0.05)
-    raise AssertionError(f"batch {batch_id} still {seen[-1]} after {timeout}s")
-
-
-def result_lines(client: openai.OpenAI, file_id: str | None) -> dict[str, dict[str, Any]]:
-    if file_id is None:
-        return {}
-    text = client.files.content(file_id).text
-    return {line["custom_id"]: line for line in map(json.loads, text.splitlines())}
-
-
 def test_files_roundtrip(client: openai.OpenAI) -> None:
     data = shapes.jsonl([request_line("a"), request_line("b")])
-    created = upload(client, data)
+    created = upload_batch_input(client, data)
     assert created.id.startswith("file-")
     assert (created.bytes, created.purpose, created.filename, created.status) == (len(data), "batch",
                                                                                   "batch.jsonl", "processed")
@@ -645,14 +621,12 @@ def test_batch_completes_with_output_and_error_files(client: openai.OpenAI) -> N
         request_line("too-long", long_article),
         request_line("empty", "   "),
     ]
-    source = upload(client, lines)
-    created = client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions",
-                                    completion_window="24h", metadata={"job": "t1"})
+    created = create_batch(client, lines, metadata={"job": "t1"})
     assert created.status == "validating"
     assert created.metadata == {"job": "t1"}
     assert created.request_counts is not None and created.request_counts.total == 5
 
-    batch, seen = wait_done(client, created.id)
+    batch, seen = wait_for_batch(client, created.id)
     assert seen[-1] == "completed"
     assert "in_progress" in seen  # the processing delay makes it visible
     assert batch.request_counts is not None
@@ -677,9 +651,7 @@ def test_batch_completes_with_output_and_error_files(client: openai.OpenAI) -> N
 
 def test_invalid_input_file_fails_the_batch(client: openai.OpenAI) -> None:
     data = shapes.jsonl([request_line("a")]) + b"{oops\n" + shapes.jsonl([request_line("a")])
-    batch = client.batches.create(input_file_id=upload(client, data).id, endpoint="/v1/chat/completions",
-                                  completion_window="24h")
-    batch, _ = wait_done(client, batch.id)
+    batch, _ = wait_for_batch(client, create_batch(client, data).id)
     assert batch.status == "failed" and batch.failed_at
     assert batch.errors is not None and batch.errors.data is not None
     assert [(e.code, e.line) for e in batch.errors.data] == [("invalid_json_line", 2), ("duplicate_custom_id", 3)]
@@ -687,7 +659,7 @@ def test_invalid_input_file_fails_the_batch(client: openai.OpenAI) -> None:
 
 
 def test_batch_create_is_validated(client: openai.OpenAI) -> None:
-    source = upload(client, [request_line("a")])
+    source = upload_batch_input(client, [request_line("a")])
     with pytest.raises(openai.NotFoundError):
         client.batches.create(input_file_id="file-nope", endpoint="/v1/chat/completions", completion_window="24h")
     with pytest.raises(openai.BadRequestError):
@@ -698,12 +670,10 @@ def test_batch_create_is_validated(client: openai.OpenAI) -> None:
 
 
 def test_cancel_returns_unrun_lines(client: openai.OpenAI) -> None:
-    source = upload(client, [request_line(f"c{i}") for i in range(3)])
-    created = client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions",
-                                    completion_window="24h")
+    created = create_batch(client, [request_line(f"c{i}") for i in range(3)])
     cancelling = client.batches.cancel(created.id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at
-    batch, _ = wait_done(client, created.id)
+    batch, _ = wait_for_batch(client, created.id)
     assert batch.status == "cancelled" and batch.cancelled_at
     errors = result_lines(client, batch.error_file_id)
     assert set(errors) == {"c0", "c1", "c2"}
@@ -713,9 +683,7 @@ def test_cancel_returns_unrun_lines(client: openai.OpenAI) -> None:
 
 
 def test_batches_list_pages_newest_first(client: openai.OpenAI) -> None:
-    source = upload(client, [request_line("a")])
-    ids = [client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions",
-                                 completion_window="24h").id for _ in range(3)]
+    ids = [create_batch(client, [request_line("a")]).id for _ in range(3)]
     first = client.batches.list(limit=2)
     assert [b.id for b in first.data] == ids[::-1][:2]
     assert first.has_more
@@ -723,7 +691,7 @@ def test_batches_list_pages_newest_first(client: openai.OpenAI) -> None:
     assert listed[:3] == ids[::-1]
     assert len(listed) == len(set(listed))
     for batch_id in ids:
-        wait_done(client, batch_id)
+        wait_for_batch(client, batch_id)
 
 
 # --- the process: logging and signals ----------------------------------------------------------------------

@@ -27,13 +27,15 @@ already gone (e.g. timed out during a hang) is ``statuses["disconnected"]``. Bat
 apart, in ``batch_line_statuses``; ``batches`` lists every batch with its status, metadata and the
 ``custom_ids`` of its lines.
 
-Run standalone with ``python -m tests.faultserver --port 8000``; tests and benchmarks use
+``tests.faultserver.batch_client`` drives a Batch API (this server's or ``summarize llm-serve``'s) through
+the openai client. Run standalone with ``python -m tests.faultserver --port 8000``; tests and benchmarks use
 :class:`FaultServer`, which starts it in a subprocess.
 """
 
 from __future__ import annotations
 
 from tests.faultserver.app import create_app
+from tests.faultserver.batch_client import create_batch, result_lines, upload_batch_input, wait_for_batch
 from tests.faultserver.cli import main
 from tests.faultserver.directives import MODEL_ID, article_key, expected_summary, extract_article, prompt_tokens
 from tests.faultserver.process import FaultServer
@@ -46,8 +48,12 @@ __all__ = [
     "ServerConfig",
     "article_key",
     "create_app",
+    "create_batch",
     "expected_summary",
     "extract_article",
     "main",
     "prompt_tokens",
+    "result_lines",
+    "upload_batch_input",
+    "wait_for_batch",
 ]
