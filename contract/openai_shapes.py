@@ -219,6 +219,21 @@ def response_json_schema(body: Mapping[str, Any]) -> JSONObject | None:
     return schema if isinstance(schema, dict) else None
 
 
+# --------------------------------------------------------------------------- models
+
+
+def model_object(model_id: str, *, owned_by: str, created: int = 0, context_window: int | None = None) -> JSONObject:
+    """An entry of GET /v1/models; the context window under vLLM's name and the one llama.cpp-style servers use."""
+    model: JSONObject = {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}
+    if context_window is not None:
+        model["context_length"] = model["max_model_len"] = context_window
+    return model
+
+
+def model_list(models: list[JSONObject]) -> JSONObject:
+    return {"object": "list", "data": models}
+
+
 # --------------------------------------------------------------------------- files and lists
 
 

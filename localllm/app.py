@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from contract.openai_shapes import error_body
+from contract.openai_shapes import error_body, model_list, model_object
 from localllm import batch_routes
 from localllm.chat import DEFAULT_CONTEXT_TOKENS, chat_completions
 from localllm.errors import ApiError
@@ -66,20 +66,12 @@ async def health(request: Request) -> Response:
 
 
 def _model(request: Request) -> dict[str, Any]:
-    window = request.app.state.context_tokens
-    return {
-        "id": MODEL_NAME,
-        "object": "model",
-        "created": request.app.state.created,
-        "owned_by": "local",
-        # vLLM's name and the one LiteLLM / llama.cpp style servers use: clients look for either.
-        "context_length": window,
-        "max_model_len": window,
-    }
+    state = request.app.state
+    return model_object(MODEL_NAME, owned_by="local", created=state.created, context_window=state.context_tokens)
 
 
 async def list_models(request: Request) -> Response:
-    return json_response({"object": "list", "data": [_model(request)]})
+    return json_response(model_list([_model(request)]))
 
 
 async def get_model(request: Request) -> Response:

@@ -42,6 +42,7 @@ from contract.openai_shapes import (
     batch_error_line,
     batch_object,
     batch_response_line,
+    error_body,
     file_deleted,
     file_object,
     jsonl,
@@ -295,6 +296,8 @@ class BatchStore:
             return await self.run_line(body)
         except ApiError as exc:
             return exc.status, exc.body()
+        except Exception as exc:  # one broken line must not leave its batch in_progress forever
+            return 500, error_body(f"Internal error: {type(exc).__name__}", "server_error")
 
     def _finish(self, batch: Batch) -> None:
         done = len(batch.outputs) + len(batch.errors)

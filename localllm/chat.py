@@ -52,8 +52,7 @@ def complete(payload: Any, context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> JSON
     max_tokens = _max_tokens(body)
     prompt_tokens = count_tokens("\n".join(message_texts(messages)))
     if prompt_tokens + (max_tokens or 0) > context_tokens:
-        raise ApiError(400, "context length exceeded", body=context_length_exceeded(
-            context_tokens, prompt_tokens, max_tokens or 0))
+        raise ApiError.with_body(400, context_length_exceeded(context_tokens, prompt_tokens, max_tokens or 0))
     article = _article(messages)
     words = DEFAULT_MAX_WORDS if max_tokens is None else words_for_max_tokens(max_tokens)
     try:

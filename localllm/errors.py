@@ -26,6 +26,11 @@ class ApiError(Exception):
         # A prepared body (e.g. context_length_exceeded's) wins over the one built from the fields.
         self._body = body or error_body(message, err_type, code=code, param=param)
 
+    @classmethod
+    def with_body(cls, status: int, body: JSONObject) -> ApiError:
+        """An error whose body was built elsewhere (e.g. ``context_length_exceeded``)."""
+        return cls(status, str(body["error"]["message"]), body=body)
+
     def body(self) -> JSONObject:
         return self._body
 

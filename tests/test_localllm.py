@@ -20,7 +20,7 @@ import jsonschema
 import openai
 import pydantic
 import pytest
-from openai.types import Batch, FileObject
+from openai.types import Batch, FileObject, Model
 from openai.types.chat import ChatCompletion
 
 from contract import openai_shapes as shapes
@@ -88,14 +88,14 @@ class LLMServe:
         return code, time.monotonic() - started
 
 
-def start_llm_serve(tmp: Path, *args: str, api_key: str | None = None) -> LLMServe:
-    """`summarize llm-serve --port 0 ...`; the bound port is read from its 'listening on' line."""
+def start_llm_serve(tmp: Path, *args: str, api_key: str | None = None, wrapper: tuple[str, ...] = ()) -> LLMServe:
+    """`summarize llm-serve --port 0 ...` (under ``wrapper``, if any); the port is read from its 'listening on' line."""
     env = {k: v for k, v in os.environ.items() if k != "LLM_SERVE_API_KEY"}
     env["PYTHONPATH"] = str(ROOT)
     if api_key:
         env["LLM_SERVE_API_KEY"] = api_key
     log = tmp / f"llm-serve-{time.monotonic_ns()}.log"
-    argv = [str(BIN / "summarize"), "llm-serve", "--host", "127.0.0.1", "--port", "0", *args]
+    argv = [*wrapper, str(BIN / "summarize"), "llm-serve", "--host", "127.0.0.1", "--port", "0", *args]
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
     deadline = time.monotonic() + 45
@@ -238,6 +238,9 @@ def test_shapes_parse_as_the_openai_client_models() -> None:
     assert batch.status == "failed" and batch.failed_at == 101 and batch.expires_at == 100 + 86400
     assert batch.errors is not None and batch.errors.data is not None and batch.errors.data[0].line == 2
     assert batch.request_counts is not None and batch.request_counts.failed == 2
+    model = Model.model_validate(shapes.model_object("m", owned_by="me", context_window=8))
+    assert model.model_extra == {"context_length": 8, "max_model_len": 8}
+    assert "context_length" not in shapes.model_object("m", owned_by="me")
     page = shapes.list_page([{"id": "a"}, {"id": "b"}], has_more=True)
     assert (page["first_id"], page["last_id"], page["has_more"]) == ("a", "b", True)
 
@@ -719,3 +722,23 @@ def test_stops_promptly_on_sigterm_and_ctrl_c(tmp_path: Path) -> None:
         assert took < 3
         assert "llm-serve: stopped" in srv.log_text()
         assert "Traceback" not in srv.log_text()
+
+
+def test_stops_on_sigterm_as_pid_1(tmp_path: Path) -> None:
+    """In a container the server is PID 1, which the kernel shields from signals it has no handler for."""
+    probe = subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"no PID namespace here: {probe.stderr.decode(errors='replace').strip()}")
+    srv = start_llm_serve(tmp_path, wrapper=("unshare", "--pid", "--fork", "--mount-proc"))
+    try:
+        children = Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
+        assert len(children) == 1
+        status = Path(f"/proc/{children[0]}/status").read_text()
+        assert re.search(r"^NSpid:\s+\d+\s+1$", status, re.MULTILINE)  # PID 1 in its namespace
+        assert srv.client().models.list().data
+        started = time.monotonic()
+        os.kill(int(children[0]), signal.SIGTERM)
+        assert srv.proc.wait(timeout=10) == 0, srv.log_text()
+        assert time.monotonic() - started < 3
+    finally:
+        srv.stop(signal.SIGKILL)

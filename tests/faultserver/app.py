@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from contract.openai_shapes import JSONObject, error_body
+from contract.openai_shapes import JSONObject, error_body, model_list, model_object
 from localllm.errors import ApiError
 from tests.faultserver import batches
 from tests.faultserver.completion import (
@@ -172,10 +172,8 @@ async def list_models(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     check_key(state, request)
     cfg = state.config
-    model: JSONObject = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "faultserver"}
-    if cfg.context_tokens:
-        model["context_length"] = model["max_model_len"] = cfg.context_tokens
-    return web.json_response({"object": "list", "data": [model]})
+    model = model_object(MODEL_ID, owned_by="faultserver", context_window=cfg.context_tokens or None)
+    return web.json_response(model_list([model]))
 
 
 async def health(request: web.Request) -> web.StreamResponse:

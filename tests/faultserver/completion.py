@@ -116,8 +116,7 @@ def check_request(state: FaultState, request: ChatRequest) -> None:
     limit = state.config.context_tokens
     if limit and request.request_tokens > limit:
         state.context_refused += 1
-        body = context_length_exceeded(limit, request.prompt_tokens, request.max_tokens)
-        raise ApiError(400, "context length exceeded", body=body)
+        raise ApiError.with_body(400, context_length_exceeded(limit, request.prompt_tokens, request.max_tokens))
 
 
 def choose_fault(state: FaultState, request: ChatRequest) -> Directive | None:
