@@ -15,7 +15,8 @@ from .errors import (
     TransientLLMError,
     TruncatedSummary,
 )
-from .job import ClaimedJob, JobResult, Status
+from .job import ClaimedJob, Status
+from .record import JobResult
 from .keys import BATCH_ID_RE, Keys
 from .settings import LOCAL_MODEL, Secret, Settings, redact_url
 from .store import JobStore, NewJob

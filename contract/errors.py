@@ -11,6 +11,10 @@ class ConfigError(SummarizeError):
     """Raised when a setting read from the environment is missing or malformed."""
 
 
+class EvictingRedis(ConfigError):
+    """Raised when Redis may evict keys (maxmemory-policy is not noeviction) and that was not allowed."""
+
+
 class BrokerUnavailable(SummarizeError):
     """Raised when Redis can't be reached or refuses the credentials it was given."""
 
@@ -59,7 +63,15 @@ class TransientLLMError(LLMError):
 
 
 class MalformedResponse(TransientLLMError):
-    """Raised when a 200 answer is not a usable completion (not JSON, no choices, empty, cut off)."""
+    """Raised when a 200 answer is not a usable completion (not JSON, no choices, empty, cut off).
+
+    The provider billed it (the tokens it reported ride along); SUMMARIZE_MAX_UNUSABLE bounds how many of
+    these one article may cost.
+    """
+
+    def __init__(self, message: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        super().__init__(message, status=200)
+        self.prompt_tokens, self.completion_tokens = prompt_tokens, completion_tokens
 
 
 class TruncatedSummary(MalformedResponse):
@@ -76,6 +88,18 @@ class PermanentLLMError(LLMError):
 
 class ProviderRejected(PermanentLLMError):
     """Raised on 401/403/404: a bad key or unknown model, which halts the whole batch."""
+
+
+class UnusableAnswers(PermanentLLMError):
+    """Raised when an article's answers came back unusable SUMMARIZE_MAX_UNUSABLE times: retrying won't help."""
+
+
+class RequestTooLarge(PermanentLLMError):
+    """Raised when one request needs more tokens than the provider's per-minute limit admits at once."""
+
+
+class JobsFailed(SummarizeError):
+    """Raised when every job of a message failed for good, so Flower shows the task as failed."""
 
 
 class HandBack(SummarizeError):

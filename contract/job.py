@@ -1,24 +1,29 @@
-"""The job record: what a job is in Redis and what `summarize results` returns for it."""
+"""The job: its statuses, what a worker gets when it claims one, and what it reports back."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from .record import Article
+
 
 class Status(StrEnum):
-    """A job's status in Redis; the Lua scripts in store.py are the only code that changes it."""
+    """A job's status in Redis; only the Lua scripts in contract/lua/ change it."""
 
     QUEUED = "queued"  # a message is (or should be) on the queue
     RUNNING = "running"  # a worker holds a lease on it
     DEFERRED = "deferred"  # handed back after transient failures; the reaper requeues it when due
+    PARKED = "parked"  # its batch is paused; resume republishes it
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
-COUNTERS = ("total", "queued", "running", "done", "failed")
+#: public counters of a batch; deferred and parked jobs count as queued
+COUNTERS = ("total", "queued", "running", "done", "failed", "cancelled")
+FINAL = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED})
 
 
 @dataclass(frozen=True)
@@ -28,53 +33,30 @@ class ClaimedJob:
     batch_id: str
     job_id: str
     token: str
-    text: str
-    model: str
-    max_words: int
-    attempts: int
-    deferrals: int
-    first_failure: float | None
-    halted: str
+    article: Article
+    #: counts carried over from earlier runs of this job
+    attempts: int = 0
+    unusable: int = 0
+    deferrals: int = 0
+    #: seconds since its first failure when it was claimed, by Redis' clock (None: it never failed)
+    failing_for: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
-
-@dataclass(frozen=True)
-class JobResult:
-    """One line of `summarize results`: stable public field names."""
-
-    id: str
-    status: str
-    summary: str | None
-    error: str | None
-    model: str | None
-    usage: dict[str, int] | None
-    attempts: int
-    metadata: dict[str, Any] = field(default_factory=dict)
-    error_type: str | None = None
+    @property
+    def text(self) -> str:
+        return self.article.text
 
     @classmethod
-    def from_hash(cls, job_id: str, h: dict[str, str]) -> JobResult:
-        usage = json.loads(h["usage"]) if h.get("usage") else None
-        return cls(
-            id=job_id,
-            status=h.get("status", "missing"),
-            summary=h.get("summary") or None,
-            error=h.get("error") or None,
-            model=h.get("model") or None,
-            usage=usage,
-            attempts=int(h.get("attempts") or 0),
-            metadata=json.loads(h["meta"]) if h.get("meta") else {},
-            error_type=h.get("error_type") or None,
-        )
+    def from_reply(cls, batch_id: str, token: str, now_ms: int, row: list[Any]) -> ClaimedJob:
+        """From one `{id, 'claimed', article, attempts, unusable, deferrals, first_failure, pt, ct}` of claim.lua."""
+        job_id, _, blob, attempts, unusable, deferrals, first, pt, ct = row
+        first_ms = int(float(first))
+        return cls(batch_id=batch_id, job_id=_str(job_id), token=token, article=Article.unpack(blob),
+                   attempts=int(attempts), unusable=int(unusable), deferrals=int(deferrals),
+                   failing_for=(now_ms - first_ms) / 1000 if first_ms else None,
+                   prompt_tokens=int(pt), completion_tokens=int(ct))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "status": self.status,
-            "summary": self.summary,
-            "error": self.error,
-            "error_type": self.error_type,
-            "model": self.model,
-            "usage": self.usage,
-            "attempts": self.attempts,
-            "metadata": self.metadata,
-        }
+
+def _str(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

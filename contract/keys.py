@@ -1,12 +1,26 @@
-"""Every Redis key the project touches is named here and nowhere else."""
+"""Every Redis key the project touches is named here and nowhere else.
+
+Lua scripts never spell a key: they get the names (or, for per-job and per-batch keys, the prefixes) in
+their `layout` argument, which `Keys.layout()` builds from the same methods as the Python side uses.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
-BATCH_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: \Z, not $: `$` also matches before a trailing newline, which would let "b1\n" through
+BATCH_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 SEP = ":"
+#: joins batch id and job ids in sorted-set members; job ids can't hold control characters
+MEMBER_SEP = "\x1f"
+#: kombu's Redis transport keeps priority p of a queue in the list `queue + KOMBU_PRI_SEP + step`
+KOMBU_PRI_SEP = "\x06\x16"
+#: kombu's priority steps; BRPOP looks at step 0 first, so a lower step is served first
+PRIORITY_STEPS = (0, 3, 6, 9)
+PRIORITIES = {"high": 0, "normal": 3, "low": 6}
 
 
 @dataclass(frozen=True)
@@ -14,46 +28,104 @@ class Keys:
     """Key names under one prefix, so several deployments can share a Redis."""
 
     prefix: str = "sumz"
+    #: the Celery queue's name (without the prefix kombu's global_keyprefix adds)
+    queue: str = "summarize"
 
-    def job(self, batch_id: str, job_id: str) -> str:
-        """Hash: one job's state, article text (until done), summary and error."""
-        return f"{self.prefix}:job:{batch_id}:{job_id}"
+    # ---- one batch -------------------------------------------------------------------------------
 
     def batch(self, batch_id: str) -> str:
-        """Hash: batch options and per-status counters (total, queued, running, done, failed)."""
-        return f"{self.prefix}:batch:{batch_id}"
+        """Hash: the batch's spec, state, per-status counters, tokens, cost and budget."""
+        return f"{self.prefix}:b:{batch_id}"
 
     def batch_ids(self, batch_id: str) -> str:
-        """Sorted set: job ids of a batch, scored by input position so results keep input order."""
-        return f"{self.prefix}:batch:{batch_id}:ids"
+        """List: job ids in input order; an index into it is a stable cursor (it only grows)."""
+        return self.batch(batch_id) + BATCH_PARTS["ids"]
+
+    def batch_out(self, batch_id: str) -> str:
+        """Hash: job id -> final record (done, failed, cancelled), packed by contract/record.py."""
+        return self.batch(batch_id) + BATCH_PARTS["out"]
+
+    def batch_meta(self, batch_id: str) -> str:
+        """Hash: job id -> the record's metadata as JSON (only records that have some)."""
+        return self.batch(batch_id) + BATCH_PARTS["meta"]
 
     def dead(self, batch_id: str) -> str:
         """Set: ids of the batch's jobs that failed for good (the dead-letter set)."""
-        return f"{self.prefix}:batch:{batch_id}:dead"
+        return self.batch(batch_id) + BATCH_PARTS["dead"]
 
-    def halt(self, batch_id: str) -> str:
-        """String: the provider error (bad key, unknown model) that stopped a batch."""
-        return f"{self.prefix}:batch:{batch_id}:halt"
+    def events(self, batch_id: str) -> str:
+        """Stream: one entry per job as it finishes (`results --follow` reads it)."""
+        return self.batch(batch_id) + BATCH_PARTS["events"]
+
+    def sources(self, batch_id: str) -> str:
+        """List: input sources (file names) of the batch; records refer to them by index."""
+        return self.batch(batch_id) + BATCH_PARTS["sources"]
+
+    def parked(self, batch_id: str) -> str:
+        """Set: ids of jobs parked while the batch is paused; resume republishes them."""
+        return self.batch(batch_id) + BATCH_PARTS["parked"]
+
+    def batch_keys(self, batch_id: str) -> list[str]:
+        """Every per-batch key (not the per-job ones): what expires together once the batch is over."""
+        return [self.batch(batch_id)] + [self.batch(batch_id) + part for part in BATCH_PARTS.values()]
+
+    # ---- one job (only while it is unfinished, and a failed one's text for `retry`) --------------
+
+    def job(self, batch_id: str, job_id: str) -> str:
+        """Hash of small fields: status, attempts, lease, token, deferrals... A job just created and
+        never taken has none: its text key alone says it is queued."""
+        return f"{self.prefix}:j:{batch_id}{SEP}{job_id}"
+
+    def text(self, batch_id: str, job_id: str) -> str:
+        """String: the packed article (digest, origin, compressed text); dropped once the job is done."""
+        return f"{self.prefix}:t:{batch_id}{SEP}{job_id}"
+
+    # ---- the whole deployment --------------------------------------------------------------------
 
     @property
     def due(self) -> str:
-        """Sorted set of `batch:job` for running and deferred jobs, scored by lease end or retry time."""
+        """Sorted set of `batch\\x1fjob` for running and deferred jobs, scored by lease end or retry time (ms)."""
         return f"{self.prefix}:due"
 
+    def orphans(self, step: int) -> str:
+        """Sorted set of messages (`batch\\x1fjob\\x1fjob...`) of one priority step, scored by when they were
+        queued (ms); a message leaves it when a worker claims it. One the queue has passed is lost."""
+        return f"{self.prefix}:orphans:{step}"
+
     @property
-    def orphans(self) -> str:
-        """Sorted set of `batch:job` for queued jobs, scored by when to suspect their message was lost."""
-        return f"{self.prefix}:orphans"
+    def watermark(self) -> str:
+        """Hash: priority step -> queued time (ms) of the newest message claimed at that step."""
+        return f"{self.prefix}:hw"
+
+    @property
+    def backlog(self) -> str:
+        """Integer: unfinished jobs of every batch (what SUMMARIZE_MAX_QUEUED bounds)."""
+        return f"{self.prefix}:backlog"
+
+    @property
+    def batches(self) -> str:
+        """Sorted set of batch ids, scored by creation time (ms)."""
+        return f"{self.prefix}:batches"
 
     @property
     def reaper_lock(self) -> str:
-        """String: held by the one worker that reaps this round."""
+        """String with a TTL: held by the one worker that reaps this round."""
         return f"{self.prefix}:reaper-lock"
 
     @property
+    def reaper_clock(self) -> str:
+        """Hash: `last` (Redis time of the last reap) and `resumed` (when reaping resumed after a gap)."""
+        return f"{self.prefix}:reaper"
+
+    @property
     def rate(self) -> str:
-        """Hash: the shared limiter's theoretical arrival times for requests and tokens."""
+        """Hash: the shared limiter's sums over its log (`n` requests, `t` tokens) and its last booked slot."""
         return f"{self.prefix}:rate"
+
+    @property
+    def rate_log(self) -> str:
+        """List of `slot_ms:tokens:requests`, oldest first: what was booked in the last window."""
+        return f"{self.prefix}:rate:log"
 
     @property
     def cooldown(self) -> str:
@@ -61,21 +133,66 @@ class Keys:
         return f"{self.prefix}:cooldown"
 
     @property
+    def limits(self) -> str:
+        """Hash: worker -> `rpm:tpm:until_ms`, the limits each live worker was started with; every
+        worker obeys the strictest, so one started without limits can't ignore the shared schedule."""
+        return f"{self.prefix}:limits"
+
+    @property
     def stats(self) -> str:
-        """Hash: lifetime counters (LLM calls, reclaims, redeliveries) for operators and tests."""
+        """Hash: lifetime counters (reclaimed, republished...) for operators and tests."""
         return f"{self.prefix}:stats"
 
-    @staticmethod
-    def broker_queue(queue: str) -> str:
-        """List: kombu's Redis transport keeps a queue's messages under the queue's own name (priority 0)."""
-        return queue
+    def broker_queue(self, step: int = 0) -> str:
+        """List where kombu keeps the queue's messages of one priority step (its global_keyprefix included)."""
+        name = f"{self.kombu_prefix}{self.queue}"
+        return name if step == 0 else f"{name}{KOMBU_PRI_SEP}{step}"
+
+    @property
+    def kombu_prefix(self) -> str:
+        """kombu's global_keyprefix: every key and channel of the broker lives under our prefix too."""
+        return f"{self.prefix}{SEP}"
 
     @staticmethod
-    def member(batch_id: str, job_id: str) -> str:
-        # Batch ids can't contain ':' (BATCH_ID_RE), so the first ':' splits the pair unambiguously.
-        return f"{batch_id}{SEP}{job_id}"
+    def member(batch_id: str, *job_ids: str) -> str:
+        return MEMBER_SEP.join((batch_id, *job_ids))
 
     @staticmethod
-    def split_member(member: str) -> tuple[str, str]:
-        batch_id, _, job_id = member.partition(SEP)
-        return batch_id, job_id
+    def split_member(member: str) -> tuple[str, list[str]]:
+        batch_id, *job_ids = member.split(MEMBER_SEP)
+        return batch_id, job_ids
+
+    @cached_property
+    def layout(self) -> dict[str, Any]:
+        """The names Lua scripts build keys from (see contract/lua/_lib.lua)."""
+        return {
+            "b": self.batch(""),
+            "j": self.job("", "")[: -len(SEP)],
+            "t": self.text("", "")[: -len(SEP)],
+            "sep": SEP,
+            "msep": MEMBER_SEP,
+            "parts": dict(BATCH_PARTS),
+            "due": self.due,
+            "orphans": self.orphans(0)[:-1],
+            "hw": self.watermark,
+            "backlog": self.backlog,
+            "batches": self.batches,
+            "reaper": self.reaper_clock,
+            "stats": self.stats,
+            "rate": self.rate,
+            "rate_log": self.rate_log,
+            "cooldown": self.cooldown,
+            "limits": self.limits,
+            "queues": {str(step): self.broker_queue(step) for step in PRIORITY_STEPS},
+        }
+
+
+BATCH_PARTS = {
+    "ids": ":ids",
+    "out": ":out",
+    "meta": ":meta",
+    "dead": ":dead",
+    "events": ":ev",
+    "sources": ":src",
+    "parked": ":parked",
+}

@@ -1,18 +1,20 @@
 """The Celery side of the contract: one broker configuration and one way to publish job messages.
 
-A message carries only (batch_id, [job_id, ...]): article text stays in Redis, so messages are tiny and
-Flower never shows article text or secrets. Up to SUMMARIZE_JOBS_PER_MESSAGE jobs share a message
-because Celery's cost per message (receive, three events, ack) was most of a job's CPU.
+A message carries only (batch_id, [job_id, ...], priority step): article text stays in Redis, so
+messages are tiny and Flower never shows article text or secrets. Up to SUMMARIZE_JOBS_PER_MESSAGE
+jobs share a message because Celery's cost per message (receive, three events, ack) was most of a
+job's CPU. Which jobs share a message is decided by the script that queues them (contract/lua/), which
+also registers the message so a lost one is found (see reap.lua).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
 
+from .keys import PRIORITY_STEPS, Keys
 from .redisconn import ssl_options
 from .settings import Settings
 
@@ -31,6 +33,10 @@ def broker_config(settings: Settings) -> dict[str, Any]:
             "socket_keepalive": True,
             "socket_connect_timeout": 5,
             "health_check_interval": 30,
+            # Every broker key and channel (queue, unacked, bindings, events) under our prefix: two
+            # deployments on one Redis never take each other's messages.
+            "global_keyprefix": Keys(settings.key_prefix, settings.queue).kombu_prefix,
+            "priority_steps": list(PRIORITY_STEPS),
         },
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
@@ -54,22 +60,20 @@ def make_celery(settings: Settings, name: str = "summarize") -> Celery:
     return app
 
 
-def publish(app: Celery, settings: Settings, pairs: Iterable[tuple[str, str]]) -> int:
-    """Publish (batch_id, job_id) pairs, consecutive jobs of a batch grouped per message, pipelined.
+def publish(app: Celery, settings: Settings, messages: Iterable[tuple[int, str]]) -> int:
+    """Publish messages as the queueing scripts grouped them: (priority step, member), pipelined.
 
     Returns how many messages were sent.
     """
     sent = 0
-    size = settings.jobs_per_message
     with app.producer_or_acquire() as producer, producer.batch(PUBLISH_CHUNK):
-        for batch_id, group in itertools.groupby(pairs, key=lambda pair: pair[0]):
-            ids = [job_id for _, job_id in group]
-            for start in range(0, len(ids), size):
-                args = (batch_id, ids[start:start + size])
-                # Plain repr of ids is safe and far cheaper than Celery's saferepr; declaring the queue
-                # once per call is enough (Celery would re-declare it per message).
-                options: dict[str, Any] = {"declare": []} if sent else {}
-                app.send_task(TASK_NAME, args=args, queue=settings.queue, producer=producer,
-                              argsrepr=repr(args), kwargsrepr="{}", **options)
-                sent += 1
+        for step, member in messages:
+            batch_id, ids = Keys.split_member(member)
+            args = (batch_id, ids, step)
+            # Plain repr of ids is safe and far cheaper than Celery's saferepr; declaring the queue
+            # once per call is enough (Celery would re-declare it per message).
+            options: dict[str, Any] = {"declare": []} if sent else {}
+            app.send_task(TASK_NAME, args=args, queue=settings.queue, producer=producer, priority=step,
+                          argsrepr=repr(args), kwargsrepr="{}", **options)
+            sent += 1
     return sent

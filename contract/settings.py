@@ -1,10 +1,14 @@
-"""The one place that reads the environment. Producer, worker and local LLM server all take a Settings."""
+"""The one place that reads the environment. Producer, worker and local LLM server all take a Settings.
+
+Each field names its environment variable in its metadata, so `from_env` is a loop over the fields and
+the README's configuration table can be checked against them (tests/test_units.py does).
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -14,6 +18,8 @@ LOCAL_MODEL = "sumy-lexrank"
 LOCAL_BASE_URL = "http://127.0.0.1:8765/v1"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 OPENAI_DEFAULT_MODEL = "gpt-4o-mini"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
 
 
 class Secret(str):
@@ -34,119 +40,95 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def env(name: str, default: Any, doc: str = "", minimum: float | None = 0) -> Any:
+    """A setting read from environment variable `name` (None: not read from the environment)."""
+    return field(default=default, metadata={"env": name, "doc": doc, "min": minimum})
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Every knob of the system; see the README's configuration table for what each protects."""
+    """Every knob of the system; the README's configuration table says what each protects."""
 
-    redis_url: Secret = Secret("redis://localhost:6379/0")
+    redis_url: Secret = env("REDIS_URL", Secret("redis://localhost:6379/0"))
     #: CA bundle for rediss:// URLs; certificates are always verified
-    redis_ca_certs: str | None = None
-    redis_certfile: str | None = None
-    redis_keyfile: str | None = None
+    redis_ca_certs: str | None = env("REDIS_CA_CERTS", None)
+    redis_certfile: str | None = env("REDIS_CERTFILE", None)
+    redis_keyfile: str | None = env("REDIS_KEYFILE", None)
+    #: run on a Redis whose maxmemory-policy may evict keys (it may then drop jobs: not recommended)
+    allow_eviction: bool = env("SUMMARIZE_ALLOW_EVICTION", False)
 
-    openai_base_url: str = LOCAL_BASE_URL
-    openai_api_key: Secret = Secret("local")
-    model: str = LOCAL_MODEL
-    llm_timeout: float = 60.0
-    max_words: int = 80
+    openai_base_url: str = env("OPENAI_BASE_URL", LOCAL_BASE_URL)
+    openai_api_key: Secret = env("OPENAI_API_KEY", Secret("local"))
+    model: str = env("SUMMARIZE_MODEL", LOCAL_MODEL)
+    #: a whole request's deadline, seconds: a server that trickles bytes can't hold a job forever
+    llm_timeout: float = env("SUMMARIZE_LLM_TIMEOUT", 60.0)
+    max_words: int = env("SUMMARIZE_MAX_WORDS", 80, minimum=1)
+    #: the most a retry after finish_reason=length may ask for
+    max_completion_tokens: int = env("SUMMARIZE_MAX_COMPLETION_TOKENS", 4096, minimum=16)
+    #: paid answers that came back unusable (cut off, empty, not JSON) before an article fails for good
+    max_unusable: int = env("SUMMARIZE_MAX_UNUSABLE", 6, minimum=1)
 
-    key_prefix: str = "sumz"
-    queue: str = "summarize"
-    result_ttl: int = 7 * 24 * 3600
-    max_article_bytes: int = 256 * 1024
-    max_summary_chars: int = 4000
+    key_prefix: str = env("SUMMARIZE_KEY_PREFIX", "sumz")
+    #: the Celery queue; kombu keeps it under the key prefix, so deployments never share one
+    queue: str = env("SUMMARIZE_QUEUE", "summarize")
+    #: seconds a finished batch's results are kept (unfinished work never expires)
+    result_ttl: int = env("SUMMARIZE_RESULT_TTL", 7 * 24 * 3600, minimum=1)
+    max_article_bytes: int = env("SUMMARIZE_MAX_ARTICLE_BYTES", 256 * 1024, minimum=16)
+    max_summary_chars: int = env("SUMMARIZE_MAX_SUMMARY_CHARS", 4000, minimum=16)
 
-    concurrency: int = 200
+    #: LLM requests in flight per worker process (coroutines on one event loop)
+    concurrency: int = env("SUMMARIZE_CONCURRENCY", 200, minimum=1)
     #: jobs of one batch carried by one Celery message: divides the broker's per-message cost
     #: (receive, events, ack) by this much; Flower shows one task per message
-    jobs_per_message: int = 20
-    #: how the limiter counts tokens before a call: "estimate" (4 characters a token, offline) or
-    #: "tiktoken" (needs the tiktoken package and its encoding files, e.g. in TIKTOKEN_CACHE_DIR)
-    token_counter: str = "estimate"
-    tiktoken_encoding: str = "o200k_base"
-    #: provider limits shared by every worker; 0 turns that limit off
-    rpm: int = 0
-    tpm: int = 0
+    jobs_per_message: int = env("SUMMARIZE_JOBS_PER_MESSAGE", 20, minimum=1)
+    #: how the limiter counts a request's tokens before sending it: "estimate" or "tiktoken"
+    token_counter: str = env("SUMMARIZE_TOKEN_COUNTER", "estimate")
+    tiktoken_encoding: str = env("SUMMARIZE_TIKTOKEN_ENCODING", "o200k_base")
+    #: provider limits shared by every worker; 0 turns that limit off (unless another worker sets one)
+    rpm: int = env("SUMMARIZE_RPM", 0)
+    tpm: int = env("SUMMARIZE_TPM", 0)
 
-    #: tenacity's budget inside one task run, before the job is handed back with a delay
-    attempt_budget: float = 20.0
-    max_attempts_per_run: int = 4
+    #: tenacity's budget of backoff sleep inside one run, before the job is handed back with a delay
+    attempt_budget: float = env("SUMMARIZE_ATTEMPT_BUDGET", 20.0)
+    max_attempts_per_run: int = env("SUMMARIZE_MAX_ATTEMPTS_PER_RUN", 4, minimum=1)
     #: how long after its first failure a job keeps being retried before it fails for good
-    retry_horizon: float = 1800.0
+    retry_horizon: float = env("SUMMARIZE_RETRY_HORIZON", 1800.0)
     #: first delay of a handed-back job; doubles per hand-back up to 5 minutes
-    defer_base: float = 15.0
+    defer_base: float = env("SUMMARIZE_DEFER_BASE", 15.0)
     #: a running job whose lease is not renewed for this long is presumed lost and re-enqueued
-    lease_seconds: float = 60.0
-    #: a queued job not started within this long while its queue is empty is presumed lost
-    queued_grace: float = 300.0
-    reap_interval: float = 5.0
-    visibility_timeout: int = 4 * 3600
+    lease_seconds: float = env("SUMMARIZE_LEASE_SECONDS", 60.0, minimum=0.5)
+    #: a message the queue has passed (or, on an idle queue, still unclaimed) this long after it was
+    #: queued is presumed lost, and its jobs are published again
+    queued_grace: float = env("SUMMARIZE_QUEUED_GRACE", 300.0)
+    reap_interval: float = env("SUMMARIZE_REAP_INTERVAL", 5.0, minimum=0.05)
+    visibility_timeout: int = env("SUMMARIZE_VISIBILITY_TIMEOUT", 4 * 3600, minimum=1)
+    #: where each worker process serves Prometheus metrics (the next free port if taken; 0: off)
+    metrics_port: int = env("SUMMARIZE_METRICS_PORT", 9808)
 
     #: key the offline server demands, if any (tests of 401 use it)
-    llm_serve_api_key: Secret = Secret("")
+    llm_serve_api_key: Secret = env("LLM_SERVE_API_KEY", Secret(""))
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Settings from environment variables (see README); missing ones keep their defaults."""
-        env = os.environ if env is None else env
-        key = env.get("OPENAI_API_KEY", "")
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is not None and (raw != "" or _type(f) is bool):
+                values[f.name] = _parse(f, raw)
         # With no key and no URL, the offline server is the provider: the demo works with nothing set.
-        default_url = OPENAI_BASE_URL if key else LOCAL_BASE_URL
-        base_url = env.get("OPENAI_BASE_URL") or default_url
-        default_model = LOCAL_MODEL if base_url == LOCAL_BASE_URL else OPENAI_DEFAULT_MODEL
-        values: dict[str, Any] = {
-            "redis_url": Secret(env.get("REDIS_URL", cls.redis_url)),
-            "redis_ca_certs": env.get("REDIS_CA_CERTS") or None,
-            "redis_certfile": env.get("REDIS_CERTFILE") or None,
-            "redis_keyfile": env.get("REDIS_KEYFILE") or None,
-            "openai_base_url": base_url.rstrip("/"),
-            # openai-python refuses an empty key; local servers ignore whatever is sent.
-            "openai_api_key": Secret(key or "local"),
-            "model": env.get("SUMMARIZE_MODEL") or default_model,
-            "llm_serve_api_key": Secret(env.get("LLM_SERVE_API_KEY", "")),
-        }
-        numeric = {
-            "SUMMARIZE_LLM_TIMEOUT": ("llm_timeout", float),
-            "SUMMARIZE_MAX_WORDS": ("max_words", int),
-            "SUMMARIZE_RESULT_TTL": ("result_ttl", int),
-            "SUMMARIZE_MAX_ARTICLE_BYTES": ("max_article_bytes", int),
-            "SUMMARIZE_MAX_SUMMARY_CHARS": ("max_summary_chars", int),
-            "SUMMARIZE_CONCURRENCY": ("concurrency", int),
-            "SUMMARIZE_JOBS_PER_MESSAGE": ("jobs_per_message", int),
-            "SUMMARIZE_RPM": ("rpm", int),
-            "SUMMARIZE_TPM": ("tpm", int),
-            "SUMMARIZE_ATTEMPT_BUDGET": ("attempt_budget", float),
-            "SUMMARIZE_MAX_ATTEMPTS_PER_RUN": ("max_attempts_per_run", int),
-            "SUMMARIZE_RETRY_HORIZON": ("retry_horizon", float),
-            "SUMMARIZE_DEFER_BASE": ("defer_base", float),
-            "SUMMARIZE_LEASE_SECONDS": ("lease_seconds", float),
-            "SUMMARIZE_QUEUED_GRACE": ("queued_grace", float),
-            "SUMMARIZE_REAP_INTERVAL": ("reap_interval", float),
-            "SUMMARIZE_VISIBILITY_TIMEOUT": ("visibility_timeout", int),
-        }
-        for var, (name, kind) in numeric.items():
-            raw = env.get(var)
-            if raw is None or raw == "":
-                continue
-            try:
-                number = kind(raw)
-            except ValueError:
-                raise ConfigError(f"{var}={raw!r} is not a {kind.__name__}") from None
-            if number < 0:
-                raise ConfigError(f"{var}={raw!r} must not be negative")
-            values[name] = number
-        strings = {
-            "SUMMARIZE_KEY_PREFIX": "key_prefix",
-            "SUMMARIZE_QUEUE": "queue",
-            "SUMMARIZE_TOKEN_COUNTER": "token_counter",
-            "SUMMARIZE_TIKTOKEN_ENCODING": "tiktoken_encoding",
-        }
-        for var, name in strings.items():
-            if env.get(var):
-                values[name] = env[var]
-        settings = cls(**values)
-        settings.validate()
-        return settings
+        key = environ.get("OPENAI_API_KEY", "")
+        base_url = environ.get("OPENAI_BASE_URL") or (OPENAI_BASE_URL if key else LOCAL_BASE_URL)
+        values["openai_base_url"] = base_url.rstrip("/")
+        # openai-python refuses an empty key; local servers ignore whatever is sent.
+        values["openai_api_key"] = Secret(key or "local")
+        if not environ.get("SUMMARIZE_MODEL"):
+            values["model"] = LOCAL_MODEL if base_url == LOCAL_BASE_URL else OPENAI_DEFAULT_MODEL
+        return cls(**values)
 
     @classmethod
     def from_dsn(cls, redis_url: str, **overrides: Any) -> Settings:
@@ -154,19 +136,22 @@ class Settings:
         return replace(cls(), redis_url=Secret(redis_url), **overrides)
 
     def validate(self) -> None:
+        """Raise ConfigError naming the variable of the first setting out of range."""
+        for f in fields(self):
+            value, minimum = getattr(self, f.name), f.metadata["min"]
+            if minimum is not None and isinstance(value, int | float) and not isinstance(value, bool) \
+                    and value < minimum:
+                raise ConfigError(f"{f.metadata['env']}={value!r} must be at least {minimum}")
         if urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
             raise ConfigError(f"REDIS_URL {redact_url(self.redis_url)!r} must start with redis://, rediss:// or unix://")
         if urlsplit(self.openai_base_url).scheme not in ("http", "https"):
             raise ConfigError(f"OPENAI_BASE_URL {self.openai_base_url!r} must be an http(s) URL")
-        if self.max_words < 1 or self.concurrency < 1 or self.llm_timeout <= 0 or self.jobs_per_message < 1:
-            raise ConfigError("SUMMARIZE_MAX_WORDS, SUMMARIZE_CONCURRENCY, SUMMARIZE_JOBS_PER_MESSAGE and "
-                              "SUMMARIZE_LLM_TIMEOUT must be positive")
-        if self.lease_seconds <= 0 or self.reap_interval <= 0:
-            raise ConfigError("SUMMARIZE_LEASE_SECONDS and SUMMARIZE_REAP_INTERVAL must be greater than 0")
+        if self.llm_timeout <= 0:
+            raise ConfigError("SUMMARIZE_LLM_TIMEOUT must be greater than 0")
         if self.token_counter not in ("estimate", "tiktoken"):
             raise ConfigError(f"SUMMARIZE_TOKEN_COUNTER={self.token_counter!r} must be 'estimate' or 'tiktoken'")
-        if self.max_summary_chars < 16 or self.max_article_bytes < 16:
-            raise ConfigError("SUMMARIZE_MAX_SUMMARY_CHARS and SUMMARIZE_MAX_ARTICLE_BYTES must be at least 16")
+        if not self.key_prefix or any(c in self.key_prefix for c in ":{} \t\n"):
+            raise ConfigError(f"SUMMARIZE_KEY_PREFIX={self.key_prefix!r} must be a non-empty word without ':'")
 
     def public(self) -> dict[str, Any]:
         """Settings safe to print: secrets masked, passwords cut out of URLs."""
@@ -179,3 +164,27 @@ class Settings:
                 value = "***" if value else ""
             out[f.name] = value
         return out
+
+    @staticmethod
+    def variables() -> dict[str, str]:
+        """Environment variable -> field name, for documentation checks."""
+        return {f.metadata["env"]: f.name for f in fields(Settings)}
+
+
+def _type(f: Field[Any]) -> type:
+    kind = str(f.type).replace(" ", "")
+    return {"bool": bool, "int": int, "float": float}.get(kind, str)
+
+
+def _parse(f: Field[Any], raw: str) -> Any:
+    var, kind = f.metadata["env"], _type(f)
+    if kind is bool:
+        if raw.strip().lower() not in _TRUE | _FALSE:
+            raise ConfigError(f"{var}={raw!r} must be true or false")
+        return raw.strip().lower() in _TRUE
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ConfigError(f"{var}={raw!r} is not a {kind.__name__}") from None
+    return Secret(raw) if "Secret" in str(f.type) else raw

@@ -12,21 +12,22 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from contract.errors import ConfigError
-from contract.job import JobResult
 from contract.keys import BATCH_ID_RE
 from contract.messaging import make_celery, publish
+from contract.record import JobResult
 from contract.redisconn import check_reachable, make_redis
 from contract.settings import Settings
+from contract.spec import BatchSpec
 from contract.store import JobStore
 
 from . import reader
 from .progress import ProgressBar
-from .submit import SubmitReport, check_or_raise, enqueue
+from .submit import Checker, Enqueuer, Resolver, SubmitReport, note_repeated, raise_if_invalid
 
 
 def new_batch_id() -> str:
@@ -43,13 +44,13 @@ class Batch:
         return self.client.store.status(self.id)
 
     def wait(self, timeout: float | None = None, progress: bool = False, poll: float = 0.5) -> dict[str, Any]:
-        """Block until every job is done or failed; raises TimeoutError with the last status."""
+        """Block until every job is done, failed or cancelled; raises TimeoutError with the last status."""
         deadline = None if timeout is None else time.monotonic() + timeout
         status = self.status()
         bar = ProgressBar(f"batch {self.id}", status["total"]) if progress else None
         try:
             while True:
-                finished = status["done"] + status["failed"]
+                finished = status["done"] + status["failed"] + status["cancelled"]
                 if bar:
                     bar.update(finished, f"running {status['running']} failed {status['failed']}")
                 if finished >= status["total"]:
@@ -67,9 +68,9 @@ class Batch:
 
     def retry(self) -> int:
         """Requeue the batch's failed jobs (the dead-letter set); returns how many."""
-        ids = self.client.store.retry_failed(self.id)
-        publish(self.client.celery, self.client.settings, ((self.id, j) for j in ids))
-        return len(ids)
+        messages, n = self.client.store.retry_failed(self.id)
+        publish(self.client.celery, self.client.settings, messages)
+        return n
 
 
 class Client:
@@ -79,7 +80,7 @@ class Client:
         self.settings = settings or Settings.from_env()
         check_reachable(self.settings)
         self.redis = make_redis(self.settings, max_connections=8)
-        self.store = JobStore(self.redis, self.settings)
+        self.store = JobStore(make_redis(self.settings, max_connections=8, decode=False), self.settings)
         self.celery = make_celery(self.settings, "producer")
 
     def batch(self, batch_id: str) -> Batch:
@@ -94,48 +95,54 @@ class Client:
         max_words: int | None = None,
         skip_invalid: bool = False,
         progress: bool = False,
+        priority: str = "normal",
     ) -> Batch:
         """Submit texts or dicts ({'text', optional 'id', anything else kept as metadata})."""
         if isinstance(items, str | bytes | dict):
             raise ConfigError("submit() takes an iterable of articles; wrap a single text or dict in a list")
+        spec = self._spec(model, max_words, priority)
         with reader.opened_items(items, self.settings.max_article_bytes) as source:
-            return self._submit(source.records_raw, batch_id, model, max_words, skip_invalid, progress)
+            return self._submit(source, "<items>", spec, batch_id, skip_invalid, progress)
 
     def submit_path(self, path: str, batch_id: str | None = None, model: str | None = None,
                     max_words: int | None = None, skip_invalid: bool = False, progress: bool = False,
-                    stop: threading.Event | None = None) -> Batch:
+                    stop: threading.Event | None = None, priority: str = "normal") -> Batch:
         """Submit a JSONL file, a directory of .txt/.md files, or '-' for JSONL on stdin.
 
         Setting `stop` ends the submit after the chunk in flight; the same call again resumes it.
         """
+        spec = self._spec(model, max_words, priority)
         with reader.opened(path, self.settings.max_article_bytes) as source:
-            return self._submit(source.records_raw, batch_id, model, max_words, skip_invalid, progress, stop)
+            return self._submit(source, "<stdin>" if path == "-" else path, spec, batch_id, skip_invalid, progress,
+                                stop)
 
-    def _submit(self, make: Any, batch_id: str | None, model: str | None, max_words: int | None,
-                skip_invalid: bool, progress: bool, stop: threading.Event | None = None) -> Batch:
+    def _spec(self, model: str | None, max_words: int | None, priority: str) -> BatchSpec:
+        return BatchSpec(model=model or self.settings.model, max_words=max_words or self.settings.max_words,
+                         priority=priority)
+
+    def _submit(self, source: reader.Source, name: str, spec: BatchSpec, batch_id: str | None, skip_invalid: bool,
+                progress: bool, stop: threading.Event | None = None) -> Batch:
         batch_id = batch_id or new_batch_id()
         if not BATCH_ID_RE.match(batch_id):
             raise ConfigError(f"batch id {batch_id!r} must match {BATCH_ID_RE.pattern}")
-        should_stop = stop.is_set if stop is not None else (lambda: False)
-        total = check_or_raise(reader.with_duplicates_marked(make()), skip_invalid, should_stop)
-        bar = ProgressBar(f"submit {batch_id}", total) if progress else None
-        sent = 0
-
-        def tick(n: int) -> None:
-            nonlocal sent
-            sent += n
-            if bar:
-                bar.update(sent)
-
-        report = enqueue(self.store, self.celery, batch_id, reader.with_duplicates_marked(make()),
-                         model or self.settings.model, max_words or self.settings.max_words, skip_invalid, tick,
-                         should_stop)
+        should_stop: Callable[[], bool] = stop.is_set if stop is not None else (lambda: False)
+        resuming = self.store.r.exists(self.store.keys.batch(batch_id)) == 1
+        checked = Checker(self.store, batch_id, resuming).check(source.records(), should_stop)
+        if checked.repeated_ids:
+            note_repeated(source.records(), checked)
+        raise_if_invalid(checked, skip_invalid)
+        index = self.store.init_batch(batch_id, spec, name)
+        bar = ProgressBar(f"submit {batch_id}", checked.records) if progress else None
+        enqueuer = Enqueuer(self.store, self.celery, batch_id, index, skip_invalid,
+                            on_chunk=bar.advance if bar else None, should_stop=should_stop)
+        report = enqueuer.run(source.records(), Resolver(checked))
         if bar:
             bar.close()
         return Batch(self, batch_id, report)
 
     def close(self) -> None:
         self.redis.close()
+        self.store.r.close()
         self.celery.close()
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
 from contract.errors import SummarizeError
-from contract.job import JobResult
+from contract.record import JobResult
 from contract.settings import Settings
 
 EXIT_FAILED, EXIT_TIMEOUT, EXIT_ERROR = 1, 2, 3

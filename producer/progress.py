@@ -14,8 +14,13 @@ class ProgressBar:
         self.tty = self.stream.isatty()
         self.started = time.monotonic()
         self._last_line = 0.0
+        self._done = 0
+
+    def advance(self, n: int) -> None:
+        self.update(self._done + n)
 
     def update(self, done: int, detail: str = "") -> None:
+        self._done = done
         now = time.monotonic()
         if not self.tty and now - self._last_line < 5 and done < self.total:
             return

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import numpy
+
 from contract.errors import InputError
 
 MAX_ID_CHARS = 200
@@ -38,6 +40,19 @@ class Record:
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
     error: InputError | None = None
+    #: the id was derived from the text (the record brought none)
+    derived: bool = False
+    #: where in its source: the line number, or for a directory the file name
+    place: str = ""
+
+    @classmethod
+    def invalid(cls, source: str, line: int, job_id: str | None, reason: str, place: str = "") -> Record:
+        return cls(source, line, job_id, "", {}, InputError(source, line, job_id, reason), place=place or str(line))
+
+    @property
+    def invalid_id(self) -> str:
+        """The id an invalid record is kept under (--skip-invalid): unique per source and place."""
+        return f"{INVALID_ID_PREFIX}{self.source}:{self.place or self.line}"
 
 
 def content_id(text: str) -> str:
@@ -84,7 +99,7 @@ def check_id(raw: Any) -> tuple[str | None, str | None]:
 
 def record_from_obj(obj: Any, source: str, line: int, max_bytes: int, check_unicode: bool = True) -> Record:
     def bad(reason: str, job_id: str | None = None) -> Record:
-        return Record(source, line, job_id, "", {}, InputError(source, line, job_id, reason))
+        return Record.invalid(source, line, job_id, reason)
 
     if not isinstance(obj, dict):
         return bad(f"expected a JSON object, got {type(obj).__name__}")
@@ -106,7 +121,7 @@ def record_from_obj(obj: Any, source: str, line: int, max_bytes: int, check_unic
     except (UnicodeEncodeError, TypeError, ValueError) as exc:
         keys = ", ".join(sorted(metadata))
         return bad(f"metadata ({keys}) can't be stored: {type(exc).__name__}: {exc}"[:300], job_id)
-    return Record(source, line, job_id or content_id(text), text, metadata)
+    return Record(source, line, job_id or content_id(text), text, metadata, derived=job_id is None, place=str(line))
 
 
 def iter_jsonl(stream: IO[bytes], source: str, max_bytes: int) -> Iterator[Record]:
@@ -124,24 +139,22 @@ def iter_jsonl(stream: IO[bytes], source: str, max_bytes: int) -> Iterator[Recor
                 raw = stream.readline(1 << 20)
                 size += len(raw)
             err = f"line is {size} bytes; an article may be at most {max_bytes} bytes (SUMMARIZE_MAX_ARTICLE_BYTES)"
-            yield Record(source, line_no, None, "", {}, InputError(source, line_no, None, err))
+            yield Record.invalid(source, line_no, None, err)
             continue
         if not raw.strip():
             continue  # blank lines are common at the end of files
         if b"\x00" in raw:
-            yield Record(source, line_no, None, "", {}, InputError(source, line_no, None, "line contains NUL bytes"))
+            yield Record.invalid(source, line_no, None, "line contains NUL bytes")
             continue
         try:
             decoded = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            err = f"invalid UTF-8 at byte {exc.start} of the line"
-            yield Record(source, line_no, None, "", {}, InputError(source, line_no, None, err))
+            yield Record.invalid(source, line_no, None, f"invalid UTF-8 at byte {exc.start} of the line")
             continue
         try:
             obj = json.loads(decoded)
         except json.JSONDecodeError as exc:
-            err = f"invalid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"
-            yield Record(source, line_no, None, "", {}, InputError(source, line_no, None, err))
+            yield Record.invalid(source, line_no, None, f"invalid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}")
             continue
         # Unpaired surrogates in parsed JSON can only come from \uD800-\uDFFF escapes in the line.
         yield record_from_obj(obj, source, line_no, max_bytes, check_unicode=b"\\ud" in raw.lower())
@@ -149,29 +162,28 @@ def iter_jsonl(stream: IO[bytes], source: str, max_bytes: int) -> Iterator[Recor
 
 def iter_directory(path: Path, max_bytes: int) -> Iterator[Record]:
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in (".txt", ".md"))
+    source = str(path)
     for number, file in enumerate(files, start=1):
-        source, job_id = str(file), file.stem
-        checked_id, id_error = check_id(job_id)
-        if id_error:
-            yield Record(source, 0, None, "", {}, InputError(source, 0, None, f"file name: {id_error}"))
-            continue
-        job_id = checked_id or job_id
-        size = file.stat().st_size
-        if size > max_bytes:
-            err = f"article is {size} bytes; the limit is {max_bytes} (SUMMARIZE_MAX_ARTICLE_BYTES)"
-            yield Record(source, 0, job_id, "", {}, InputError(source, 0, job_id, err))
-            continue
-        data = file.read_bytes()
+        yield _file_record(file, source, number, max_bytes)
+
+
+def _file_record(file: Path, source: str, number: int, max_bytes: int) -> Record:
+    checked_id, id_error = check_id(file.stem)
+    if id_error or checked_id is None:
+        return Record.invalid(str(file), 0, None, f"file name: {id_error}", place=file.name)
+    size = file.stat().st_size
+    reason: str | None = None
+    if size > max_bytes:
+        reason = f"article is {size} bytes; the limit is {max_bytes} (SUMMARIZE_MAX_ARTICLE_BYTES)"
+    else:
         try:
-            text = data.decode("utf-8")
+            text = file.read_bytes().decode("utf-8")
+            reason = check_text(text, max_bytes)
         except UnicodeDecodeError as exc:
-            yield Record(source, 0, job_id, "", {}, InputError(source, 0, job_id, f"invalid UTF-8 at byte {exc.start}"))
-            continue
-        reason = check_text(text, max_bytes)
-        if reason:
-            yield Record(source, 0, job_id, "", {}, InputError(source, 0, job_id, reason))
-            continue
-        yield Record(source, number, job_id, text, {"file": file.name})
+            reason = f"invalid UTF-8 at byte {exc.start}"
+    if reason:
+        return Record.invalid(str(file), 0, checked_id, reason, place=file.name)
+    return Record(source, number, checked_id, text, {"file": file.name}, place=file.name)
 
 
 def as_object(item: str | dict[str, Any]) -> Any:
@@ -184,60 +196,77 @@ def iter_items(items: Iterable[str | dict[str, Any]], max_bytes: int) -> Iterato
         yield record_from_obj(as_object(item), "<items>", number, max_bytes)
 
 
-def with_duplicates_marked(records: Iterable[Record]) -> Iterator[Record]:
-    """The same records, with a second occurrence of an id turned into an error naming the first."""
-    seen: dict[bytes, int] = {}  # 8-byte digests keep memory small for millions of ids
-    for rec in records:
-        if rec.error is None and rec.job_id is not None:
-            digest = hashlib.blake2b(rec.job_id.encode(), digest_size=8).digest()
-            first = seen.get(digest)
-            if first is not None:
-                reason = f"duplicate id {rec.job_id!r}: first seen at line {first}"
-                error = InputError(rec.source, rec.line, rec.job_id, reason)
-                rec = Record(rec.source, rec.line, rec.job_id, "", {}, error)
-            else:
-                seen[digest] = rec.line
-        yield rec
+class IdIndex:
+    """Every id of an input in 8 bytes each (numpy), to find the ones seen twice once the pass is over.
+
+    A dict of ids would take ~100 bytes an id: a gigabyte for ten million articles.
+    """
+
+    def __init__(self) -> None:
+        self._chunks: list[numpy.ndarray[Any, Any]] = []
+        self._current: list[int] = []
+
+    def add(self, job_id: str) -> None:
+        self._current.append(id_hash(job_id))
+        if len(self._current) >= 65536:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._current:
+            self._chunks.append(numpy.array(self._current, dtype=numpy.uint64))
+            self._current = []
+
+    def repeated(self) -> set[int]:
+        """Hashes of ids seen more than once."""
+        self._flush()
+        if not self._chunks:
+            return set()
+        ids = numpy.sort(numpy.concatenate(self._chunks))
+        return {int(h) for h in numpy.unique(ids[1:][ids[1:] == ids[:-1]])}
+
+
+def id_hash(job_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(job_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
 
 
 @contextmanager
-def opened(path: str, max_bytes: int) -> Iterator[_Source]:
+def opened(path: str, max_bytes: int) -> Iterator[Source]:
     """A re-readable source for PATH: validation reads it once, enqueueing a second time."""
     if path == "-":
         # stdin can be read only once: spool it so both passes see the same bytes.
         with tempfile.TemporaryFile() as spool:
             shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
-            yield _Source(lambda: _rewound(spool, "<stdin>", max_bytes))
+            yield Source(lambda: _rewound(spool, "<stdin>", max_bytes))
         return
     p = Path(path)
     if p.is_dir():
-        yield _Source(lambda: iter_directory(p, max_bytes))
+        yield Source(lambda: iter_directory(p, max_bytes))
     elif p.is_file():
-        yield _Source(lambda: _from_file(p, max_bytes))
+        yield Source(lambda: _from_file(p, max_bytes))
     else:
         raise InputError(path, 0, None, "no such file or directory")
 
 
 @contextmanager
-def opened_items(items: Iterable[str | dict[str, Any]], max_bytes: int) -> Iterator[_Source]:
+def opened_items(items: Iterable[str | dict[str, Any]], max_bytes: int) -> Iterator[Source]:
     """A re-readable source for API items: a sequence is read twice, anything else spooled first."""
     if isinstance(items, Sequence):
-        yield _Source(lambda: iter_items(items, max_bytes))
+        yield Source(lambda: iter_items(items, max_bytes))
         return
     # A generator can be read only once: spool it as JSONL so both passes see the same records.
     with tempfile.TemporaryFile() as spool:
         for item in items:
             spool.write(json.dumps(as_object(item), ensure_ascii=False).encode() + b"\n")
-        yield _Source(lambda: _rewound(spool, "<items>", max_bytes))
+        yield Source(lambda: _rewound(spool, "<items>", max_bytes))
 
 
-class _Source:
-    """Makes a fresh record iterator per pass (duplicates are marked by the caller)."""
+class Source:
+    """Makes a fresh record iterator per pass over the input."""
 
     def __init__(self, make: Any) -> None:
         self._make = make
 
-    def records_raw(self) -> Iterator[Record]:
+    def records(self) -> Iterator[Record]:
         result: Iterator[Record] = self._make()
         return result
 

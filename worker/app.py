@@ -9,10 +9,10 @@ from celery import Celery, bootsteps
 from celery.signals import worker_shutdown, worker_shutting_down
 
 from contract.messaging import make_celery
+from contract.redisconn import check_eviction, make_redis
 from contract.settings import Settings
 
-from .housekeeping import Housekeeper
-from .runtime import runtime
+from . import engine
 
 log = logging.getLogger(__name__)
 # One INFO line per HTTP request from the openai client's HTTP stack drowns the task log at 400 jobs/s.
@@ -22,11 +22,11 @@ for noisy in ("httpx", "httpx2", "httpcore", "openai"):
 settings = Settings.from_env()
 app: Celery = make_celery(settings, "worker")
 app.conf.update(
-    # An LLM call is mostly waiting: one process with many threads holds hundreds of requests in
-    # flight on 2 cores, shares one openai connection pool, and keeps memory bounded.
+    # An LLM call is mostly waiting: the jobs run as coroutines on one event loop per process
+    # (worker/engine.py). Celery's threads only carry messages to it and wait for their outcome.
     worker_pool="threads",
-    # Each Celery thread waits on one message's jobs, which run in the runtime's pool of
-    # SUMMARIZE_CONCURRENCY threads; twice the messages needed to fill it covers slow stragglers.
+    # Twice the messages needed to fill SUMMARIZE_CONCURRENCY slots, so a message waiting for its
+    # slowest job never leaves the slots idle.
     worker_concurrency=max(2, 2 * -(-settings.concurrency // settings.jobs_per_message)),
     # One message per free thread: nothing sits reserved in a busy worker while another idles.
     worker_prefetch_multiplier=1,
@@ -41,45 +41,41 @@ app.conf.update(
 )
 
 
-class HousekeepingStep(bootsteps.StartStopStep):
-    """Starts lease renewal and the reaper with the worker.
+class EngineStep(bootsteps.StartStopStep):
+    """Starts the process's event loop with the worker, after refusing a Redis that may evict jobs.
 
     Steps stop in reverse order, so this one stops *before* the pool drains its running tasks: leases must
-    keep being renewed until then, so the thread is closed only at `worker_shutdown` (after the drain).
+    keep being renewed until then, so the engine is closed only at `worker_shutdown` (after the drain).
     """
 
     requires = ("celery.worker.components:Pool",)
 
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self.keeper: Housekeeper | None = None
-        _keepers.append(self)
-
     def start(self, parent: Any) -> None:
-        rt = runtime(settings)
-        self.keeper = Housekeeper(rt.store, rt.leases, app, rt.stop)
-        self.keeper.start()
+        probe = make_redis(settings, max_connections=1)
+        try:
+            check_eviction(probe, settings)
+        finally:
+            probe.close()
+        engine.engine(settings, app)
         log.info("summarize worker ready: %s", {k: v for k, v in settings.public().items()
                                                  if k in ("openai_base_url", "model", "concurrency", "rpm", "tpm")})
 
-    def close_keeper(self) -> None:
-        if self.keeper is not None:
-            self.keeper.close()
 
-
-app.steps["worker"].add(HousekeepingStep)
-_keepers: list[HousekeepingStep] = []
+app.steps["worker"].add(EngineStep)
 
 
 @worker_shutdown.connect
-def _close_housekeeping(**_: Any) -> None:
-    for step in _keepers:
-        step.close_keeper()
+def _close_engine(**_: Any) -> None:
+    running = engine.current()
+    if running is not None:
+        running.close()
 
 
 @worker_shutting_down.connect
 def _hand_back_on_shutdown(**_: Any) -> None:
-    runtime(settings).stop.set()
+    running = engine.current()
+    if running is not None:
+        running.begin_shutdown()
 
 
 from . import tasks  # noqa: E402,F401  (registers the task with the app)

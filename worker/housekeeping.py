@@ -1,85 +1,93 @@
-"""Background duties of every worker process: renew the leases of jobs it holds, and reap.
+"""Background duties of every worker process, on its event loop: renew the leases of the jobs it holds,
+keep the fleet's rate limits in step, and (one worker at a time) reap.
 
 Why our own leases: Redis has no real acks. A message kombu popped but had not yet recorded as unacked
 is lost on a crash (celery#7950), and unacked messages of a killed worker come back only after the
 visibility timeout. A job whose lease runs out is re-enqueued by the reaper within about
-lease_seconds + reap_interval, whatever happened to its message.
+lease_seconds + reap_interval, whatever happened to its message. Each tick renews before it reaps, and
+leases are judged on Redis' clock (see contract/lua/reap.lua), so neither a slow tick nor a fast clock
+reaps a live job.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
-from celery import Celery
-
 from contract.job import ClaimedJob
-from contract.messaging import publish
-from contract.store import JobStore
+from contract.store import Message
+
+from .ratelimit import RateLimiter
+from .storage import WorkerStore
 
 log = logging.getLogger(__name__)
 
 
 class Leases:
-    """The jobs this process is working on, so one thread can renew all their leases at once."""
+    """The jobs this process is working on, so one call can renew all their leases at once."""
 
     def __init__(self) -> None:
-        self._held: dict[str, ClaimedJob] = {}
-        self._lock = threading.Lock()
+        self._held: dict[tuple[str, str, str], ClaimedJob] = {}
 
     @contextmanager
     def hold(self, job: ClaimedJob) -> Iterator[None]:
-        with self._lock:
-            self._held[job.token] = job
+        key = (job.batch_id, job.job_id, job.token)
+        self._held[key] = job
         try:
             yield
         finally:
-            with self._lock:
-                self._held.pop(job.token, None)
+            self._held.pop(key, None)
 
     def snapshot(self) -> list[ClaimedJob]:
-        with self._lock:
-            return list(self._held.values())
+        return list(self._held.values())
+
+    def __len__(self) -> int:
+        return len(self._held)
 
 
-class Housekeeper(threading.Thread):
-    def __init__(self, store: JobStore, leases: Leases, app: Celery, stop: threading.Event) -> None:
-        super().__init__(name="summarize-housekeeper", daemon=True)
-        self.store, self.leases, self.app, self.stop = store, leases, app, stop
+class Housekeeper:
+    def __init__(self, store: WorkerStore, leases: Leases, limiter: RateLimiter, stop: asyncio.Event,
+                 publish: Callable[[list[Message]], Awaitable[None]]) -> None:
+        self.store, self.leases, self.limiter, self.stop, self.publish = store, leases, limiter, stop, publish
         self.owner = f"{socket.gethostname()}:{threading.get_native_id()}"
         s = store.settings
-        self.period = max(0.1, min(s.lease_seconds / 3, s.reap_interval))
-        # Renewing every held lease costs one script call per job: do it as rarely as the lease allows.
-        self.renew_every = max(1, round((s.lease_seconds / 3) / self.period))
-        self.ticks = 0
-        self.finished = threading.Event()
+        self.period = max(0.05, min(s.lease_seconds / 3, s.reap_interval))
+        self._task: asyncio.Task[None] | None = None
 
-    def run(self) -> None:
-        while not self.finished.wait(self.period):
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="housekeeping")
+
+    async def _run(self) -> None:
+        while True:
             try:
-                self.tick()
-            except Exception:  # a Redis outage must not kill the thread; it retries next tick
+                await self.tick()
+            except Exception:  # a Redis outage must not end housekeeping; it tries again next tick
                 log.exception("housekeeping tick failed")
+            await asyncio.sleep(self.period)
 
-    def tick(self) -> None:
-        self.ticks += 1
-        if self.ticks % self.renew_every == 0:
-            self._renew()
+    async def tick(self) -> None:
+        await self.renew()
+        await self.limiter.refresh_limits(ttl_s=3 * self.period + 5)
         # A stopping worker keeps renewing its leases but leaves reaping to the others.
-        if not self.stop.is_set() and self.store.try_reaper_lock(self.owner):
-            due = self.store.requeue_due()
-            if due:
-                publish(self.app, self.store.settings, due)
-                log.info("reaper re-enqueued %d job(s)", len(due))
+        if not self.stop.is_set() and await self.store.try_reaper_lock(self.owner):
+            reaped = await self.store.reap()
+            if reaped.messages:
+                await self.publish(reaped.messages)
+                log.info("reaper re-enqueued %d message(s): %d lease(s) lapsed, %d retries due, %d job(s) "
+                         "whose message was lost", len(reaped.messages), reaped.reclaimed, reaped.due,
+                         reaped.republished)
 
-    def _renew(self) -> None:
+    async def renew(self) -> None:
         held = self.leases.snapshot()
         if held:
-            self.store.heartbeat(held)
+            lost = await self.store.renew(held)
+            if lost:
+                log.warning("%d job(s) were taken over by another run (their leases had lapsed)", len(lost))
 
-    def close(self) -> None:
-        """Called at worker_shutdown, after the pool drained, so no running job's lease lapses meanwhile."""
-        self.finished.set()
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()

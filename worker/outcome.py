@@ -1,41 +1,50 @@
-"""What happens to a job when its summarize call raised: hand back, defer, fail, or halt the batch."""
+"""What a run of a job comes to, as one op for settle.lua: done, or hand back, defer, fail, halt the batch."""
 
 from __future__ import annotations
 
 import logging
 import time
 
-import redis
-
 from contract.errors import HandBack, ProviderRejected, TransientLLMError
 from contract.job import ClaimedJob
-from contract.store import JobStore
+from contract.record import Final
+from contract.settings import Settings
 
 from .retry import defer_delay
+from .storage import Op
+from .summarize import Summary, Tally
 
 log = logging.getLogger(__name__)
 
 
-def settle_failure(store: JobStore, job: ClaimedJob, exc: Exception, attempts: int) -> str:
-    """Record a failed run; returns the outcome name the task reports to Flower."""
-    horizon = store.settings.retry_horizon
-    if isinstance(exc, redis.RedisError):
-        # Nowhere to record anything: let the lease lapse and the reaper re-enqueue the job later.
-        raise exc
+def _op(kind: str, job: ClaimedJob, tally: Tally, extra: object) -> Op:
+    return Op(kind, job.batch_id, job.job_id, job.token, tally.requests, tally.unusable, tally.prompt_tokens,
+              tally.completion_tokens, 0.0, extra)
+
+
+def _final(job: ClaimedJob, tally: Tally, status: str, **fields: object) -> Final:
+    return Final(status, job.article.digest, job.article.origin, prompt_tokens=job.prompt_tokens + tally.prompt_tokens,
+                 completion_tokens=job.completion_tokens + tally.completion_tokens,
+                 attempts=job.attempts + tally.requests, unusable=job.unusable + tally.unusable,
+                 finished_ms=int(time.time() * 1000), **fields)  # type: ignore[arg-type]
+
+
+def done(job: ClaimedJob, summary: Summary, tally: Tally) -> Op:
+    return _op("done", job, tally, _final(job, tally, "done", summary=summary.text, model=summary.model).pack())
+
+
+def failed(job: ClaimedJob, exc: Exception, tally: Tally, settings: Settings, running_for: float) -> tuple[Op, str]:
+    """The op for a run that raised, and the outcome name the task reports to Flower."""
     if isinstance(exc, HandBack):
-        store.defer(job, 0.0, exc, attempts, failure=False)
-        return "handed-back"
+        return _op("defer", job, tally, [0, type(exc).__name__, str(exc), 0]), "handed-back"
     if isinstance(exc, TransientLLMError):
-        first = job.first_failure or time.time()
-        if time.time() - first < horizon:
-            delay = defer_delay(job.deferrals, exc.retry_after, store.settings.defer_base)
-            store.defer(job, delay, exc, attempts)
+        failing_for = (job.failing_for or 0.0) + running_for
+        if failing_for < settings.retry_horizon:
+            delay = defer_delay(job.deferrals, exc.retry_after, settings.defer_base)
             log.warning("job %s/%s deferred %.0fs after %s", job.batch_id, job.job_id, delay, exc)
-            return "deferred"
-        exc = type(exc)(f"gave up after {horizon:.0f}s of retries; last error: {exc}", exc.status)
-    if isinstance(exc, ProviderRejected) and not job.halted:
-        # Thousands of jobs would fail the same way: stop paying for the discovery one at a time.
-        store.halt(job.batch_id, exc)
-        log.error("batch %s halted: %s", job.batch_id, exc)
-    store.fail(job, exc, attempts)
-    return "failed"
+            return _op("defer", job, tally, [int(delay * 1000), type(exc).__name__, str(exc), 1]), "deferred"
+        exc = type(exc)(f"gave up after {settings.retry_horizon:.0f}s of retries; last error: {exc}")
+    # Thousands of jobs would fail the same way: stop paying for the discovery one at a time.
+    halt = f"{type(exc).__name__}: {exc}"[:2000] if isinstance(exc, ProviderRejected) else ""
+    record = _final(job, tally, "failed", error=str(exc)[:2000], error_type=type(exc).__name__)
+    return _op("fail", job, tally, [record.pack(), halt]), "failed"

@@ -1,22 +1,26 @@
 """The only retry layer: small tenacity strategies composed into one policy.
 
-Inside a task, transient failures are retried for a short budget (seconds). A longer outage ends the
-task and the job is handed back with a delay (worker/outcome.py), so a provider that is down for
-minutes neither burns the retry budget nor holds worker slots asleep.
+Inside a run, transient failures are retried for a short budget (seconds). A longer outage ends the run
+and the job is handed back with a delay (worker/outcome.py), so a provider that is down for minutes
+neither burns the retry budget nor holds a worker's slot asleep. Answers that came back but were
+unusable are retried at once, each one counted: SUMMARIZE_MAX_UNUSABLE bounds what one article costs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
-import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from contract.errors import HandBack, TransientLLMError
+from contract.errors import HandBack, MalformedResponse, TransientLLMError
 from contract.settings import Settings
+
+#: the pause before asking again after an unusable answer: the provider is up, it answered
+UNUSABLE_PAUSE = 0.05
 
 
 class wait_retry_after_or(wait_base):
@@ -33,15 +37,15 @@ class wait_retry_after_or(wait_base):
         return float(self.fallback(retry_state))
 
 
-class wait_exponential_full_jitter(wait_base):
-    """AWS-style full jitter: uniform in [0, min(cap, base * 2**n)], so retries don't stampede."""
+class wait_unusable_or(wait_base):
+    """A short pause after an unusable answer (nothing is wrong with the line), else another strategy."""
 
-    def __init__(self, base: float = 0.5, cap: float = 20.0, rng: random.Random | None = None) -> None:
-        self.base, self.cap, self.rng = base, cap, rng or random.Random()
+    def __init__(self, fallback: wait_base, pause: float = UNUSABLE_PAUSE) -> None:
+        self.fallback, self.pause = fallback, pause
 
     def __call__(self, retry_state: RetryCallState) -> float:
-        ceiling = min(self.cap, self.base * 2 ** (retry_state.attempt_number - 1))
-        return self.base / 2 + self.rng.uniform(0, ceiling)
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        return self.pause if isinstance(exc, MalformedResponse) else float(self.fallback(retry_state))
 
 
 class stop_when_idle_exceeds(stop_base):
@@ -54,21 +58,35 @@ class stop_when_idle_exceeds(stop_base):
         return retry_state.idle_for + (retry_state.upcoming_sleep or 0.0) > self.budget
 
 
-def interruptible_sleep(stop: threading.Event) -> Callable[[float], None]:
+class stop_after_failures(stop_base):
+    """Stop after `n` failed requests as counted by `count` (unusable answers are bounded on their own)."""
+
+    def __init__(self, n: int, count: Callable[[], int]) -> None:
+        self.n, self.count = n, count
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.count() >= self.n
+
+
+def interruptible_sleep(stop: asyncio.Event) -> Callable[[float], Awaitable[None]]:
     """A sleep that a worker's shutdown cuts short by handing the job back."""
 
-    def sleep(seconds: float) -> None:
-        if stop.wait(seconds):
-            raise HandBack("worker is shutting down")
+    async def sleep(seconds: float) -> None:
+        try:
+            await asyncio.wait_for(stop.wait(), seconds)
+        except TimeoutError:
+            return
+        raise HandBack("worker is shutting down")
 
     return sleep
 
 
-def policy(settings: Settings, sleep: Callable[[float], None]) -> Retrying:
-    return Retrying(
+def policy(settings: Settings, sleep: Callable[[float], Awaitable[None]], failures: Callable[[], int]) -> AsyncRetrying:
+    return AsyncRetrying(
         retry=retry_if_exception_type(TransientLLMError),
-        wait=wait_retry_after_or(wait_exponential_full_jitter(base=0.5, cap=20.0)),
-        stop=stop_after_attempt(settings.max_attempts_per_run) | stop_when_idle_exceeds(settings.attempt_budget),
+        # tenacity's full-jitter exponential backoff, unless the provider said how long (Retry-After).
+        wait=wait_unusable_or(wait_retry_after_or(wait_random_exponential(multiplier=0.5, max=20.0, min=0.25))),
+        stop=stop_after_failures(settings.max_attempts_per_run, failures) | stop_when_idle_exceeds(settings.attempt_budget),
         sleep=sleep,
         reraise=True,
     )

@@ -1,39 +1,26 @@
-"""The summarize task: for each job of the message, load it, call the summarize function, store the outcome."""
+"""The summarize task: a thin bridge from Celery's thread to the process's event loop (worker/engine.py),
+where each job of the message is loaded, summarized and stored."""
 
 from __future__ import annotations
 
-import uuid
-from collections import Counter
+from typing import Any
 
-from contract.errors import ProviderRejected
+from contract.errors import JobsFailed
+from contract.keys import PRIORITIES
 from contract.messaging import TASK_NAME
 
-from .app import app
-from .outcome import settle_failure
-from .runtime import Runtime, runtime
-from .summarize import Attempts, summarize
+from .app import app, settings
+from .engine import engine
 
 
 @app.task(name=TASK_NAME)
-def summarize_jobs(batch_id: str, job_ids: list[str] | str) -> dict[str, int]:
-    """Run the message's jobs side by side in the process's LLM pool; returns outcome counts for Flower."""
-    rt = runtime()
-    ids = [job_ids] if isinstance(job_ids, str) else job_ids
-    return dict(Counter(rt.pool.map(lambda job_id: run_job(rt, batch_id, job_id), ids)))
-
-
-def run_job(rt: Runtime, batch_id: str, job_id: str) -> str:
-    job = rt.store.claim(batch_id, job_id, token=uuid.uuid4().hex)
-    if isinstance(job, str):
-        return f"skipped-{job}"  # a duplicate delivery of a job that is done, failed or running elsewhere
-    attempts = Attempts()
-    with rt.leases.hold(job):
-        try:
-            if job.halted:
-                raise ProviderRejected(f"batch halted by an earlier provider error: {job.halted}")
-            result = summarize(job.text, job.max_words, job.model, rt.provider.for_job(attempts),
-                               rt.settings.max_summary_chars)
-        except Exception as exc:
-            return settle_failure(rt.store, job, exc, attempts.n)
-        rt.store.complete(job, result.text, result.model, result.usage, attempts.n)
-    return "done"
+def summarize_jobs(batch_id: str, job_ids: list[str] | str, step: int = PRIORITIES["normal"]) -> dict[str, Any]:
+    """Run the message's jobs; the result (shown in Flower) counts outcomes and names failed jobs."""
+    ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
+    report = engine(settings, app).run_message(batch_id, ids, step)
+    result = report.as_result()
+    if report.failed and report.outcomes["failed"] == len(ids):
+        # Every job failed for good: Flower shows the task as failed, naming each job and its error.
+        named = ", ".join(f"{job_id}: {kind}" for job_id, kind in report.failed.items())
+        raise JobsFailed(f"all {len(ids)} job(s) of batch {batch_id} failed: {named}")
+    return result

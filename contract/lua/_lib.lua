@@ -1,0 +1,116 @@
+-- _lib.lua: helpers prepended to every script by contract/scripts.py. Every script's ARGV[1] is the
+-- key layout (JSON from contract/keys.py Keys.layout): scripts build no key name of their own.
+local L = cjson.decode(ARGV[1])
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function bkey(b) return L.b .. b end
+local function part(b, name) return L.b .. b .. L.parts[name] end
+local function jkey(b, id) return L.j .. b .. L.sep .. id end
+local function tkey(b, id) return L.t .. b .. L.sep .. id end
+local function member(b, id) return b .. L.msep .. id end
+
+local function split(s, sep)
+  local out, from = {}, 1
+  while true do
+    local at = string.find(s, sep, from, true)
+    if not at then out[#out + 1] = string.sub(s, from); return out end
+    out[#out + 1] = string.sub(s, from, at - 1)
+    from = at + #sep
+  end
+end
+
+-- A status's public counter: deferred, waiting and parked jobs count as queued.
+local function bucket(s)
+  if s == 'running' or s == 'done' or s == 'failed' or s == 'cancelled' then return s end
+  return 'queued'
+end
+
+local function move(b, from, to)
+  local f, t = bucket(from), bucket(to)
+  if f ~= t then
+    redis.call('HINCRBY', bkey(b), f, -1)
+    redis.call('HINCRBY', bkey(b), t, 1)
+  end
+end
+
+local function batch_keys(b)
+  local out = {bkey(b)}
+  for _, suffix in pairs(L.parts) do out[#out + 1] = bkey(b) .. suffix end
+  return out
+end
+
+-- Results are kept for the TTL after the batch is over; until then nothing of it expires.
+-- The TTL is the batch's own (`ttl`, set by the submit from SUMMARIZE_RESULT_TTL).
+local function maybe_finish(b, now)
+  local h = redis.call('HMGET', bkey(b), 'queued', 'running', 'ttl')
+  if tonumber(h[1] or '0') <= 0 and tonumber(h[2] or '0') <= 0 then
+    redis.call('HSET', bkey(b), 'finished', now)
+    local ttl = tonumber(h[3] or '604800')
+    for _, k in ipairs(batch_keys(b)) do redis.call('EXPIRE', k, ttl) end
+  end
+end
+
+-- New or re-driven work in a finished batch: its keys are kept again.
+local function unfinish(b)
+  if redis.call('HEXISTS', bkey(b), 'finished') == 1 then
+    for _, k in ipairs(batch_keys(b)) do redis.call('PERSIST', k) end
+    redis.call('HDEL', bkey(b), 'finished')
+  end
+end
+
+-- The job's status: its hash's `s`, or 'queued' for a job never taken (only its text exists), or its
+-- final record's status, or false when the job does not exist.
+local function status_of(b, id)
+  local s = redis.call('HGET', jkey(b, id), 's')
+  if s then return s end
+  local rec = redis.call('HGET', part(b, 'out'), id)
+  if rec then return cmsgpack.unpack(rec)[1] end
+  if redis.call('EXISTS', tkey(b, id)) == 1 then return 'queued' end
+  return false
+end
+
+-- The final record of a job settled inside Redis (cancelled, or failed by a halt), in the layout of
+-- contract/record.py Final: status, digest, origin, summary, error, error_type.
+local function lua_final(b, id, status, err, etype, now)
+  local digest, origin = '', ''
+  local blob = redis.call('GET', tkey(b, id))
+  if blob then
+    local article = cmsgpack.unpack(blob)
+    digest, origin = article[1], article[2]
+  end
+  local h = redis.call('HMGET', jkey(b, id), 'a', 'x', 'pt', 'ct')
+  return cmsgpack.pack({status, digest, origin, '', err, etype, '', tonumber(h[3] or '0'),
+    tonumber(h[4] or '0'), tonumber(h[1] or '0'), false, 0, tonumber(h[2] or '0'), now, -1})
+end
+
+-- Store a final record and drop everything the unfinished job had. `keep_text` keeps the article
+-- of a failed job so `summarize retry` can send it again.
+local function finalize(b, id, from, status, record, keep_text, now)
+  move(b, from, status)
+  redis.call('HSET', part(b, 'out'), id, record)
+  redis.call('DEL', jkey(b, id))
+  if not keep_text then redis.call('DEL', tkey(b, id)) end
+  redis.call('ZREM', L.due, member(b, id))
+  redis.call('SREM', part(b, 'parked'), id)
+  if status == 'failed' then redis.call('SADD', part(b, 'dead'), id) end
+  redis.call('XADD', part(b, 'events'), '*', 'id', id, 's', status)
+  redis.call('DECR', L.backlog)
+  maybe_finish(b, now)
+end
+
+-- Jobs made queued again go out in messages of up to `per` jobs, each registered in the orphans set
+-- of its priority step (scored by now) until a worker claims it. Returns {step, member} pairs.
+local function enqueue_messages(b, ids, per, now, out)
+  if #ids == 0 then return end
+  local step = redis.call('HGET', bkey(b), 'step') or '0'
+  for i = 1, #ids, per do
+    local m = b
+    for k = i, math.min(i + per - 1, #ids) do m = m .. L.msep .. ids[k] end
+    redis.call('ZADD', L.orphans .. step, now, m)
+    out[#out + 1] = {tonumber(step), m}
+  end
+end

@@ -1,0 +1,54 @@
+-- create.lua: store a chunk of a batch's new jobs and register the messages that will carry them.
+-- A job already in the batch (resumed submit) is not touched: its digest and origin come back so
+-- the caller can tell a resume (same text) from an id reused for another text.
+--
+-- ARGV[1] layout: key names (Keys.layout)
+-- ARGV[2] batch: batch id
+-- ARGV[3] per_message: jobs per Celery message
+-- ARGV[4] jobs: msgpack array of {id, article (packed Article, '' for an invalid record), metadata JSON
+--         ('' for none), final record ('' for a valid record; the packed failed Final of an invalid one)}
+--
+-- Returns {results, messages}: results[i] = {1} created, or {0, digest, origin} already there;
+-- messages = {step, member} pairs for the caller to publish.
+local b, per = ARGV[2], tonumber(ARGV[3])
+local jobs = cmsgpack.unpack(ARGV[4])
+local now = now_ms()
+local results, queued_ids, failed = {}, {}, 0
+local out, ids, meta, dead = part(b, 'out'), part(b, 'ids'), part(b, 'meta'), part(b, 'dead')
+for i, job in ipairs(jobs) do
+  local id, article, metadata, final = job[1], job[2], job[3], job[4]
+  local tk = tkey(b, id)
+  local blob, rec = redis.call('GET', tk), redis.call('HGET', out, id)
+  if blob then
+    local a = cmsgpack.unpack(blob)
+    results[i] = {0, a[1], a[2]}
+  elseif rec then
+    local f = cmsgpack.unpack(rec)
+    results[i] = {0, f[2], f[3]}
+  else
+    redis.call('RPUSH', ids, id)
+    if metadata ~= '' then redis.call('HSET', meta, id, metadata) end
+    if final == '' then
+      redis.call('SET', tk, article)
+      queued_ids[#queued_ids + 1] = id
+    else
+      redis.call('HSET', out, id, final)
+      redis.call('SADD', dead, id)
+      redis.call('XADD', part(b, 'events'), '*', 'id', id, 's', 'failed')
+      failed = failed + 1
+    end
+    results[i] = {1}
+  end
+end
+local created = #queued_ids + failed
+if created > 0 then
+  unfinish(b)
+  redis.call('HINCRBY', bkey(b), 'total', created)
+  redis.call('HINCRBY', bkey(b), 'queued', #queued_ids)
+  redis.call('HINCRBY', bkey(b), 'failed', failed)
+  redis.call('INCRBY', L.backlog, #queued_ids)
+end
+local messages = {}
+enqueue_messages(b, queued_ids, per, now, messages)
+if #queued_ids == 0 and failed > 0 then maybe_finish(b, now) end
+return {results, messages}

@@ -1,0 +1,85 @@
+-- reap.lua: what one worker at a time (under the reaper lock) does for the whole fleet: re-enqueue
+-- jobs whose lease lapsed and deferred jobs that are due, and publish again the messages the queue
+-- has passed without any worker claiming them (lost between BRPOP and kombu's unacked record,
+-- reserved by a killed worker, or never published by a producer that died).
+--
+-- Every time is Redis' own. After a gap in reaping (Redis down, no worker running) no lease is
+-- reaped until reaping has gone on for a whole lease: a live holder renews within a third of it.
+--
+-- ARGV[1] layout: key names (Keys.layout)
+-- ARGV[2] lease_ms: SUMMARIZE_LEASE_SECONDS in ms
+-- ARGV[3] grace_ms: SUMMARIZE_QUEUED_GRACE in ms
+-- ARGV[4] gap_ms: a pause in reaping longer than this counts as a gap
+-- ARGV[5] per_message: jobs per Celery message
+-- ARGV[6] limit: most members looked at per set per call
+--
+-- Returns {messages, reclaimed, due, republished}: messages = {step, member} pairs to publish.
+local lease, grace, gap = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local per, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
+local now = now_ms()
+local clock = redis.call('HMGET', L.reaper, 'last', 'resumed')
+local resumed = tonumber(clock[2] or '0')
+if not clock[1] or now - tonumber(clock[1]) > gap then
+  resumed = now
+  redis.call('HSET', L.reaper, 'resumed', now)
+end
+redis.call('HSET', L.reaper, 'last', now)
+local leases_trusted = now - resumed >= lease
+
+local by_batch, order = {}, {}
+local function requeue(b, id)
+  if not by_batch[b] then by_batch[b] = {}; order[#order + 1] = b end
+  table.insert(by_batch[b], id)
+end
+
+-- Leases and deferrals.
+local reclaimed, due = 0, 0
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', L.due, '-inf', now, 'LIMIT', 0, limit)) do
+  local parts = split(m, L.msep)
+  local b, id = parts[1], parts[2]
+  local jk = jkey(b, id)
+  local s = redis.call('HGET', jk, 's')
+  if s == 'running' then
+    if leases_trusted and tonumber(redis.call('HGET', jk, 'l') or '0') <= now then
+      move(b, 'running', 'queued')
+      redis.call('HSET', jk, 's', 'queued')
+      redis.call('HDEL', jk, 'tk', 'l')
+      redis.call('ZREM', L.due, m)
+      reclaimed = reclaimed + 1
+      requeue(b, id)
+    end
+  elseif s == 'deferred' then
+    redis.call('HSET', jk, 's', 'queued')
+    redis.call('ZREM', L.due, m)
+    due = due + 1
+    requeue(b, id)
+  else
+    redis.call('ZREM', L.due, m)
+  end
+end
+
+-- Lost messages: the queue has moved past them (a message queued `grace` later was claimed), or
+-- the queue is empty and they have waited `grace`. Only their still-queued jobs go out again.
+local republished = 0
+for step, queue in pairs(L.queues) do
+  local orphans = L.orphans .. step
+  local cutoff = tonumber(redis.call('HGET', L.hw, step) or '0') - grace
+  if redis.call('LLEN', queue) == 0 then cutoff = math.max(cutoff, now - grace) end
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', orphans, '-inf', '(' .. cutoff, 'LIMIT', 0, limit)) do
+    redis.call('ZREM', orphans, m)
+    local ids = split(m, L.msep)
+    local b = ids[1]
+    for i = 2, #ids do
+      if status_of(b, ids[i]) == 'queued' then
+        republished = republished + 1
+        requeue(b, ids[i])
+      end
+    end
+  end
+end
+
+local messages = {}
+for _, b in ipairs(order) do enqueue_messages(b, by_batch[b], per, now, messages) end
+if reclaimed > 0 then redis.call('HINCRBY', L.stats, 'reclaimed', reclaimed) end
+if republished > 0 then redis.call('HINCRBY', L.stats, 'republished', republished) end
+return {messages, reclaimed, due, republished}

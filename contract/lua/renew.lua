@@ -1,0 +1,23 @@
+-- renew.lua: extend the leases of every job one worker process holds, in one call.
+--
+-- ARGV[1] layout: key names (Keys.layout)
+-- ARGV[2] lease_ms: the new lease runs this long from now (Redis time)
+-- ARGV[3] held: msgpack array of {batch, id, token}
+--
+-- Returns the indexes (1-based) of the jobs that are no longer this run's (reclaimed or settled).
+local lease = tonumber(ARGV[2])
+local held = cmsgpack.unpack(ARGV[3])
+local until_ms = now_ms() + lease
+local lost = {}
+for i, h in ipairs(held) do
+  local b, id, token = h[1], h[2], h[3]
+  local jk = jkey(b, id)
+  local cur = redis.call('HMGET', jk, 's', 'tk')
+  if cur[1] == 'running' and cur[2] == token then
+    redis.call('HSET', jk, 'l', until_ms)
+    redis.call('ZADD', L.due, 'XX', until_ms, member(b, id))
+  else
+    lost[#lost + 1] = i
+  end
+end
+return lost

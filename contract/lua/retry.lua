@@ -1,0 +1,35 @@
+-- retry.lua: send a chunk of a batch's failed jobs again (the caller walks the dead-letter set).
+-- Invalid input records have no article to send and stay failed.
+--
+-- ARGV[1] layout: key names (Keys.layout)
+-- ARGV[2] batch: batch id
+-- ARGV[3] per_message: jobs per Celery message
+-- ARGV[4] ids: msgpack array of job ids
+--
+-- Returns {messages, requeued}: messages = {step, member} pairs to publish.
+local b, per = ARGV[2], tonumber(ARGV[3])
+local now = now_ms()
+local ids = {}
+for _, id in ipairs(cmsgpack.unpack(ARGV[4])) do
+  local rec = redis.call('HGET', part(b, 'out'), id)
+  local f = rec and cmsgpack.unpack(rec)
+  if f and f[1] == 'failed' and redis.call('EXISTS', tkey(b, id)) == 1 then
+    -- What it cost so far stays with it: a fresh horizon and unusable allowance, the same totals.
+    redis.call('HSET', jkey(b, id), 's', 'queued', 'a', f[10] or 0, 'pt', f[8] or 0, 'ct', f[9] or 0)
+    redis.call('HDEL', part(b, 'out'), id)
+    redis.call('SREM', part(b, 'dead'), id)
+    move(b, 'failed', 'queued')
+    redis.call('INCR', L.backlog)
+    ids[#ids + 1] = id
+  elseif not f or f[1] ~= 'failed' then
+    redis.call('SREM', part(b, 'dead'), id)
+  end
+end
+if #ids > 0 then
+  unfinish(b)
+  local bk = bkey(b)
+  if redis.call('HGET', bk, 'state') == 'halted' then redis.call('HSET', bk, 'state', 'running') end
+end
+local messages = {}
+enqueue_messages(b, ids, per, now, messages)
+return {messages, #ids}

@@ -1,0 +1,102 @@
+"""The worker's side of the job store: claim, settle, renew, reap, each one Lua script of contract/lua/
+called on the process's event loop. Scripts take many jobs per call, so Redis round trips per job stay
+well below one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio
+
+from contract import scripts
+from contract.job import ClaimedJob
+from contract.keys import Keys
+from contract.record import pack
+from contract.settings import Settings
+from contract.store import Message, text
+
+
+@dataclass
+class Op:
+    """One outcome for settle.lua: what happened to a job in one run, and what the provider billed."""
+
+    kind: str  # done | fail | defer
+    batch_id: str
+    job_id: str
+    token: str
+    attempts: int = 0
+    unusable: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    extra: Any = field(default=b"")
+
+    def row(self) -> list[Any]:
+        return [self.kind, self.batch_id, self.job_id, self.token, self.attempts, self.unusable,
+                self.prompt_tokens, self.completion_tokens, self.cost_usd, self.extra]
+
+
+@dataclass
+class Claimed:
+    """What claim.lua did with one message."""
+
+    state: str
+    jobs: list[ClaimedJob]
+    #: job id -> why it was not taken (done, failed, cancelled, busy, early, paused, missing)
+    skipped: dict[str, str]
+
+
+@dataclass
+class Reaped:
+    messages: list[Message]
+    reclaimed: int
+    due: int
+    republished: int
+
+
+class WorkerStore:
+    def __init__(self, client: redis.asyncio.Redis, settings: Settings) -> None:
+        self.r = client
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix, settings.queue)
+        self._scripts = {name: client.register_script(scripts.load(name).source) for name in scripts.names()}
+
+    async def script(self, name: str, **params: Any) -> Any:
+        return await self._scripts[name](args=scripts.load(name).args(self.keys, **params))
+
+    async def claim(self, batch_id: str, job_ids: list[str], step: int, token: str) -> Claimed:
+        state, now_ms, rows = await self.script("claim", batch=batch_id, step=step, message=Keys.member(batch_id, *job_ids),
+                                        token=token, lease_ms=int(self.settings.lease_seconds * 1000))
+        claimed = Claimed(text(state), [], {})
+        for row in rows:
+            if text(row[1]) == "claimed":
+                claimed.jobs.append(ClaimedJob.from_reply(batch_id, token, int(now_ms), row))
+            else:
+                claimed.skipped[text(row[0])] = text(row[1])
+        return claimed
+
+    async def settle(self, ops: list[Op]) -> list[int]:
+        applied = await self.script("settle", ops=pack([op.row() for op in ops]))
+        return [int(a) for a in applied]
+
+    async def renew(self, held: list[ClaimedJob]) -> list[ClaimedJob]:
+        """Extend the leases of `held`; returns those that are no longer ours."""
+        rows = [[j.batch_id, j.job_id, j.token] for j in held]
+        lost = await self.script("renew", lease_ms=int(self.settings.lease_seconds * 1000), held=pack(rows))
+        return [held[int(i) - 1] for i in lost]
+
+    async def reap(self, limit: int = 1000) -> Reaped:
+        s = self.settings
+        messages, reclaimed, due, republished = await self.script(
+            "reap", lease_ms=int(s.lease_seconds * 1000), grace_ms=int(s.queued_grace * 1000),
+            gap_ms=int(max(3 * s.reap_interval, s.lease_seconds / 3 + 2 * s.reap_interval) * 1000),
+            per_message=s.jobs_per_message, limit=limit)
+        return Reaped([(int(step), text(m)) for step, m in messages], int(reclaimed), int(due), int(republished))
+
+    async def try_reaper_lock(self, owner: str) -> bool:
+        return bool(await self.r.set(self.keys.reaper_lock, owner, nx=True,
+                                     px=max(1, int(self.settings.reap_interval * 1000))))
+
+    async def cooldown_ms(self) -> int:
+        return max(0, int(await self.r.pttl(self.keys.cooldown)))
