@@ -21,7 +21,10 @@ BACKLOG = 2048
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Fault-injecting OpenAI-compatible server for tests and benchmarks.")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.faultserver",
+        description="Fault-injecting OpenAI-compatible server for tests and benchmarks.",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each completion")
