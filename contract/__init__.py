@@ -16,8 +16,8 @@ from .errors import (
     TruncatedSummary,
 )
 from .job import ClaimedJob, Status
-from .record import JobResult
 from .keys import BATCH_ID_RE, Keys
+from .record import JobResult
 from .settings import LOCAL_MODEL, Secret, Settings, redact_url
 from .store import JobStore, NewJob
 

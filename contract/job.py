@@ -52,10 +52,18 @@ class ClaimedJob:
         """From one `{id, 'claimed', article, attempts, unusable, deferrals, first_failure, pt, ct}` of claim.lua."""
         job_id, _, blob, attempts, unusable, deferrals, first, pt, ct = row
         first_ms = int(float(first))
-        return cls(batch_id=batch_id, job_id=_str(job_id), token=token, article=Article.unpack(blob),
-                   attempts=int(attempts), unusable=int(unusable), deferrals=int(deferrals),
-                   failing_for=(now_ms - first_ms) / 1000 if first_ms else None,
-                   prompt_tokens=int(pt), completion_tokens=int(ct))
+        return cls(
+            batch_id=batch_id,
+            job_id=_str(job_id),
+            token=token,
+            article=Article.unpack(blob),
+            attempts=int(attempts),
+            unusable=int(unusable),
+            deferrals=int(deferrals),
+            failing_for=(now_ms - first_ms) / 1000 if first_ms else None,
+            prompt_tokens=int(pt),
+            completion_tokens=int(ct),
+        )
 
 
 def _str(value: Any) -> str:

@@ -73,7 +73,15 @@ def publish(app: Celery, settings: Settings, messages: Iterable[tuple[int, str]]
             # Plain repr of ids is safe and far cheaper than Celery's saferepr; declaring the queue
             # once per call is enough (Celery would re-declare it per message).
             options: dict[str, Any] = {"declare": []} if sent else {}
-            app.send_task(TASK_NAME, args=args, queue=settings.queue, producer=producer, priority=step,
-                          argsrepr=repr(args), kwargsrepr="{}", **options)
+            app.send_task(
+                TASK_NAME,
+                args=args,
+                queue=settings.queue,
+                producer=producer,
+                priority=step,
+                argsrepr=repr(args),
+                kwargsrepr="{}",
+                **options,
+            )
             sent += 1
     return sent

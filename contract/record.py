@@ -44,7 +44,8 @@ def decompress(blob: bytes) -> str:
 
 def pack(obj: Any) -> bytes:
     """msgpack as Redis' Lua cmsgpack reads it: it knows no bin type, so bytes go as raw strings."""
-    return msgpack.packb(obj, use_bin_type=False)
+    packed: bytes = msgpack.packb(obj, use_bin_type=False)
+    return packed
 
 
 def unpack(blob: bytes) -> Any:
@@ -108,22 +109,45 @@ class Final:
     cost_usd: float | None = None
 
     def pack(self) -> bytes:
-        return pack([
-            self.status, self.digest, self.origin, compress(self.summary) if self.summary is not None else b"",
-            self.error or "", self.error_type or "", self.model or "", self.prompt_tokens, self.completion_tokens,
-            self.attempts, self.cached, self.chunks, self.unusable, self.finished_ms,
-            -1.0 if self.cost_usd is None else self.cost_usd,
-        ])
+        return pack(
+            [
+                self.status,
+                self.digest,
+                self.origin,
+                compress(self.summary) if self.summary is not None else b"",
+                self.error or "",
+                self.error_type or "",
+                self.model or "",
+                self.prompt_tokens,
+                self.completion_tokens,
+                self.attempts,
+                self.cached,
+                self.chunks,
+                self.unusable,
+                self.finished_ms,
+                -1.0 if self.cost_usd is None else self.cost_usd,
+            ]
+        )
 
     @classmethod
     def unpack(cls, blob: bytes) -> Final:
         f = unpack(blob)
         f += [None] * (15 - len(f))  # records written by Lua (cancelled) carry only the first fields
         return cls(
-            status=_s(f[0]), digest=_s(f[1]), origin=_s(f[2]), summary=decompress(f[3]) if f[3] else None,
-            error=_s(f[4]) or None, error_type=_s(f[5]) or None, model=_s(f[6]) or None, prompt_tokens=f[7] or 0,
-            completion_tokens=f[8] or 0, attempts=f[9] or 0, cached=bool(f[10]), chunks=f[11] or 0,
-            unusable=f[12] or 0, finished_ms=f[13] or 0,
+            status=_s(f[0]),
+            digest=_s(f[1]),
+            origin=_s(f[2]),
+            summary=decompress(f[3]) if f[3] else None,
+            error=_s(f[4]) or None,
+            error_type=_s(f[5]) or None,
+            model=_s(f[6]) or None,
+            prompt_tokens=f[7] or 0,
+            completion_tokens=f[8] or 0,
+            attempts=f[9] or 0,
+            cached=bool(f[10]),
+            chunks=f[11] or 0,
+            unusable=f[12] or 0,
+            finished_ms=f[13] or 0,
             cost_usd=None if f[14] is None or f[14] < 0 else float(f[14]),
         )
 
@@ -154,11 +178,26 @@ class JobResult:
     def from_final(cls, job_id: str, f: Final, metadata: dict[str, Any], data: Any = None) -> JobResult:
         usage = None
         if f.prompt_tokens or f.completion_tokens or f.status == DONE:
-            usage = {"prompt_tokens": f.prompt_tokens, "completion_tokens": f.completion_tokens,
-                     "total_tokens": f.prompt_tokens + f.completion_tokens}
-        return cls(id=job_id, status=f.status, summary=f.summary, error=f.error, model=f.model, usage=usage,
-                   attempts=f.attempts, metadata=metadata, error_type=f.error_type, cached=f.cached,
-                   cost_usd=f.cost_usd, chunks=f.chunks, data=data)
+            usage = {
+                "prompt_tokens": f.prompt_tokens,
+                "completion_tokens": f.completion_tokens,
+                "total_tokens": f.prompt_tokens + f.completion_tokens,
+            }
+        return cls(
+            id=job_id,
+            status=f.status,
+            summary=f.summary,
+            error=f.error,
+            model=f.model,
+            usage=usage,
+            attempts=f.attempts,
+            metadata=metadata,
+            error_type=f.error_type,
+            cached=f.cached,
+            cost_usd=f.cost_usd,
+            chunks=f.chunks,
+            data=data,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -66,23 +66,34 @@ def _pool_options(settings: Settings, decode: bool) -> dict[str, Any]:
     }
 
 
-def make_redis(settings: Settings, max_connections: int | None = None,
-               attempts: int = RECONNECT_ATTEMPTS, decode: bool = True) -> redis.Redis:
+def make_redis(
+    settings: Settings, max_connections: int | None = None, attempts: int = RECONNECT_ATTEMPTS, decode: bool = True
+) -> redis.Redis:
     """A client whose pool suits `max_connections` threads; blocks for a connection instead of failing.
 
     decode=False for the job store: articles and summaries are stored compressed.
     """
     retry = ReconnectRetry(ExponentialWithJitterBackoff(cap=2.0, base=0.1), attempts)
-    pool = redis.BlockingConnectionPool.from_url(settings.redis_url, max_connections=max_connections or 50,
-                                                 timeout=30, retry=retry, **_pool_options(settings, decode))
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=max_connections or 50,
+        timeout=30,
+        retry=retry,
+        **_pool_options(settings, decode),
+    )
     return redis.Redis(connection_pool=pool)
 
 
 class AsyncReconnectRetry(AsyncRetry):
     """The asyncio twin of ReconnectRetry."""
 
-    async def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None,  # type: ignore[override]
-                              with_failure_count: bool = False) -> Any:
+    async def call_with_retry(
+        self,
+        do: Any,
+        fail: Any,
+        is_retryable: Any = None,  # type: ignore[override]
+        with_failure_count: bool = False,
+    ) -> Any:
         def retryable(error: Exception) -> bool:
             return not _permanent(error) and (is_retryable is None or is_retryable(error))
 
@@ -93,8 +104,12 @@ def make_async_redis(settings: Settings, max_connections: int = 32) -> redis.asy
     """The worker's client on its event loop: raw bytes (the job store's blobs), reconnecting by itself."""
     retry = AsyncReconnectRetry(ExponentialWithJitterBackoff(cap=2.0, base=0.1), RECONNECT_ATTEMPTS)
     pool = redis.asyncio.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=max_connections, timeout=30, retry=retry,
-        **_pool_options(settings, decode=False))
+        settings.redis_url,
+        max_connections=max_connections,
+        timeout=30,
+        retry=retry,
+        **_pool_options(settings, decode=False),
+    )
     return redis.asyncio.Redis(connection_pool=pool)
 
 
@@ -114,9 +129,11 @@ def check_eviction(client: redis.Redis, settings: Settings) -> None:
     if isinstance(policy, bytes):
         policy = policy.decode()
     if policy is not None and policy != "noeviction":
-        raise EvictingRedis(f"Redis at {redact_url(settings.redis_url)} has maxmemory-policy {policy}: it may "
-                            "evict jobs. Set `maxmemory-policy noeviction`, or SUMMARIZE_ALLOW_EVICTION=true "
-                            "to run anyway")
+        raise EvictingRedis(
+            f"Redis at {redact_url(settings.redis_url)} has maxmemory-policy {policy}: it may "
+            "evict jobs. Set `maxmemory-policy noeviction`, or SUMMARIZE_ALLOW_EVICTION=true "
+            "to run anyway"
+        )
 
 
 def check_reachable(settings: Settings) -> None:

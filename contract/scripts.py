@@ -36,8 +36,10 @@ class Script:
     def args(self, keys: Keys, **params: Any) -> list[Any]:
         given, wanted = set(params), set(self.argv[1:])
         if given != wanted:
-            raise TypeError(f"{self.name}.lua takes {sorted(wanted)}; got {sorted(given)} "
-                            f"(missing {sorted(wanted - given)}, unknown {sorted(given - wanted)})")
+            raise TypeError(
+                f"{self.name}.lua takes {sorted(wanted)}; got {sorted(given)} "
+                f"(missing {sorted(wanted - given)}, unknown {sorted(given - wanted)})"
+            )
         return [_layout_json(keys), *(params[name] for name in self.argv[1:])]
 
 

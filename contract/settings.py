@@ -139,11 +139,17 @@ class Settings:
         """Raise ConfigError naming the variable of the first setting out of range."""
         for f in fields(self):
             value, minimum = getattr(self, f.name), f.metadata["min"]
-            if minimum is not None and isinstance(value, int | float) and not isinstance(value, bool) \
-                    and value < minimum:
+            if (
+                minimum is not None
+                and isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and value < minimum
+            ):
                 raise ConfigError(f"{f.metadata['env']}={value!r} must be at least {minimum}")
         if urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(f"REDIS_URL {redact_url(self.redis_url)!r} must start with redis://, rediss:// or unix://")
+            raise ConfigError(
+                f"REDIS_URL {redact_url(self.redis_url)!r} must start with redis://, rediss:// or unix://"
+            )
         if urlsplit(self.openai_base_url).scheme not in ("http", "https"):
             raise ConfigError(f"OPENAI_BASE_URL {self.openai_base_url!r} must be an http(s) URL")
         if self.llm_timeout <= 0:

@@ -39,7 +39,9 @@ class BatchSpec:
     def differences(self, other: BatchSpec) -> list[str]:
         """What differs, as 'name: stored -> asked' lines, for the error of a resume with another spec."""
         mine, theirs = asdict(self), asdict(other)
-        return [f"{name}: {_short(mine[name])} -> {_short(theirs[name])}" for name in mine if mine[name] != theirs[name]]
+        return [
+            f"{name}: {_short(mine[name])} -> {_short(theirs[name])}" for name in mine if mine[name] != theirs[name]
+        ]
 
 
 def _short(value: Any) -> str:

@@ -72,13 +72,21 @@ class JobStore:
 
     def init_batch(self, batch_id: str, spec: BatchSpec, source: str) -> int:
         """Create the batch, or check a resume asks for the same spec; returns the source's index."""
-        _, stored, index = self.run("init_batch", batch=batch_id, spec=spec.to_json(), step=spec.step,
-                                    source=source, ttl=self.settings.result_ttl)
+        _, stored, index = self.run(
+            "init_batch",
+            batch=batch_id,
+            spec=spec.to_json(),
+            step=spec.step,
+            source=source,
+            ttl=self.settings.result_ttl,
+        )
         before = BatchSpec.from_json(stored)
         if before != spec:
             diff = "; ".join(before.differences(spec))
-            raise ConfigError(f"batch {batch_id!r} was submitted with another spec ({diff}): resume it with the "
-                              "same options, or submit under a new --batch-id")
+            raise ConfigError(
+                f"batch {batch_id!r} was submitted with another spec ({diff}): resume it with the "
+                "same options, or submit under a new --batch-id"
+            )
         return int(index)
 
     def create_jobs(self, batch_id: str, jobs: Sequence[NewJob]) -> Created:
@@ -86,11 +94,18 @@ class JobStore:
         out = Created()
         if not jobs:
             return out
-        payload = [[j.job_id, j.article.pack() if j.error is None else b"",
-                    json.dumps(j.metadata, ensure_ascii=False) if j.metadata else "",
-                    b"" if j.error is None else self.invalid_record(j)] for j in jobs]
-        results, messages = self.run("create", batch=batch_id, per_message=self.settings.jobs_per_message,
-                                     jobs=pack(payload))
+        payload = [
+            [
+                j.job_id,
+                j.article.pack() if j.error is None else b"",
+                json.dumps(j.metadata, ensure_ascii=False) if j.metadata else "",
+                b"" if j.error is None else self.invalid_record(j),
+            ]
+            for j in jobs
+        ]
+        results, messages = self.run(
+            "create", batch=batch_id, per_message=self.settings.jobs_per_message, jobs=pack(payload)
+        )
         for job, row in zip(jobs, results, strict=True):
             if row[0] == 1:
                 out.created.append(job.job_id)
@@ -101,8 +116,7 @@ class JobStore:
 
     @staticmethod
     def invalid_record(job: NewJob) -> bytes:
-        return Final("failed", job.article.digest, job.article.origin, error=job.error,
-                     error_type="InputError").pack()
+        return Final("failed", job.article.digest, job.article.origin, error=job.error, error_type="InputError").pack()
 
     def lookup(self, batch_id: str, job_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
         """Digest and origin of those of `job_ids` the batch already has (for resume checks)."""
@@ -139,8 +153,9 @@ class JobStore:
         # Streamed a chunk at a time: a dead set of millions never sits in memory. SSCAN may return a
         # member twice while the set shrinks under it; the script skips whatever is no longer failed.
         for ids in batched(self.r.sscan_iter(self.keys.dead(batch_id), count=chunk), chunk):
-            msgs, n = self.run("retry", batch=batch_id, per_message=self.settings.jobs_per_message,
-                               ids=pack([text(i) for i in ids]))
+            msgs, n = self.run(
+                "retry", batch=batch_id, per_message=self.settings.jobs_per_message, ids=pack([text(i) for i in ids])
+            )
             messages += [(int(step), text(m)) for step, m in msgs]
             total += int(n)
         return messages, total
@@ -160,10 +175,17 @@ class JobStore:
         h = self.require_batch(batch_id)
         out: dict[str, Any] = {name: int(h.get(name, 0)) for name in COUNTERS}
         spec = BatchSpec.from_json(h["spec"])
-        out.update(batch=batch_id, model=spec.model, spec=json.loads(h["spec"]), state=h.get("state", "running"),
-                   halted=h.get("halt") if h.get("state") == "halted" else None,
-                   prompt_tokens=int(h.get("prompt_tokens", 0)), completion_tokens=int(h.get("completion_tokens", 0)),
-                   calls=int(h.get("calls", 0)), unusable=int(h.get("unusable", 0)))
+        out.update(
+            batch=batch_id,
+            model=spec.model,
+            spec=json.loads(h["spec"]),
+            state=h.get("state", "running"),
+            halted=h.get("halt") if h.get("state") == "halted" else None,
+            prompt_tokens=int(h.get("prompt_tokens", 0)),
+            completion_tokens=int(h.get("completion_tokens", 0)),
+            calls=int(h.get("calls", 0)),
+            unusable=int(h.get("unusable", 0)),
+        )
         out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
         if out["done"] + out["failed"] + out["cancelled"] >= out["total"] and out["state"] == "running":
             out["state"] = "finished"
@@ -185,6 +207,8 @@ class JobStore:
         with self.r.pipeline(transaction=False) as p:
             p.hmget(self.keys.batch_out(batch_id), raw_ids)
             p.hmget(self.keys.batch_meta(batch_id), raw_ids)
+            finals: list[bytes | None]
+            metas: list[bytes | None]
             finals, metas = p.execute()
         pending = [i for i, f in enumerate(finals) if f is None]
         states = self._unfinished_states(batch_id, [raw_ids[i] for i in pending]) if pending else {}
@@ -210,9 +234,9 @@ class JobStore:
             ids.append(job_id)
             if len(ids) >= limit:
                 break
-        finals = self.r.hmget(self.keys.batch_out(batch_id), ids) if ids else []
+        finals: list[bytes | None] = self.r.hmget(self.keys.batch_out(batch_id), ids) if ids else []  # type: ignore[assignment]
         out = []
-        for job_id, final in zip(ids, finals, strict=True):  # type: ignore[arg-type]
+        for job_id, final in zip(ids, finals, strict=True):
             f = Final.unpack(final) if final else Final("failed")
             out.append({"id": text(job_id), "error_type": f.error_type, "error": f.error})
         return out

@@ -1,10 +1,10 @@
 """The Python API for scripts:
 
-    from producer import Client
-    batch = Client().submit(["text one", {"id": "a2", "text": "text two", "url": "..."}])
-    batch.wait(progress=True)
-    for result in batch.results():
-        print(result.id, result.summary)
+from producer import Client
+batch = Client().submit(["text one", {"id": "a2", "text": "text two", "url": "..."}])
+batch.wait(progress=True)
+for result in batch.results():
+    print(result.id, result.summary)
 """
 
 from __future__ import annotations
@@ -104,24 +104,42 @@ class Client:
         with reader.opened_items(items, self.settings.max_article_bytes) as source:
             return self._submit(source, "<items>", spec, batch_id, skip_invalid, progress)
 
-    def submit_path(self, path: str, batch_id: str | None = None, model: str | None = None,
-                    max_words: int | None = None, skip_invalid: bool = False, progress: bool = False,
-                    stop: threading.Event | None = None, priority: str = "normal") -> Batch:
+    def submit_path(
+        self,
+        path: str,
+        batch_id: str | None = None,
+        model: str | None = None,
+        max_words: int | None = None,
+        skip_invalid: bool = False,
+        progress: bool = False,
+        stop: threading.Event | None = None,
+        priority: str = "normal",
+    ) -> Batch:
         """Submit a JSONL file, a directory of .txt/.md files, or '-' for JSONL on stdin.
 
         Setting `stop` ends the submit after the chunk in flight; the same call again resumes it.
         """
         spec = self._spec(model, max_words, priority)
         with reader.opened(path, self.settings.max_article_bytes) as source:
-            return self._submit(source, "<stdin>" if path == "-" else path, spec, batch_id, skip_invalid, progress,
-                                stop)
+            return self._submit(
+                source, "<stdin>" if path == "-" else path, spec, batch_id, skip_invalid, progress, stop
+            )
 
     def _spec(self, model: str | None, max_words: int | None, priority: str) -> BatchSpec:
-        return BatchSpec(model=model or self.settings.model, max_words=max_words or self.settings.max_words,
-                         priority=priority)
+        return BatchSpec(
+            model=model or self.settings.model, max_words=max_words or self.settings.max_words, priority=priority
+        )
 
-    def _submit(self, source: reader.Source, name: str, spec: BatchSpec, batch_id: str | None, skip_invalid: bool,
-                progress: bool, stop: threading.Event | None = None) -> Batch:
+    def _submit(
+        self,
+        source: reader.Source,
+        name: str,
+        spec: BatchSpec,
+        batch_id: str | None,
+        skip_invalid: bool,
+        progress: bool,
+        stop: threading.Event | None = None,
+    ) -> Batch:
         batch_id = batch_id or new_batch_id()
         if not BATCH_ID_RE.match(batch_id):
             raise ConfigError(f"batch id {batch_id!r} must match {BATCH_ID_RE.pattern}")
@@ -133,8 +151,15 @@ class Client:
         raise_if_invalid(checked, skip_invalid)
         index = self.store.init_batch(batch_id, spec, name)
         bar = ProgressBar(f"submit {batch_id}", checked.records) if progress else None
-        enqueuer = Enqueuer(self.store, self.celery, batch_id, index, skip_invalid,
-                            on_chunk=bar.advance if bar else None, should_stop=should_stop)
+        enqueuer = Enqueuer(
+            self.store,
+            self.celery,
+            batch_id,
+            index,
+            skip_invalid,
+            on_chunk=bar.advance if bar else None,
+            should_stop=should_stop,
+        )
         report = enqueuer.run(source.records(), Resolver(checked))
         if bar:
             bar.close()

@@ -154,7 +154,9 @@ def iter_jsonl(stream: IO[bytes], source: str, max_bytes: int) -> Iterator[Recor
         try:
             obj = json.loads(decoded)
         except json.JSONDecodeError as exc:
-            yield Record.invalid(source, line_no, None, f"invalid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}")
+            yield Record.invalid(
+                source, line_no, None, f"invalid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"
+            )
             continue
         # Unpaired surrogates in parsed JSON can only come from \uD800-\uDFFF escapes in the line.
         yield record_from_obj(obj, source, line_no, max_bytes, check_unicode=b"\\ud" in raw.lower())

@@ -105,8 +105,10 @@ class Checker:
             assert rec.job_id is not None
             before = stored.get(rec.job_id)
             if before is not None and before[0] != digest(rec.text):
-                reason = (f"id {rec.job_id!r} is already in batch {self.batch_id} with a different text "
-                          f"(from {self.store.where(self.batch_id, before[1])}); give this record another id")
+                reason = (
+                    f"id {rec.job_id!r} is already in batch {self.batch_id} with a different text "
+                    f"(from {self.store.where(self.batch_id, before[1])}); give this record another id"
+                )
                 out.conflicts[id_hash(rec.job_id)] = reason
                 out.problems.add(InputError(rec.source, rec.line, rec.job_id, reason))
 
@@ -115,11 +117,21 @@ def note_repeated(records: Iterable[Record], checked: Checked) -> None:
     """A third, short pass only when ids repeat: name each repeat and the line it was first seen on."""
     first: dict[str, int] = {}
     for rec in records:
-        if rec.error is None and not rec.derived and rec.job_id is not None \
-                and id_hash(rec.job_id) in checked.repeated_ids:
+        if (
+            rec.error is None
+            and not rec.derived
+            and rec.job_id is not None
+            and id_hash(rec.job_id) in checked.repeated_ids
+        ):
             if rec.job_id in first:
-                checked.problems.add(InputError(rec.source, rec.line, rec.job_id,
-                                                f"duplicate id {rec.job_id!r}: first seen at line {first[rec.job_id]}"))
+                checked.problems.add(
+                    InputError(
+                        rec.source,
+                        rec.line,
+                        rec.job_id,
+                        f"duplicate id {rec.job_id!r}: first seen at line {first[rec.job_id]}",
+                    )
+                )
             else:
                 first[rec.job_id] = rec.line
 
@@ -135,7 +147,7 @@ class Resolver:
 
     def __init__(self, checked: Checked) -> None:
         self.checked = checked
-        self.seen_ids: set[str] = set()
+        self.first_line: dict[str, int] = {}
         self.text_counts: dict[str, int] = {}
 
     def resolve(self, rec: Record) -> Record:
@@ -146,15 +158,22 @@ class Resolver:
             if h in self.checked.repeated_texts:
                 n = self.text_counts[rec.job_id] = self.text_counts.get(rec.job_id, 0) + 1
                 if n > 1:  # the same text again: a row of its own, with an id that is the same on resume
-                    return Record(rec.source, rec.line, f"{rec.job_id}-{n}", rec.text, rec.metadata, None, True,
-                                  rec.place)
+                    return Record(
+                        rec.source, rec.line, f"{rec.job_id}-{n}", rec.text, rec.metadata, None, True, rec.place
+                    )
             return rec
         if h in self.checked.conflicts:
             return Record.invalid(rec.source, rec.line, rec.job_id, self.checked.conflicts[h], rec.place)
         if h in self.checked.repeated_ids:
-            if rec.job_id in self.seen_ids:
-                return Record.invalid(rec.source, rec.line, rec.job_id, f"duplicate id {rec.job_id!r}", rec.place)
-            self.seen_ids.add(rec.job_id)
+            first = self.first_line.setdefault(rec.job_id, rec.line)
+            if first != rec.line:
+                return Record.invalid(
+                    rec.source,
+                    rec.line,
+                    rec.job_id,
+                    f"duplicate id {rec.job_id!r}: first seen at line {first}",
+                    rec.place,
+                )
         return rec
 
 
@@ -201,17 +220,19 @@ class Enqueuer:
                 self.on_chunk(len(chunk))
         return report
 
-    def _account(self, report: SubmitReport, jobs: list[NewJob], created: list[str],
-                 existing: list[tuple[NewJob, str, str]]) -> None:
+    def _account(
+        self, report: SubmitReport, jobs: list[NewJob], created: list[str], existing: list[tuple[NewJob, str, str]]
+    ) -> None:
         new = set(created)
         report.enqueued += sum(1 for j in jobs if j.error is None and j.job_id in new)
         for job, stored_digest, origin in existing:
             if job.error is not None or stored_digest == job.article.digest:
                 report.skipped_existing += 1
             else:  # stored by a concurrent submit between the passes
-                reason = (f"id {job.job_id!r} is already in batch {self.batch_id} with a different text "
-                          f"(from {self.store.where(self.batch_id, origin)})")
-                report.problems.add(InputError(self.store.where(self.batch_id, job.article.origin), 0,
-                                               job.job_id, reason))
-
-
+                reason = (
+                    f"id {job.job_id!r} is already in batch {self.batch_id} with a different text "
+                    f"(from {self.store.where(self.batch_id, origin)})"
+                )
+                report.problems.add(
+                    InputError(self.store.where(self.batch_id, job.article.origin), 0, job.job_id, reason)
+                )

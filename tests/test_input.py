@@ -435,16 +435,16 @@ def test_skip_invalid_keeps_bad_records_as_failed_jobs(fault: Group, fault_clien
                 jl({"id": "big", "text": "x" * 300_000}),                            # 13
                 jl({"text": no_id_text}))                                            # 14
     failed = {  # job id -> (line, reason)
-        "invalid@line2": (2, "invalid JSON"),
-        "invalid@line3": (3, "'text' is missing"),
-        "invalid@line4": (4, "'text' must be a string, got int"),
-        "invalid@line5": (5, "'text' is empty or whitespace only"),
-        "invalid@line6": (6, "'text' is empty or whitespace only"),
-        "invalid@line7": (7, "line contains NUL bytes"),
-        "invalid@line8": (8, "'text' contains NUL characters"),
-        "invalid@line9": (9, "invalid UTF-8"),
-        "invalid@line10": (10, "duplicate id 'ok1': first seen at line 1"),
-        "invalid@line13": (13, "article is 300000 bytes; the limit is 262144 (SUMMARIZE_MAX_ARTICLE_BYTES)"),
+        f"invalid@{src}:2": (2, "invalid JSON"),
+        f"invalid@{src}:3": (3, "'text' is missing"),
+        f"invalid@{src}:4": (4, "'text' must be a string, got int"),
+        f"invalid@{src}:5": (5, "'text' is empty or whitespace only"),
+        f"invalid@{src}:6": (6, "'text' is empty or whitespace only"),
+        f"invalid@{src}:7": (7, "line contains NUL bytes"),
+        f"invalid@{src}:8": (8, "'text' contains NUL characters"),
+        f"invalid@{src}:9": (9, "invalid UTF-8"),
+        f"invalid@{src}:10": (10, "duplicate id 'ok1': first seen at line 1"),
+        f"invalid@{src}:13": (13, "article is 300000 bytes; the limit is 262144 (SUMMARIZE_MAX_ARTICLE_BYTES)"),
     }
     bid = batch_id()
     sub = fault.cli("submit", str(src), "--batch-id", bid, "--skip-invalid", "-q")

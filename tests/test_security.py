@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import redis
 
+from contract.keys import PRIORITIES, Keys
 from contract.messaging import TASK_NAME
 from localllm.extractive import split_sentences
 from scripts.stack import Stack, free_port
@@ -352,11 +353,13 @@ def test_batch_completes_through_acl_user_with_retry_and_error_paths(leak_run: L
 def test_scan_covered_kombu_and_celery_keys(leak_run: LeakRun) -> None:
     """The scan must have seen the broker's own structures, or a clean result would mean nothing."""
     keys = set(leak_run.key_types)
-    q = leak_run.group.env["SUMMARIZE_QUEUE"]
+    names = Keys(leak_run.group.env["SUMMARIZE_KEY_PREFIX"], leak_run.group.env["SUMMARIZE_QUEUE"])
+    q = names.broker_queue(PRIORITIES["normal"])
     assert q in keys and leak_run.key_types[q] == "list"  # the queue, while the messages waited
-    assert "unacked" in keys or "unacked_index" in keys, sorted(keys)
-    assert any(k.startswith("_kombu.binding.") for k in keys), sorted(keys)
-    assert any(":job:" in k for k in keys)
+    kombu = names.kombu_prefix
+    assert f"{kombu}unacked" in keys or f"{kombu}unacked_index" in keys, sorted(keys)
+    assert any(k.startswith(f"{kombu}_kombu.binding.") for k in keys), sorted(keys)
+    assert any(k.startswith(names.text(leak_run.batch, "")) for k in keys)
     assert leak_run.queued_messages, "no task message found in the queue"
 
 
@@ -391,13 +394,14 @@ def _as_list(value: Any) -> Any:
 
 
 def test_task_args_are_only_batch_and_job_ids(leak_run: LeakRun) -> None:
-    # In Flower (from task events): each task is [batch_id, [job_id, ...]] and together they cover the batch.
+    # In Flower (from task events): each task is [batch_id, [job_id, ...], priority step] and together
+    # they cover the batch.
     tasks = leak_run.flower_tasks
     assert tasks
     seen: list[str] = []
     for t in tasks.values():
-        batch, ids = _as_list(t["args"])
-        assert batch == leak_run.batch and set(ids) <= set(leak_run.job_ids)
+        batch, ids, step = _as_list(t["args"])
+        assert batch == leak_run.batch and set(ids) <= set(leak_run.job_ids) and step in PRIORITIES.values()
         seen.extend(ids)
     assert sorted(seen) == sorted(leak_run.job_ids)
     assert all(_as_list(t["kwargs"]) in ({}, None) for t in tasks.values())
@@ -408,6 +412,7 @@ def test_task_args_are_only_batch_and_job_ids(leak_run: LeakRun) -> None:
     for m in task_msgs:
         args, kwargs, _embed = m["body"]
         assert args[0] == leak_run.batch and set(args[1]) <= set(leak_run.job_ids) and kwargs == {}
+        assert len(args) == 3 and args[2] in PRIORITIES.values()
         assert _as_list(m["headers"]["argsrepr"]) == args
 
 

@@ -2,37 +2,42 @@
 
 from __future__ import annotations
 
-import threading
+import ast
+import asyncio
+import re
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import openai
 import pytest
 import redis
 
+from contract import scripts
 from contract.errors import (
+    BrokerUnavailable,
     ConfigError,
     HandBack,
     MalformedResponse,
     PermanentLLMError,
     ProviderRejected,
+    RequestTooLarge,
     TransientLLMError,
 )
-from contract.job import ClaimedJob
-from contract.keys import Keys
-from contract.redisconn import make_redis
+from contract.keys import BATCH_ID_RE, Keys
+from contract.record import Article, Final, digest
+from contract.redisconn import make_async_redis, make_redis
 from contract.settings import LOCAL_BASE_URL, LOCAL_MODEL, Secret, Settings, redact_url
+from contract.spec import BatchSpec
 from contract.store import JobStore, NewJob
 from worker import llm, prompt, retry
-from worker.ratelimit import RateLimiter, estimate_tokens
+from worker.ratelimit import LATE_MARGIN_MS, WINDOW_MS, RateLimiter, estimate_tokens, token_counter
+from worker.storage import Op, WorkerStore
 from worker.summarize import summarize
 
-try:
-    import httpx2 as httpx
-except ImportError:  # pragma: no cover
-    import httpx  # type: ignore[no-redef]
-
+ROOT = Path(__file__).resolve().parent.parent
 
 # ---- settings -------------------------------------------------------------------------------------
 
@@ -51,6 +56,27 @@ def test_settings_reject_bad_values_naming_the_variable() -> None:
         Settings.from_env({"SUMMARIZE_RPM": "lots"})
     with pytest.raises(ConfigError, match="REDIS_URL"):
         Settings.from_env({"REDIS_URL": "http://nope"})
+    with pytest.raises(ConfigError, match="SUMMARIZE_ALLOW_EVICTION"):
+        Settings.from_env({"SUMMARIZE_ALLOW_EVICTION": "maybe"})
+    with pytest.raises(ConfigError, match="SUMMARIZE_LEASE_SECONDS=0"):
+        Settings.from_env({"SUMMARIZE_LEASE_SECONDS": "0"})
+    # Every way a Settings is made is validated, not only from_env.
+    with pytest.raises(ConfigError, match="SUMMARIZE_MAX_WORDS"):
+        Settings.from_dsn("redis://h:1/0", max_words=0)
+    with pytest.raises(ConfigError, match="SUMMARIZE_KEY_PREFIX"):
+        Settings(key_prefix="a:b")
+
+
+def test_every_setting_is_in_the_readme_configuration_table() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `([A-Z_]+)`", readme, re.MULTILINE))
+    documented |= {
+        v
+        for row in re.findall(r"^\| (`[A-Z_]+`(?:, `[A-Z_]+`)+) \|", readme, re.MULTILINE)
+        for v in re.findall(r"`([A-Z_]+)`", row)
+    }
+    missing = set(Settings.variables()) - documented
+    assert not missing, f"settings missing from the README's configuration table: {sorted(missing)}"
 
 
 def test_secrets_are_masked_everywhere_settings_are_shown() -> None:
@@ -59,6 +85,34 @@ def test_secrets_are_masked_everywhere_settings_are_shown() -> None:
     assert "sk-secret-1" not in shown and "pw-secret" not in shown
     assert repr(Secret("x")) == "Secret('***')"
     assert redact_url("rediss://u:p@h:6380/0") == "rediss://u:***@h:6380/0"
+
+
+def test_batch_ids_do_not_accept_a_trailing_newline() -> None:
+    assert BATCH_ID_RE.match("news-0601")
+    assert not BATCH_ID_RE.match("news-0601\n") and not BATCH_ID_RE.match("a:b") and not BATCH_ID_RE.match("")
+
+
+# ---- records --------------------------------------------------------------------------------------
+
+
+def test_records_round_trip_and_stay_small() -> None:
+    text = "The council voted on the harbour bridge. " * 100
+    a = Article(digest(text), "0:12", text)
+    assert Article.unpack(a.pack()) == a and len(a.pack()) < len(text) / 3
+    f = Final(
+        "done",
+        a.digest,
+        a.origin,
+        summary="Short summary.",
+        model="m",
+        prompt_tokens=5,
+        completion_tokens=3,
+        attempts=2,
+        cost_usd=0.5,
+    )
+    assert Final.unpack(f.pack()) == f
+    assert Final.unpack(Final("failed", error="x").pack()).cost_usd is None
+    assert digest("a  b\n") == digest("a b") != digest("a c")
 
 
 # ---- prompt ---------------------------------------------------------------------------------------
@@ -81,12 +135,12 @@ def test_clean_summary_is_plain_bounded_text() -> None:
 def test_summarize_is_pure_given_a_call() -> None:
     seen: dict[str, Any] = {}
 
-    def call(messages: list[dict[str, str]], model: str, max_tokens: int) -> llm.Completion:
+    async def call(messages: list[dict[str, Any]], model: str, max_tokens: int) -> llm.Completion:
         seen.update(model=model, max_tokens=max_tokens, text=messages[1]["content"])
-        return llm.Completion("  The gist.\n", "m-2024", {"total_tokens": 7})
+        return llm.Completion("  The gist.\n", "m-2024")
 
-    out = summarize("Body.", 40, "m", call, 100)
-    assert out.text == "The gist." and out.model == "m-2024" and out.usage == {"total_tokens": 7}
+    out = asyncio.run(summarize("Body.", BatchSpec("m", 40), call, 100))
+    assert out.text == "The gist." and out.model == "m-2024"
     assert seen["max_tokens"] == prompt.max_tokens_for(40) and "Body." in seen["text"]
 
 
@@ -101,15 +155,22 @@ def status_error(status: int, headers: dict[str, str] | None = None) -> openai.A
 
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
 def test_retryable_statuses_are_transient(status: int) -> None:
-    err = llm._from_status(status_error(status, {"retry-after": "3"}))
+    err = llm.from_status(status_error(status, {"retry-after": "3"}))
     assert isinstance(err, TransientLLMError) and err.retry_after == 3.0 and err.status == status
 
 
-@pytest.mark.parametrize(("status", "kind"), [(400, PermanentLLMError), (422, PermanentLLMError),
-                                              (401, ProviderRejected), (403, ProviderRejected),
-                                              (404, ProviderRejected)])
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (400, PermanentLLMError),
+        (422, PermanentLLMError),
+        (401, ProviderRejected),
+        (403, ProviderRejected),
+        (404, ProviderRejected),
+    ],
+)
 def test_other_4xx_fail_fast(status: int, kind: type[Exception]) -> None:
-    err = llm._from_status(status_error(status))
+    err = llm.from_status(status_error(status))
     assert type(err) is kind and f"m{status}" in str(err)
 
 
@@ -121,33 +182,58 @@ def test_retry_after_forms() -> None:
     assert llm.retry_after({"retry-after": "soon"}) is None and llm.retry_after({}) is None
 
 
-def test_completion_validation_rejects_unusable_answers() -> None:
+def test_completion_validation_rejects_unusable_answers_and_keeps_their_usage() -> None:
     def resp(content: str | None, finish: str = "stop", choices: bool = True) -> Any:
         choice = {"message": {"role": "assistant", "content": content}, "finish_reason": finish}
-        return {"choices": [choice] if choices else [], "model": "m", "usage": None}
+        return {
+            "choices": [choice] if choices else [],
+            "model": "m",
+            "usage": {"prompt_tokens": 11, "completion_tokens": 7},
+        }
 
     with pytest.raises(MalformedResponse, match="no choices"):
-        llm._validated(resp("x", choices=False))
-    with pytest.raises(MalformedResponse, match="empty"):
-        llm._validated(resp("   "))
+        llm.validated(resp("x", choices=False))
+    with pytest.raises(MalformedResponse, match="empty") as empty:
+        llm.validated(resp("   "))
+    assert (empty.value.prompt_tokens, empty.value.completion_tokens) == (11, 7)  # billed all the same
     with pytest.raises(MalformedResponse, match="length"):
-        llm._validated(resp("cut", "length"))
-    assert llm._validated(resp("ok")).content == "ok"
+        llm.validated(resp("cut", "length"))
+    with pytest.raises(MalformedResponse, match="length"):  # a reasoning model that spent the room thinking
+        llm.validated(resp(None, "length"))
+    assert llm.validated(resp("ok")).content == "ok"
     with pytest.raises(MalformedResponse, match="not a JSON object"):
-        llm._validated("<html>")
+        llm.validated("<html>")
 
 
 # ---- retry policy (no real sleeping: a recording sleep is passed in) ------------------------------
 
 
-def make_policy(**over: Any) -> tuple[Any, list[float]]:
+def run_policy(attempt: Any, **over: Any) -> tuple[Any, list[float]]:
     slept: list[float] = []
-    settings = Settings(**{"max_attempts_per_run": 4, "attempt_budget": 30.0, **over})
-    return retry.policy(settings, slept.append), slept
+    failures = [0]
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def go() -> Any:
+        settings = Settings(**{"max_attempts_per_run": 4, "attempt_budget": 30.0, **over})
+        async for a in retry.policy(settings, sleep, lambda: failures[0]):
+            with a:
+                try:
+                    return attempt()
+                except TransientLLMError as exc:
+                    if not isinstance(exc, MalformedResponse):
+                        failures[0] += 1
+                    raise
+        return None
+
+    try:
+        return asyncio.run(go()), slept
+    except Exception as exc:
+        return exc, slept
 
 
 def test_policy_retries_transient_errors_honouring_retry_after() -> None:
-    policy, slept = make_policy()
     calls = iter([TransientLLMError("429", 429, retry_after=7.0), TransientLLMError("500", 500), "ok"])
 
     def attempt() -> str:
@@ -156,40 +242,50 @@ def test_policy_retries_transient_errors_honouring_retry_after() -> None:
             raise item
         return item
 
-    assert policy(attempt) == "ok"
-    assert slept[0] == 7.0 and 0 < slept[1] <= 1.25
+    result, slept = run_policy(attempt)
+    assert result == "ok" and slept[0] == 7.0 and 0.25 <= slept[1] <= 1.0
 
 
 def test_policy_does_not_retry_permanent_errors() -> None:
-    policy, slept = make_policy()
-    n = 0
+    n = [0]
 
     def attempt() -> None:
-        nonlocal n
-        n += 1
+        n[0] += 1
         raise PermanentLLMError("400", 400)
 
-    with pytest.raises(PermanentLLMError):
-        policy(attempt)
-    assert n == 1 and slept == []
+    result, slept = run_policy(attempt)
+    assert isinstance(result, PermanentLLMError) and n[0] == 1 and slept == []
 
 
 def test_policy_stops_when_the_wait_would_exceed_the_budget() -> None:
-    policy, slept = make_policy(attempt_budget=10.0)
-
     def attempt() -> None:
         raise TransientLLMError("429", 429, retry_after=60.0)
 
-    with pytest.raises(TransientLLMError):
-        policy(attempt)
-    assert slept == []  # a 60 s Retry-After is handed back to the queue, not slept in a worker slot
+    result, slept = run_policy(attempt, attempt_budget=10.0)
+    assert isinstance(result, TransientLLMError) and slept == []  # handed back to the queue, not slept in a slot
+
+
+def test_unusable_answers_are_retried_at_once_and_not_counted_as_failures() -> None:
+    answers = iter([MalformedResponse("empty")] * 5 + ["ok"])
+
+    def attempt() -> str:
+        item = next(answers)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    result, slept = run_policy(attempt, max_attempts_per_run=2)
+    assert result == "ok" and slept == [retry.UNUSABLE_PAUSE] * 5
 
 
 def test_interruptible_sleep_hands_back_on_shutdown() -> None:
-    stop = threading.Event()
-    stop.set()
+    async def go() -> None:
+        stop = asyncio.Event()
+        stop.set()
+        await retry.interruptible_sleep(stop)(30)
+
     with pytest.raises(HandBack):
-        retry.interruptible_sleep(stop)(30)
+        asyncio.run(go())
 
 
 def test_defer_delay_grows_and_respects_retry_after() -> None:
@@ -201,92 +297,289 @@ def test_defer_delay_grows_and_respects_retry_after() -> None:
     assert retry.defer_delay(0, 120.0, 15.0, rng) == 120.0
 
 
+# ---- Lua scripts ----------------------------------------------------------------------------------
+
+
+def _script_calls() -> list[tuple[str, str, set[str]]]:
+    """(file, script name, keyword names) of every `.run("name", ...)` / `.script("name", ...)` call."""
+    found = []
+    for path in [*ROOT.glob("contract/*.py"), *ROOT.glob("worker/*.py"), *ROOT.glob("producer/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("run", "script")
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                found.append((path.name, node.args[0].value, {k.arg for k in node.keywords if k.arg}))
+    return found
+
+
+def test_every_script_header_matches_its_callers() -> None:
+    calls = _script_calls()
+    called = {name for _, name, _ in calls}
+    assert called == set(scripts.names()), "a script nobody calls, or a call of a script that doesn't exist"
+    for file, name, params in calls:
+        assert params == set(scripts.load(name).argv[1:]), f"{file} calls {name}.lua with {sorted(params)}"
+
+
+def test_scripts_refuse_wrong_parameter_names() -> None:
+    with pytest.raises(TypeError, match=r"missing.*unknown"):
+        scripts.load("claim").args(Keys(), batch="b", step=0, message="m", token="t", lease=5)
+
+
 # ---- Redis-backed: the store's transitions and the shared limiter ---------------------------------
 
 
 @pytest.fixture
-def store(redis_url: str) -> JobStore:
-    settings = Settings.from_dsn(redis_url, key_prefix=f"u{uuid.uuid4().hex[:6]}", queue="unit-q",
-                                 lease_seconds=0.2, queued_grace=0.2)
-    return JobStore(make_redis(settings), settings)
+def settings(redis_url: str) -> Settings:
+    return Settings.from_dsn(
+        redis_url,
+        key_prefix=f"u{uuid.uuid4().hex[:6]}",
+        lease_seconds=0.5,
+        queued_grace=0.2,
+        jobs_per_message=2,
+        reap_interval=0.1,
+    )
 
 
-def claim(store: JobStore, bid: str, jid: str) -> ClaimedJob:
-    job = store.claim(bid, jid, uuid.uuid4().hex)
-    assert isinstance(job, ClaimedJob), job
-    return job
+@pytest.fixture
+def store(settings: Settings) -> JobStore:
+    return JobStore(make_redis(settings, decode=False), settings)
 
 
-def test_a_job_delivered_twice_is_stored_and_counted_once(store: JobStore) -> None:
-    store.init_batch("b1", "m", 50)
-    assert store.create_jobs("b1", [NewJob("j1", 0, "text", {})], "m", 50) == ["j1"]
-    assert store.create_jobs("b1", [NewJob("j1", 0, "text", {})], "m", 50) == []  # resubmit skips it
-    job = claim(store, "b1", "j1")
-    assert store.claim("b1", "j1", "other") == "busy"  # a duplicate message while it runs
-    assert store.complete(job, "sum", "m", {"total_tokens": 3}, 1)
-    assert not store.complete(job, "sum again", "m", {}, 1)
-    assert store.claim("b1", "j1", "late") == "done"
+def worker_call(settings: Settings, fn: Any) -> Any:
+    """Run `fn(WorkerStore)` on a fresh event loop, as a worker process would."""
+
+    async def go() -> Any:
+        client = make_async_redis(settings)
+        try:
+            return await fn(WorkerStore(client, settings))
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def new_batch(store: JobStore, bid: str, *texts: str) -> list[tuple[int, str]]:
+    store.init_batch(bid, BatchSpec("m", 50), "in.jsonl")
+    jobs = [NewJob(f"j{i}", Article(digest(t), f"0:{i + 1}", t)) for i, t in enumerate(texts)]
+    return store.create_jobs(bid, jobs).messages
+
+
+def claim(settings: Settings, message: tuple[int, str]) -> Any:
+    step, member = message
+    bid, ids = Keys.split_member(member)
+    return worker_call(settings, lambda w: w.claim(bid, ids, step, uuid.uuid4().hex))
+
+
+def test_a_job_delivered_twice_is_stored_and_counted_once(settings: Settings, store: JobStore) -> None:
+    (msg,) = new_batch(store, "b1", "text one")
+    assert store.create_jobs("b1", [NewJob("j0", Article(digest("text one"), "0:1", "text one"))]).created == []
+    first = claim(settings, msg)
+    assert [j.job_id for j in first.jobs] == ["j0"]
+    assert claim(settings, msg).skipped == {"j0": "busy"}  # a duplicate message while it runs
+    job = first.jobs[0]
+    done = Op(
+        "done",
+        "b1",
+        "j0",
+        job.token,
+        1,
+        0,
+        10,
+        5,
+        0.0,
+        Final("done", job.article.digest, job.article.origin, summary="sum", attempts=1).pack(),
+    )
+    assert worker_call(settings, lambda w: w.settle([done, done])) == [1, 0]
+    assert claim(settings, msg).skipped == {"j0": "done"}
     s = store.status("b1")
     assert (s["total"], s["queued"], s["running"], s["done"], s["failed"]) == (1, 0, 0, 1, 0)
+    assert (s["prompt_tokens"], s["completion_tokens"]) == (20, 10)  # billed twice: both ops said so
     (r,) = list(store.results("b1"))
     assert r.summary == "sum" and r.attempts == 1
 
 
-def test_expired_lease_is_reclaimed_by_the_reaper(store: JobStore) -> None:
-    store.init_batch("b2", "m", 50)
-    store.create_jobs("b2", [NewJob("j", 0, "text", {})], "m", 50)
-    claim(store, "b2", "j")
-    time.sleep(0.3)
-    assert store.requeue_due() == [("b2", "j")]
+def test_an_expired_lease_is_reaped_on_redis_time_but_not_right_after_a_gap(
+    settings: Settings, store: JobStore
+) -> None:
+    (msg,) = new_batch(store, "b2", "text")
+    claim(settings, msg)
+    time.sleep(0.6)
+    # The first reap after a gap (no reaper ran yet) trusts no lapsed lease: its holder may not have
+    # had a chance to renew since Redis came back. Once reaping has gone on for a lease, it does.
+    reclaimed = []
+    for _ in range(12):
+        reclaimed.append(worker_call(settings, lambda w: w.reap()).reclaimed)
+        time.sleep(0.08)
+    assert reclaimed[0] == 0 and sum(reclaimed) == 1
     assert store.status("b2")["queued"] == 1
-    job = claim(store, "b2", "j")  # the re-published message takes it
-    assert store.complete(job, "s", "m", {}, 1) and store.status("b2")["done"] == 1
 
 
-def test_late_result_after_failure_wins_and_counters_follow(store: JobStore) -> None:
-    store.init_batch("b3", "m", 50)
-    store.create_jobs("b3", [NewJob("j", 0, "text", {})], "m", 50)
-    job = claim(store, "b3", "j")
-    assert store.fail(job, PermanentLLMError("x"), 1)
-    assert store.status("b3")["failed"] == 1
-    assert store.complete(job, "s", "m", {}, 1)
-    s = store.status("b3")
+def test_renewal_keeps_a_lease_alive(settings: Settings, store: JobStore) -> None:
+    (msg,) = new_batch(store, "b3", "text")
+    job = claim(settings, msg).jobs[0]
+    for _ in range(15):
+        time.sleep(0.08)
+        assert worker_call(settings, lambda w: w.renew([job])) == []
+        assert worker_call(settings, lambda w: w.reap()).reclaimed == 0
+    assert store.status("b3")["running"] == 1
+
+
+def test_late_result_after_failure_wins_and_counters_follow(settings: Settings, store: JobStore) -> None:
+    (msg,) = new_batch(store, "b4", "text")
+    job = claim(settings, msg).jobs[0]
+    fail = Op("fail", "b4", "j0", job.token, 1, extra=[Final("failed", error="x").pack(), ""])
+    assert worker_call(settings, lambda w: w.settle([fail])) == [1]
+    assert store.status("b4")["failed"] == 1
+    done = Op("done", "b4", "j0", "another-run", 1, extra=Final("done", summary="s").pack())
+    assert worker_call(settings, lambda w: w.settle([done])) == [1]
+    s = store.status("b4")
     assert (s["failed"], s["done"]) == (0, 1)
-    assert not store.r.sismember(store.keys.dead("b3"), "j")
+    assert not store.r.sismember(store.keys.dead("b4"), "j0")
 
 
-def test_limiter_paces_requests_and_shares_cooldown(redis_url: str) -> None:
-    settings = Settings.from_dsn(redis_url, key_prefix=f"rl{uuid.uuid4().hex[:6]}", rpm=600)
-    client = make_redis(settings)
-    limiter = RateLimiter(client, settings)
-    stop = threading.Event()
-    waited = sum(limiter.acquire(10, stop) for _ in range(5))
-    assert waited >= 0.35  # 600 RPM = one slot per ~100 ms: the first at once, then one wait per booked slot
-    sec, usec = client.time()  # type: ignore[misc]
-    tat = float(client.hget(Keys(settings.key_prefix).rate, "r"))  # type: ignore[arg-type]
-    assert 0 < tat - (sec * 1000 + usec / 1000) <= 60_000 * 1.01 / 600  # next slot: one interval (+1%) ahead
-    other = RateLimiter(client, settings)  # another worker process
-    other.cool_down(0.3)
-    waited = limiter.acquire(10, stop)
-    assert waited >= 0.25
+def test_a_stale_run_can_not_fail_or_defer_a_job_another_run_holds(settings: Settings, store: JobStore) -> None:
+    (msg,) = new_batch(store, "b5", "text")
+    claim(settings, msg)
+    stale = [
+        Op("fail", "b5", "j0", "old-token", extra=[Final("failed").pack(), ""]),
+        Op("defer", "b5", "j0", "old-token", extra=[1000, "X", "x", 1]),
+    ]
+    assert worker_call(settings, lambda w: w.settle(stale)) == [0, 0]
 
 
-def test_limiter_hands_back_when_the_worker_stops(redis_url: str) -> None:
-    settings = Settings.from_dsn(redis_url, key_prefix=f"rl{uuid.uuid4().hex[:6]}", rpm=1)
-    limiter = RateLimiter(make_redis(settings), settings)
-    stop = threading.Event()
-    limiter.acquire(1, stop)
-    stop.set()
-    with pytest.raises(HandBack):
-        limiter.acquire(1, stop)
+def test_a_message_the_queue_has_passed_is_republished_while_the_queue_is_busy(
+    settings: Settings, store: JobStore
+) -> None:
+    new_batch(store, "b6", "lost text")  # its message never reaches the queue
+    time.sleep(0.3)
+    (later,) = new_batch(store, "b7", "later text")  # queued after the lost one plus the grace
+    store.r.rpush(store.keys.broker_queue(3), "someone else's message")  # the queue never drains
+    worker_call(settings, lambda w: w.reap())
+    claim(settings, later)  # a worker took a message queued after the lost one: the queue has passed it
+    reaped = worker_call(settings, lambda w: w.reap())
+    assert reaped.republished == 1 and reaped.messages == [(3, Keys.member("b6", "j0"))]
+    assert worker_call(settings, lambda w: w.reap()).republished == 0  # once, then it has a fresh grace
+    assert [j.job_id for j in claim(settings, reaped.messages[0]).jobs] == ["j0"]
 
 
-def test_token_estimate_covers_prompt_and_reply() -> None:
-    assert estimate_tokens(4000, 200) == 1201
+def test_a_queued_message_on_an_idle_queue_is_republished_after_the_grace(settings: Settings, store: JobStore) -> None:
+    (msg,) = new_batch(store, "b8", "text")
+    assert worker_call(settings, lambda w: w.reap()).republished == 0
+    time.sleep(0.3)
+    assert worker_call(settings, lambda w: w.reap()).messages == [msg]
+
+
+def test_retry_does_not_resend_invalid_input_records(store: JobStore) -> None:
+    store.init_batch("b9", BatchSpec("m", 50), "in.jsonl")
+    store.create_jobs("b9", [NewJob("invalid@in.jsonl:1", Article("", "0:1", ""), error="'text' is missing")])
+    assert store.status("b9")["failed"] == 1
+    assert store.retry_failed("b9") == ([], 0)
+
+
+def test_results_page_by_a_stable_cursor_while_the_batch_grows(store: JobStore) -> None:
+    new_batch(store, "b10", *(f"text {i}" for i in range(5)))
+    rows = store.results("b10", chunk=2)
+    first = [next(rows).id for _ in range(3)]
+    store.create_jobs("b10", [NewJob("late", Article(digest("late"), "1:1", "late"))])
+    rest = [r.id for r in rows]
+    assert first + rest == ["j0", "j1", "j2", "j3", "j4", "late"]
+
+
+def test_unfinished_work_never_expires_and_results_expire_after_the_batch(settings: Settings, store: JobStore) -> None:
+    (msg,) = new_batch(store, "b11", "one", "two")
+    assert all(store.r.ttl(k) == -1 for k in store.keys.batch_keys("b11") if store.r.exists(k))
+    jobs = claim(settings, msg).jobs
+    ops = [Op("done", "b11", j.job_id, j.token, 1, extra=Final("done", summary="s").pack()) for j in jobs]
+    worker_call(settings, lambda w: w.settle(ops[:1]))
+    assert store.r.ttl(store.keys.batch("b11")) == -1  # one job left: nothing expires
+    worker_call(settings, lambda w: w.settle(ops[1:]))
+    ttls = [store.r.ttl(k) for k in store.keys.batch_keys("b11") if store.r.exists(k)]
+    assert ttls and all(0 < t <= settings.result_ttl for t in ttls)
+
+
+def test_a_resume_with_another_spec_is_refused_naming_the_difference(store: JobStore) -> None:
+    store.init_batch("b12", BatchSpec("m", 50), "a.jsonl")
+    assert store.init_batch("b12", BatchSpec("m", 50), "b.jsonl") == 1
+    with pytest.raises(ConfigError, match="max_words: 50 -> 60"):
+        store.init_batch("b12", BatchSpec("m", 60), "a.jsonl")
+
+
+def limiter(settings: Settings, w: WorkerStore) -> RateLimiter:
+    return RateLimiter(w, settings, f"w-{uuid.uuid4().hex[:4]}")
+
+
+def test_limiter_books_the_whole_limit_at_once_then_waits_for_the_window(settings: Settings) -> None:
+    tpm = 1000
+
+    async def go(w: WorkerStore) -> list[int]:
+        waits = []
+        for _ in range(3):
+            wait_ms, _ = await w.script(
+                "rate_acquire", rpm=0, tpm=tpm, tokens=400, window_ms=WINDOW_MS + LATE_MARGIN_MS
+            )
+            waits.append(int(wait_ms))
+        return waits
+
+    waits = worker_call(settings, go)
+    # 800 of 1000 tokens at once; the third request fits only once the first leaves the window.
+    assert waits[:2] == [0, 0] and WINDOW_MS + LATE_MARGIN_MS - 100 <= waits[2] <= WINDOW_MS + LATE_MARGIN_MS
+
+
+def test_limiter_counts_requests_per_window(settings: Settings) -> None:
+    async def go(w: WorkerStore) -> list[int]:
+        return [int((await w.script("rate_acquire", rpm=3, tpm=0, tokens=1, window_ms=1000))[0]) for _ in range(7)]
+
+    waits = worker_call(settings, go)
+    assert waits[:3] == [0, 0, 0] and all(900 <= w <= 1000 for w in waits[3:6]) and waits[6] >= 1900
+
+
+def test_a_request_larger_than_the_token_limit_fails_at_once(settings: Settings) -> None:
+    async def go(w: WorkerStore) -> None:
+        lim = limiter(Settings.from_dsn(settings.redis_url, key_prefix=settings.key_prefix, tpm=500), w)
+        await lim.acquire(501, asyncio.Event())
+
+    with pytest.raises(RequestTooLarge, match="501 tokens"):
+        worker_call(settings, go)
+
+
+def test_a_worker_without_limits_obeys_the_fleets(settings: Settings) -> None:
+    async def go(w: WorkerStore) -> tuple[int, int]:
+        strict = limiter(Settings.from_dsn(settings.redis_url, key_prefix=settings.key_prefix, rpm=60, tpm=9000), w)
+        await strict.refresh_limits(ttl_s=10)
+        loose = limiter(settings, w)  # started with no limits at all
+        await loose.refresh_limits(ttl_s=10)
+        return loose.rpm, loose.tpm
+
+    assert worker_call(settings, go) == (60, 9000)
+
+
+def test_a_cooldown_holds_every_worker_including_booked_requests(settings: Settings) -> None:
+    async def go(w: WorkerStore) -> float:
+        lim = limiter(Settings.from_dsn(settings.redis_url, key_prefix=settings.key_prefix, rpm=6000), w)
+        await limiter(settings, w).cool_down(0.4)  # another worker saw a 429
+        started = time.monotonic()
+        await lim.acquire(10, asyncio.Event())
+        return time.monotonic() - started
+
+    assert worker_call(settings, go) >= 0.35
+
+
+def test_token_estimate_is_on_the_safe_side_of_four_characters_a_token() -> None:
+    messages = [{"role": "system", "content": "x" * 401}, {"role": "user", "content": "y" * 4000}]
+    provider_count = -(-4401 // 4) + 200
+    assert token_counter(Settings())(messages, 200) >= provider_count
+    assert estimate_tokens(4000, 2, 200) == 1000 + 8 + 200
+    # tiktoken is not a dependency; asked for without it (or without its files), the estimate is used.
+    count = token_counter(Settings(token_counter="tiktoken", tiktoken_encoding="no-such-encoding"))
+    assert count(messages, 200) == token_counter(Settings())(messages, 200)
 
 
 def test_unreachable_redis_is_a_clear_error() -> None:
-    from contract.errors import BrokerUnavailable
     from contract.redisconn import ping
 
     settings = Settings.from_dsn("redis://:pw-hidden@127.0.0.1:9/0")
@@ -294,67 +587,3 @@ def test_unreachable_redis_is_a_clear_error() -> None:
     with pytest.raises(BrokerUnavailable, match="unreachable") as info:
         ping(client, settings)
     assert "pw-hidden" not in str(info.value)
-
-
-def test_token_counter_falls_back_to_the_estimate_offline() -> None:
-    from worker.ratelimit import token_counter
-
-    # tiktoken is not a dependency; asked for without it (or without its files), the estimate is used.
-    count = token_counter(Settings(token_counter="tiktoken", tiktoken_encoding="no-such-encoding"))
-    assert count("x" * 400, 100) == estimate_tokens(400, 100)
-    assert token_counter(Settings())("abcd" * 10, 5) == estimate_tokens(40, 5)
-    with pytest.raises(ConfigError, match="SUMMARIZE_TOKEN_COUNTER"):
-        Settings.from_env({"SUMMARIZE_TOKEN_COUNTER": "magic"})
-
-
-def test_limiter_books_tokens_per_minute(redis_url: str) -> None:
-    settings = Settings.from_dsn(redis_url, key_prefix=f"rl{uuid.uuid4().hex[:6]}", tpm=60_000)
-    limiter = RateLimiter(make_redis(settings), settings)
-    stopping = threading.Event()
-    stopping.set()  # any wait at all would hand back: shows whether the schedule admitted the call at once
-    assert limiter.acquire(5000, stopping) == 0.0  # within the burst (a tenth of a minute's tokens)
-    with pytest.raises(HandBack):
-        limiter.acquire(5000, stopping)  # the bucket is spent: this one is booked ~4 s ahead
-
-
-def test_a_queued_job_is_republished_only_once_the_queue_has_drained(store: JobStore) -> None:
-    store.init_batch("b4", "m", 50)
-    store.create_jobs("b4", [NewJob("j", 0, "text", {})], "m", 50)
-    time.sleep(0.3)  # past the queued grace (0.2 s here)
-    store.r.rpush(store.settings.queue, "someone else's message")
-    assert store.requeue_due() == []  # a backlog: its message is probably still in it
-    store.r.delete(store.settings.queue)
-    assert store.requeue_due() == [("b4", "j")]  # queue empty and still not started: the message was lost
-    assert store.requeue_due() == []  # and it gets a fresh grace period
-    job = claim(store, "b4", "j")
-    assert store.complete(job, "s", "m", {}, 1)
-    assert not store.r.zscore(store.keys.orphans, Keys.member("b4", "j"))
-
-
-def test_retry_does_not_resend_invalid_input_records(store: JobStore) -> None:
-    store.init_batch("b5", "m", 50)
-    store.create_jobs("b5", [NewJob("invalid@line1", 0, "", {}, error="'text' is missing")], "m", 50)
-    assert store.status("b5")["failed"] == 1
-    assert store.retry_failed("b5") == []
-
-
-def test_a_cut_off_summary_is_retried_with_more_room(redis_url: str) -> None:
-    from worker.summarize import Attempts, ProviderCall
-
-    settings = Settings.from_dsn(redis_url, key_prefix=f"tr{uuid.uuid4().hex[:6]}")
-    provider = ProviderCall(client=None, limiter=RateLimiter(make_redis(settings), settings),  # type: ignore[arg-type]
-                            settings=settings)
-    asked: list[int] = []
-
-    def fake_complete(client: Any, messages: Any, model: str, max_tokens: int) -> llm.Completion:
-        asked.append(max_tokens)
-        if len(asked) == 1:
-            raise llm.TruncatedSummary("cut off")
-        return llm.Completion("ok", model, {})
-
-    original, llm.complete = llm.complete, fake_complete  # type: ignore[assignment]
-    try:
-        provider.for_job(Attempts())([{"role": "user", "content": "x"}], "m", 100)
-    finally:
-        llm.complete = original  # type: ignore[assignment]
-    assert asked == [100, 200]

@@ -57,8 +57,14 @@ class EngineStep(bootsteps.StartStopStep):
         finally:
             probe.close()
         engine.engine(settings, app)
-        log.info("summarize worker ready: %s", {k: v for k, v in settings.public().items()
-                                                 if k in ("openai_base_url", "model", "concurrency", "rpm", "tpm")})
+        log.info(
+            "summarize worker ready: %s",
+            {
+                k: v
+                for k, v in settings.public().items()
+                if k in ("openai_base_url", "model", "concurrency", "rpm", "tpm")
+            },
+        )
 
 
 app.steps["worker"].add(EngineStep)

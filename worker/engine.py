@@ -122,8 +122,9 @@ class Engine:
             return report
         spec = await self.batches.spec(batch_id)
         started = time.monotonic()
-        results = await asyncio.gather(*(self.run_job(spec, job, started) for job in claimed.jobs),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(self.run_job(spec, job, started) for job in claimed.jobs), return_exceptions=True
+        )
         for job, result in zip(claimed.jobs, results, strict=True):
             if isinstance(result, BaseException):
                 # Nowhere to record anything (Redis gone for good): the lease lapses and the reaper re-runs it.
@@ -146,8 +147,12 @@ class Engine:
         with self.leases.hold(job):
             try:
                 async with self.slots:
-                    summary = await summarize(job.text, spec, self.provider.for_job(job.unusable, tally, guard),
-                                              self.settings.max_summary_chars)
+                    summary = await summarize(
+                        job.text,
+                        spec,
+                        self.provider.for_job(job.unusable, tally, guard),
+                        self.settings.max_summary_chars,
+                    )
             except redis.RedisError:
                 raise
             except Exception as exc:

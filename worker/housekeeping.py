@@ -50,8 +50,14 @@ class Leases:
 
 
 class Housekeeper:
-    def __init__(self, store: WorkerStore, leases: Leases, limiter: RateLimiter, stop: asyncio.Event,
-                 publish: Callable[[list[Message]], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        store: WorkerStore,
+        leases: Leases,
+        limiter: RateLimiter,
+        stop: asyncio.Event,
+        publish: Callable[[list[Message]], Awaitable[None]],
+    ) -> None:
         self.store, self.leases, self.limiter, self.stop, self.publish = store, leases, limiter, stop, publish
         self.owner = f"{socket.gethostname()}:{threading.get_native_id()}"
         s = store.settings
@@ -77,9 +83,14 @@ class Housekeeper:
             reaped = await self.store.reap()
             if reaped.messages:
                 await self.publish(reaped.messages)
-                log.info("reaper re-enqueued %d message(s): %d lease(s) lapsed, %d retries due, %d job(s) "
-                         "whose message was lost", len(reaped.messages), reaped.reclaimed, reaped.due,
-                         reaped.republished)
+                log.info(
+                    "reaper re-enqueued %d message(s): %d lease(s) lapsed, %d retries due, %d job(s) "
+                    "whose message was lost",
+                    len(reaped.messages),
+                    reaped.reclaimed,
+                    reaped.due,
+                    reaped.republished,
+                )
 
     async def renew(self) -> None:
         held = self.leases.snapshot()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
+from typing import Any
 
 from contract.errors import HandBack, ProviderRejected, TransientLLMError
 from contract.job import ClaimedJob
@@ -18,15 +20,32 @@ log = logging.getLogger(__name__)
 
 
 def _op(kind: str, job: ClaimedJob, tally: Tally, extra: object) -> Op:
-    return Op(kind, job.batch_id, job.job_id, job.token, tally.requests, tally.unusable, tally.prompt_tokens,
-              tally.completion_tokens, 0.0, extra)
+    return Op(
+        kind,
+        job.batch_id,
+        job.job_id,
+        job.token,
+        tally.requests,
+        tally.unusable,
+        tally.prompt_tokens,
+        tally.completion_tokens,
+        0.0,
+        extra,
+    )
 
 
-def _final(job: ClaimedJob, tally: Tally, status: str, **fields: object) -> Final:
-    return Final(status, job.article.digest, job.article.origin, prompt_tokens=job.prompt_tokens + tally.prompt_tokens,
-                 completion_tokens=job.completion_tokens + tally.completion_tokens,
-                 attempts=job.attempts + tally.requests, unusable=job.unusable + tally.unusable,
-                 finished_ms=int(time.time() * 1000), **fields)  # type: ignore[arg-type]
+def _final(job: ClaimedJob, tally: Tally, status: str, **fields: Any) -> Final:
+    counts = Final(
+        status,
+        job.article.digest,
+        job.article.origin,
+        prompt_tokens=job.prompt_tokens + tally.prompt_tokens,
+        completion_tokens=job.completion_tokens + tally.completion_tokens,
+        attempts=job.attempts + tally.requests,
+        unusable=job.unusable + tally.unusable,
+        finished_ms=int(time.time() * 1000),
+    )
+    return replace(counts, **fields)
 
 
 def done(job: ClaimedJob, summary: Summary, tally: Tally) -> Op:

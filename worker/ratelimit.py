@@ -48,8 +48,7 @@ def token_counter(settings: Settings) -> Callable[[list[dict[str, Any]], int], i
             enc = tiktoken.get_encoding(settings.tiktoken_encoding)
 
             def count(messages: list[dict[str, Any]], max_tokens: int) -> int:
-                return sum(len(enc.encode(str(m["content"]), disallowed_special=())) + 4 for m in messages) \
-                    + max_tokens
+                return sum(len(enc.encode(str(m["content"]), disallowed_special=())) + 4 for m in messages) + max_tokens
 
             return count
         except Exception as exc:  # no package, or no encoding files offline
@@ -86,8 +85,9 @@ class RateLimiter:
 
     async def refresh_limits(self, ttl_s: float) -> None:
         """Publish our own limits and adopt the strictest of the fleet's (housekeeping calls it)."""
-        rpm, tpm = await self.store.script("rate_limits", worker=self.worker, rpm=self.settings.rpm,
-                                   tpm=self.settings.tpm, ttl_ms=int(ttl_s * 1000))
+        rpm, tpm = await self.store.script(
+            "rate_limits", worker=self.worker, rpm=self.settings.rpm, tpm=self.settings.tpm, ttl_ms=int(ttl_s * 1000)
+        )
         if (int(rpm), int(tpm)) != (self.rpm, self.tpm):
             log.info("rate limits in force: rpm=%s tpm=%s", rpm, tpm)
         self.rpm, self.tpm = int(rpm), int(tpm)
@@ -96,14 +96,17 @@ class RateLimiter:
         """Wait for a slot for one request of `tokens`. Waiting here is not a failed attempt; a worker
         that is shutting down hands the job back instead (its booked slot goes unused)."""
         if self.tpm and tokens > self.tpm:
-            raise RequestTooLarge(f"one request needs {tokens} tokens (prompt + max_tokens) but SUMMARIZE_TPM is "
-                                  f"{self.tpm}: the provider would never admit it")
+            raise RequestTooLarge(
+                f"one request needs {tokens} tokens (prompt + max_tokens) but SUMMARIZE_TPM is "
+                f"{self.tpm}: the provider would never admit it"
+            )
         while True:
             if not (self.rpm or self.tpm):
                 await self._sleep(await self._cooldown_left(), stop)
                 return Booking()
-            wait_ms, slot = await self.store.script("rate_acquire", rpm=self.rpm, tpm=self.tpm, tokens=tokens,
-                                            window_ms=WINDOW_MS + LATE_MARGIN_MS)
+            wait_ms, slot = await self.store.script(
+                "rate_acquire", rpm=self.rpm, tpm=self.tpm, tokens=tokens, window_ms=WINDOW_MS + LATE_MARGIN_MS
+            )
             target = time.monotonic() + wait_ms / 1000
             await self._sleep(wait_ms / 1000, stop)
             late = time.monotonic() - target
@@ -116,8 +119,12 @@ class RateLimiter:
     async def settle(self, booking: Booking, counted: int) -> None:
         """The provider counted `counted` tokens for the request: book any excess over what was booked."""
         if booking.slot_ms and counted > booking.tokens:
-            await self.store.script("rate_settle", slot_ms=booking.slot_ms, tokens=counted - booking.tokens,
-                            window_ms=WINDOW_MS + LATE_MARGIN_MS)
+            await self.store.script(
+                "rate_settle",
+                slot_ms=booking.slot_ms,
+                tokens=counted - booking.tokens,
+                window_ms=WINDOW_MS + LATE_MARGIN_MS,
+            )
 
     async def cool_down(self, seconds: float) -> None:
         """Pause every worker: the provider said 429 and asked for this long."""

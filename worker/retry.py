@@ -86,7 +86,8 @@ def policy(settings: Settings, sleep: Callable[[float], Awaitable[None]], failur
         retry=retry_if_exception_type(TransientLLMError),
         # tenacity's full-jitter exponential backoff, unless the provider said how long (Retry-After).
         wait=wait_unusable_or(wait_retry_after_or(wait_random_exponential(multiplier=0.5, max=20.0, min=0.25))),
-        stop=stop_after_failures(settings.max_attempts_per_run, failures) | stop_when_idle_exceeds(settings.attempt_budget),
+        stop=stop_after_failures(settings.max_attempts_per_run, failures)
+        | stop_when_idle_exceeds(settings.attempt_budget),
         sleep=sleep,
         reraise=True,
     )

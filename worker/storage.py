@@ -33,8 +33,18 @@ class Op:
     extra: Any = field(default=b"")
 
     def row(self) -> list[Any]:
-        return [self.kind, self.batch_id, self.job_id, self.token, self.attempts, self.unusable,
-                self.prompt_tokens, self.completion_tokens, self.cost_usd, self.extra]
+        return [
+            self.kind,
+            self.batch_id,
+            self.job_id,
+            self.token,
+            self.attempts,
+            self.unusable,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.cost_usd,
+            self.extra,
+        ]
 
 
 @dataclass
@@ -66,8 +76,14 @@ class WorkerStore:
         return await self._scripts[name](args=scripts.load(name).args(self.keys, **params))
 
     async def claim(self, batch_id: str, job_ids: list[str], step: int, token: str) -> Claimed:
-        state, now_ms, rows = await self.script("claim", batch=batch_id, step=step, message=Keys.member(batch_id, *job_ids),
-                                        token=token, lease_ms=int(self.settings.lease_seconds * 1000))
+        state, now_ms, rows = await self.script(
+            "claim",
+            batch=batch_id,
+            step=step,
+            message=Keys.member(batch_id, *job_ids),
+            token=token,
+            lease_ms=int(self.settings.lease_seconds * 1000),
+        )
         claimed = Claimed(text(state), [], {})
         for row in rows:
             if text(row[1]) == "claimed":
@@ -89,14 +105,19 @@ class WorkerStore:
     async def reap(self, limit: int = 1000) -> Reaped:
         s = self.settings
         messages, reclaimed, due, republished = await self.script(
-            "reap", lease_ms=int(s.lease_seconds * 1000), grace_ms=int(s.queued_grace * 1000),
+            "reap",
+            lease_ms=int(s.lease_seconds * 1000),
+            grace_ms=int(s.queued_grace * 1000),
             gap_ms=int(max(3 * s.reap_interval, s.lease_seconds / 3 + 2 * s.reap_interval) * 1000),
-            per_message=s.jobs_per_message, limit=limit)
+            per_message=s.jobs_per_message,
+            limit=limit,
+        )
         return Reaped([(int(step), text(m)) for step, m in messages], int(reclaimed), int(due), int(republished))
 
     async def try_reaper_lock(self, owner: str) -> bool:
-        return bool(await self.r.set(self.keys.reaper_lock, owner, nx=True,
-                                     px=max(1, int(self.settings.reap_interval * 1000))))
+        return bool(
+            await self.r.set(self.keys.reaper_lock, owner, nx=True, px=max(1, int(self.settings.reap_interval * 1000)))
+        )
 
     async def cooldown_ms(self) -> int:
         return max(0, int(await self.r.pttl(self.keys.cooldown)))

@@ -30,8 +30,9 @@ class Summary:
 
 async def summarize(text: str, spec: BatchSpec, call: Call, max_chars: int) -> Summary:
     """Summarize one article. Pure but for `call`, so it can be tested with any callable."""
-    completion = await call(prompt.build_messages(text, spec.max_words), spec.model,
-                            prompt.max_tokens_for(spec.max_words))
+    completion = await call(
+        prompt.build_messages(text, spec.max_words), spec.model, prompt.max_tokens_for(spec.max_words)
+    )
     return Summary(prompt.clean_summary(completion.content, max_chars), completion.model or spec.model)
 
 
@@ -77,8 +78,15 @@ class Provider:
 
         return call
 
-    async def _once(self, messages: list[dict[str, Any]], model: str, room: list[int], unusable_before: int,
-                    tally: Tally, guard: Guard) -> llm.Completion:
+    async def _once(
+        self,
+        messages: list[dict[str, Any]],
+        model: str,
+        room: list[int],
+        unusable_before: int,
+        tally: Tally,
+        guard: Guard,
+    ) -> llm.Completion:
         if self.stop.is_set():
             raise HandBack("worker is shutting down")  # start no new request while stopping
         await guard()
@@ -107,9 +115,11 @@ class Provider:
 
     def _give_up(self, exc: MalformedResponse, n: int, room: int) -> UnusableAnswers:
         if isinstance(exc, TruncatedSummary):
-            advice = (f"every answer was cut off, the last at max_tokens={room}: give it more room "
-                      f"(SUMMARIZE_MAX_COMPLETION_TOKENS, now {self.settings.max_completion_tokens}, or fewer "
-                      "--max-words) or use another model")
+            advice = (
+                f"every answer was cut off, the last at max_tokens={room}: give it more room "
+                f"(SUMMARIZE_MAX_COMPLETION_TOKENS, now {self.settings.max_completion_tokens}, or fewer "
+                "--max-words) or use another model"
+            )
         else:
             advice = f"the last: {exc}. Check the model and the endpoint (OPENAI_BASE_URL), or use another model"
         return UnusableAnswers(f"{n} paid answers could not be used; {advice}")
