@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contract.keys import Keys
+from contract.record import Final
+from contract.store import batched
 from contract.settings import Settings
 from producer.api import Batch, Client
 from scripts.stack import ROOT, Stack
@@ -302,17 +303,14 @@ def settings_of(stack: Stack) -> Settings:
 
 
 def finish_times(client: Client, batch_id: str) -> list[float]:
-    """When each job of the batch was stored as done ('finished' in its record), sorted."""
-    keys = Keys(client.settings.key_prefix)
-    ids: list[str] = client.redis.zrange(keys.batch_ids(batch_id), 0, -1)  # type: ignore[assignment]
+    """When each job of the batch was stored as done (its final record's time), sorted."""
+    store = client.store
     out: list[float] = []
-    for start in range(0, len(ids), 1000):
-        with client.redis.pipeline(transaction=False) as p:
-            for job_id in ids[start:start + 1000]:
-                p.hmget(keys.job(batch_id, job_id), ["status", "finished"])
-            for status, finished in p.execute():
-                if status == "done" and finished:
-                    out.append(float(finished))
+    for chunk in batched(store.r.hscan_iter(store.keys.batch_out(batch_id), count=1000), 1000):
+        for _, blob in chunk:
+            final = Final.unpack(blob)
+            if final.status == "done" and final.finished_ms:
+                out.append(final.finished_ms / 1000)
     out.sort()
     return out
 
