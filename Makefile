@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: bootstrap demo up test bench lint clean
+.PHONY: bootstrap demo up test test-compose bench lint clean
 
 bootstrap:
 	@VENV=$(VENV) bash scripts/bootstrap.sh
@@ -18,6 +18,13 @@ up: bootstrap
 ## test: the whole suite against real redis-server, Celery workers and HTTP LLM servers
 test: bootstrap
 	$(BIN)/pytest -q
+
+## test-compose: compose.yaml for real: Docker's engine (installed and started if missing), stand-in base
+## images (scripts/standin-images.sh: Docker Hub is not needed), `up --build --scale worker=3`, submit,
+## results, Flower auth, Prometheus targets, stop times, `down -v`. Not part of `make test`.
+test-compose: bootstrap
+	bash scripts/standin-images.sh
+	BULK_SUMMARIZE_COMPOSE_UP=1 $(BIN)/pytest -q -s tests/test_compose_up.py
 
 ## bench: throughput, rate-limit fidelity, submit rate and memory, as ratios against baselines
 bench: bootstrap

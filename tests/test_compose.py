@@ -2,7 +2,9 @@
 
 Needs only the `docker-compose` binary (no Docker engine): `docker-compose config` validates and
 resolves the file. Each run uses an empty env file and a scrubbed environment, so a developer's own
-`.env` or exported settings neither change the outcome nor end up in a failure message.
+`.env` or exported settings neither change the outcome nor end up in a failure message. The files
+compose.yaml mounts (deploy/: Prometheus, Grafana provisioning) are checked against it here too;
+tests/test_compose_up.py (`make test-compose`) runs the stack for real.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "compose.yaml"
 README = ROOT / "README.md"
+DOCKERFILE = ROOT / "Dockerfile"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+GRAFANA = ROOT / "deploy" / "grafana"
+STANDIN_SCRIPT = ROOT / "scripts" / "standin-images.sh"
 DOCKER_COMPOSE = shutil.which("docker-compose")
 
 pytestmark = pytest.mark.skipif(
@@ -47,11 +53,16 @@ EXPECTED_COMMANDS = {
 }
 
 APP_SERVICES = ("worker", "flower", "producer")
-LONG_RUNNING = ("redis", "llm", "worker", "flower")
+PYTHON_SERVICES = ("llm", *APP_SERVICES)
+LONG_RUNNING = ("redis", "llm", "worker", "flower", "prometheus", "grafana")
+PROFILES = ("--profile", "producer", "--profile", "monitoring-ui")
+IMAGE = "bulk-summarize:latest"
+METRICS_PORT = 9808
 
 # Variables the file reads, dropped from the environment docker-compose sees.
 COMPOSE_VARS = ("REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "OPENAI_BASE_URL", "OPENAI_API_KEY",
-                "SUMMARIZE_MODEL", "SUMMARIZE_RPM", "SUMMARIZE_TPM")
+                "SUMMARIZE_MODEL", "SUMMARIZE_RPM", "SUMMARIZE_TPM", "FLOWER_PORT", "PROMETHEUS_PORT",
+                "GRAFANA_PORT", "GRAFANA_ADMIN_USER", "GRAFANA_ADMIN_PASSWORD")
 # The only secret values the file may spell out: documented placeholders (and "no key").
 ALLOWED_SECRET_DEFAULTS = {"", "change-me", "admin:change-me"}
 SECRETISH = re.compile(r"PASS|SECRET|TOKEN|KEY|AUTH|CREDENTIAL", re.IGNORECASE)
@@ -102,16 +113,27 @@ def tmp_env_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def config(tmp_env_dir: Path) -> dict[str, Any]:
-    """`docker-compose --profile producer config`, with every variable at its documented default."""
-    data = _load_yaml(_compose("--profile", "producer", "config", tmp=tmp_env_dir))
+    """`docker-compose config` with both profiles, every variable at its documented default."""
+    data = _load_yaml(_compose(*PROFILES, "config", tmp=tmp_env_dir))
     assert isinstance(data, dict) and "services" in data
     return data
 
 
 @pytest.fixture(scope="module")
-def raw_config(tmp_env_dir: Path) -> dict[str, Any]:
-    """The same, before variable interpolation (shows where `${...}` is used)."""
-    data = _load_yaml(_compose("--profile", "producer", "config", "--no-interpolate", tmp=tmp_env_dir))
+def raw_config() -> dict[str, Any]:
+    """compose.yaml itself, anchors merged, before variable interpolation (shows where `${...}` is used).
+
+    Read as YAML rather than with `docker-compose config --no-interpolate`: docker-compose 1.29
+    validates the uninterpolated text and refuses a variable published port (`${FLOWER_PORT:-5555}`).
+    """
+    data = _load_yaml(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def prometheus_config() -> dict[str, Any]:
+    data = _load_yaml(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
     assert isinstance(data, dict)
     return data
 
@@ -119,6 +141,18 @@ def raw_config(tmp_env_dir: Path) -> dict[str, Any]:
 def _command(service: dict[str, Any]) -> list[str]:
     cmd = service.get("command")
     return shlex.split(cmd) if isinstance(cmd, str) else list(cmd or [])
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """target -> source of a service's volumes, short (`src:dst[:mode]`) or long syntax."""
+    mounts = {}
+    for v in service.get("volumes", []):
+        if isinstance(v, dict):
+            mounts[str(v["target"])] = str(v.get("source", ""))
+        else:
+            source, target = str(v).split(":")[:2]
+            mounts[target] = source
+    return mounts
 
 
 def _environment(service: dict[str, Any]) -> dict[str, str]:
@@ -130,23 +164,33 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
 
 # (1) validity
 
-def test_config_validates_with_and_without_producer_profile(tmp_env_dir: Path) -> None:
+def test_config_validates_with_and_without_profiles(tmp_env_dir: Path) -> None:
     assert _compose("config", "-q", tmp=tmp_env_dir) == ""
     assert _compose("--profile", "producer", "config", "-q", tmp=tmp_env_dir) == ""
+    assert _compose("--profile", "monitoring-ui", "config", "-q", tmp=tmp_env_dir) == ""
+    assert _compose(*PROFILES, "config", "-q", tmp=tmp_env_dir) == ""
 
 
-def test_producer_is_only_in_its_profile(tmp_env_dir: Path) -> None:
+def test_producer_and_grafana_are_only_in_their_profiles(tmp_env_dir: Path, config: dict[str, Any]) -> None:
     default = _compose("config", "--services", tmp=tmp_env_dir).split()
     with_profile = _compose("--profile", "producer", "config", "--services", tmp=tmp_env_dir).split()
-    assert set(default) >= {"redis", "llm", "worker", "flower"}
+    assert set(default) >= {"redis", "llm", "worker", "flower", "prometheus"}
     assert "producer" in with_profile
-    assert _compose("config", "--profiles", tmp=tmp_env_dir).split() == ["producer"]
+    assert _compose("config", "--profiles", tmp=tmp_env_dir).split() == ["monitoring-ui", "producer"]
+    # Grafana cannot be built here: `up` without its profile must never need its image.
+    services = config["services"]
+    assert services["grafana"]["profiles"] == ["monitoring-ui"]
+    assert services["producer"]["profiles"] == ["producer"]
+    for name, service in services.items():
+        if name not in ("grafana", "producer"):
+            assert not service.get("profiles"), name
+            assert "grafana" not in (service.get("depends_on") or {}), name
 
 
 # (2) services
 
 def test_services_exist(config: dict[str, Any]) -> None:
-    assert set(config["services"]) == {"redis", "llm", "worker", "flower", "producer"}
+    assert set(config["services"]) == {"redis", "llm", "worker", "flower", "prometheus", "grafana", "producer"}
 
 
 def test_worker_can_scale(config: dict[str, Any]) -> None:
@@ -197,8 +241,8 @@ def test_producer_profile_and_dependencies(config: dict[str, Any]) -> None:
 
 def test_app_services_share_image_and_environment(config: dict[str, Any]) -> None:
     services = config["services"]
-    images = {services[name]["image"] for name in (*APP_SERVICES, "llm")}
-    assert len(images) == 1, images
+    images = {services[name]["image"] for name in PYTHON_SERVICES}
+    assert images == {IMAGE}, images
     expected = {
         "REDIS_URL": "redis://:change-me@redis:6379/0",
         "OPENAI_BASE_URL": "http://llm:8765/v1",
@@ -210,6 +254,112 @@ def test_app_services_share_image_and_environment(config: dict[str, Any]) -> Non
     for name in APP_SERVICES:
         env = _environment(services[name])
         assert {k: env.get(k) for k in expected} == expected, name
+
+
+def test_image_is_built_once_by_llm_and_never_pulled(config: dict[str, Any]) -> None:
+    """`up --build --scale worker=3` builds one image, once; nothing tries to pull bulk-summarize."""
+    services = config["services"]
+    builders = [name for name, service in services.items() if "build" in service]
+    assert builders == ["llm"], builders
+    build = services["llm"]["build"]
+    context = build["context"] if isinstance(build, dict) else build
+    assert Path(context).resolve() == ROOT
+    assert services["llm"]["image"] == IMAGE
+    for name in PYTHON_SERVICES:
+        assert services[name].get("pull_policy") == "never", name
+    # docker-compose 1.29 makes sure of images in dependency order: every user of the image must
+    # come after the service that builds it, or it would try to pull it first.
+    for name in APP_SERVICES:
+        deps = set(services[name]["depends_on"])
+        while "llm" not in deps:
+            more = {d for dep in deps for d in (services[dep].get("depends_on") or {})} - deps
+            assert more, f"{name} does not start after llm, which builds its image"
+            deps |= more
+
+
+def test_python_services_run_under_an_init(config: dict[str, Any]) -> None:
+    """docker-init as PID 1: SIGTERM reaches a process that has no handler yet (a fresh worker)."""
+    for name in PYTHON_SERVICES:
+        assert config["services"][name].get("init") is True, name
+
+
+def _seconds(value: str) -> float:
+    match = re.fullmatch(r"(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", str(value))
+    assert match and any(match.groups()), value
+    return int(match.group(1) or 0) * 60 + float(match.group(2) or 0)
+
+
+def test_stop_grace_periods(config: dict[str, Any]) -> None:
+    services = config["services"]
+    assert _seconds(services["llm"]["stop_grace_period"]) == 10
+    assert _seconds(services["worker"]["stop_grace_period"]) == 60
+
+
+def test_redis_never_evicts(config: dict[str, Any]) -> None:
+    cmd = _command(config["services"]["redis"])
+    assert cmd[cmd.index("--maxmemory-policy") + 1] == "noeviction"
+
+
+def test_base_images_have_stand_ins(config: dict[str, Any]) -> None:
+    """Every image `make test-compose` needs is made by scripts/standin-images.sh (no Docker Hub here)."""
+    script = STANDIN_SCRIPT.read_text(encoding="utf-8")
+    made = set(re.findall(r"^(?:PYTHON|REDIS|PROMETHEUS)_TAG=(\S+)$", script, re.MULTILINE))
+    base = re.search(r"^FROM\s+(\S+)", DOCKERFILE.read_text(encoding="utf-8"), re.MULTILINE)
+    assert base is not None
+    needed = {base.group(1)} | {service["image"] for name, service in config["services"].items()
+                                if name not in PYTHON_SERVICES and not service.get("profiles")}
+    assert needed == made, f"compose/Dockerfile need {sorted(needed)}, the stand-in script makes {sorted(made)}"
+
+
+def test_prometheus_service(config: dict[str, Any]) -> None:
+    prometheus = config["services"]["prometheus"]
+    assert prometheus["image"].startswith("prom/prometheus:")
+    mounts = _mounts(prometheus)
+    assert Path(mounts["/etc/prometheus/prometheus.yml"]).resolve() == PROMETHEUS_CONFIG, mounts
+    assert mounts["/prometheus"] == "prometheus-data", mounts
+    assert "prometheus-data" in config.get("volumes", {})
+    published = {str(p.get("published")) if isinstance(p, dict) else str(p).split(":")[-2]
+                 for p in prometheus.get("ports", [])}
+    assert "9090" in published
+
+
+def test_prometheus_scrapes_every_worker_replica_and_flower(
+    config: dict[str, Any], prometheus_config: dict[str, Any]
+) -> None:
+    jobs = {job["job_name"]: job for job in prometheus_config["scrape_configs"]}
+    worker = jobs["worker"]
+    # Docker's embedded DNS: one A record per replica of the `worker` service
+    assert worker["dns_sd_configs"] == [
+        {"names": ["worker"], "type": "A", "port": METRICS_PORT, "refresh_interval": "15s"}]
+    assert worker.get("metrics_path", "/metrics") == "/metrics"
+    env = _environment(config["services"]["worker"])
+    assert env["SUMMARIZE_METRICS_PORT"] == str(METRICS_PORT)
+    flower = jobs["flower"]
+    assert flower.get("metrics_path", "/metrics") == "/metrics"
+    assert flower["static_configs"] == [{"targets": ["flower:5555"]}]
+    assert "basic_auth" not in flower, "Flower serves /metrics without auth; no password in this file"
+
+
+def test_grafana_provisioning(config: dict[str, Any]) -> None:
+    grafana = config["services"]["grafana"]
+    assert grafana["image"].startswith("grafana/grafana")
+    mounts = _mounts(grafana)
+    assert Path(mounts["/etc/grafana/provisioning"]).resolve() == GRAFANA / "provisioning", mounts
+    dashboards_target = next(t for t, src in mounts.items() if Path(src).resolve() == GRAFANA / "dashboards")
+    assert _environment(grafana)["GF_SECURITY_ADMIN_PASSWORD"] == "change-me"
+
+    datasources = _load_yaml((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    (source,) = datasources["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    assert source["isDefault"] is True
+
+    providers = _load_yaml((GRAFANA / "provisioning" / "dashboards" / "bulk-summarize.yml").read_text())
+    (provider,) = providers["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"] == dashboards_target
+    assert (GRAFANA / "dashboards" / "README.md").is_file()
+    for dashboard in (GRAFANA / "dashboards").glob("*.json"):
+        assert isinstance(json.loads(dashboard.read_text(encoding="utf-8")), dict), dashboard
 
 
 # (3) commands: the same as the README runs by hand
@@ -259,10 +409,14 @@ def test_secret_settings_come_from_variables(raw_config: dict[str, Any]) -> None
 def test_every_placeholder_is_replaced_by_the_environment(tmp_env_dir: Path) -> None:
     """With the variables set, no `change-me` is left: every secret site reads its variable."""
     env = {"REDIS_PASSWORD": "pw-from-env-0123", "FLOWER_BASIC_AUTH": "ops:flower-from-env",
-           "OPENAI_API_KEY": "key-from-env"}
-    out = _compose("--profile", "producer", "config", env=env, tmp=tmp_env_dir)
+           "OPENAI_API_KEY": "key-from-env", "GRAFANA_ADMIN_PASSWORD": "grafana-from-env",
+           "FLOWER_PORT": "15555", "PROMETHEUS_PORT": "19090"}
+    out = _compose(*PROFILES, "config", env=env, tmp=tmp_env_dir)
     assert "change-me" not in out
     services = _load_yaml(out)["services"]
+    assert _environment(services["grafana"])["GF_SECURITY_ADMIN_PASSWORD"] == "grafana-from-env"
+    assert [str(p["published"]) for p in services["flower"]["ports"]] == ["15555"]
+    assert [str(p["published"]) for p in services["prometheus"]["ports"]] == ["19090"]
     assert _command(services["redis"])[-1] == "pw-from-env-0123"
     assert _environment(services["redis"])["REDISCLI_AUTH"] == "pw-from-env-0123"
     assert _environment(services["flower"])["FLOWER_BASIC_AUTH"] == "ops:flower-from-env"
