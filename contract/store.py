@@ -120,6 +120,8 @@ class JobStore:
 
     def lookup(self, batch_id: str, job_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
         """Digest and origin of those of `job_ids` the batch already has (for resume checks)."""
+        if not job_ids:
+            return {}
         with self.r.pipeline(transaction=False) as p:
             for job_id in job_ids:
                 p.get(self.keys.text(batch_id, job_id))

@@ -145,13 +145,15 @@ class Stack:
         return proc
 
     def worker(self, name: str = "w1", concurrency: int | None = None, env: Mapping[str, str] | None = None,
-               ready_timeout: float = 60) -> Proc:
+               ready_timeout: float = 60, wait: bool = True) -> Proc:
+        """A Celery worker process; with wait=False it is returned at once (to see it refuse to start)."""
         argv = [str(BIN / "celery"), "-A", "worker", "worker", "-n", f"{name}@%h", "-l", "info",
                 "--without-mingle", "--without-gossip"]
         if concurrency:
             argv += ["-c", str(concurrency)]
         proc = self._proc(name, argv, env)
-        wait_for(lambda: b"ready." in proc.log.read_bytes(), f"worker {name}", ready_timeout, proc.popen)
+        if wait:
+            wait_for(lambda: b"ready." in proc.log.read_bytes(), f"worker {name}", ready_timeout, proc.popen)
         return proc
 
     def flower(self, port: int = 5555, env: Mapping[str, str] | None = None) -> Proc:

@@ -38,13 +38,17 @@ def test_malformed_bodies_are_retried_and_never_stored(fault: Group, tmp_path: P
     assert rows["blank"]["attempts"] == 3 and rows["garbage"]["attempts"] == 2
 
 
-def test_output_that_stays_bad_fails_after_a_bounded_number_of_paid_answers(fault: Group, fault_server: FaultServer,
-                                                                            ) -> None:
+def test_output_that_stays_bad_fails_after_a_bounded_number_of_paid_answers(
+    fault: Group,
+    fault_server: FaultServer,
+) -> None:
     """An answer cut off (or blank) every time is paid for at most SUMMARIZE_MAX_UNUSABLE (6) times, then
     fails with an error that says what to change; it is never deferred for the retry horizon."""
-    texts = {"cut": "Always cut off. [[fault:length]] Story of the dam.",
-             "blank": "Always blank. [[fault:blank]] Story of the ferry.",
-             "fine": "A neighbour that is answered at once. The school reopened."}
+    texts = {
+        "cut": "Always cut off. [[fault:length]] Story of the dam.",
+        "blank": "Always blank. [[fault:blank]] Story of the ferry.",
+        "fine": "A neighbour that is answered at once. The school reopened.",
+    }
     batch = fault.client().submit([{"id": k, "text": v} for k, v in texts.items()], batch_id=batch_id())
     started = time.monotonic()
     status = batch.wait(timeout=150)
@@ -59,8 +63,22 @@ def test_output_that_stays_bad_fails_after_a_bounded_number_of_paid_answers(faul
     assert "more room" in (rows["cut"].error or "") and "another model" in (rows["cut"].error or "")
     assert "response content is empty" in (rows["blank"].error or "")
     assert rows["fine"].summary == expected_summary(texts["fine"])
-    print(f"unusable answers: failed after {rows['cut'].attempts} and {rows['blank'].attempts} paid calls "
-          f"in {took:.1f}s; the neighbour done")
+    print(
+        f"unusable answers: failed after {rows['cut'].attempts} and {rows['blank'].attempts} paid calls "
+        f"in {took:.1f}s; the neighbour done"
+    )
+
+
+def test_a_server_that_trickles_bytes_cannot_hold_a_job_past_the_deadline(fault: Group) -> None:
+    """A byte every half second never trips a per-read timeout; SUMMARIZE_LLM_TIMEOUT (2 s here) bounds the
+    whole request, so the job is retried instead of held for minutes."""
+    text = "A trickled answer. [[fault:tricklex1:0.5]] The bridge reopened."
+    batch = fault.client().submit([{"id": "slow", "text": text}], batch_id=batch_id())
+    started = time.monotonic()
+    assert batch.wait(timeout=60)["done"] == 1
+    took = time.monotonic() - started
+    (row,) = list(batch.results())
+    assert row.summary == expected_summary(text) and row.attempts == 2 and took < 20
 
 
 def test_outage_of_a_provider_is_ridden_out_without_holding_slots(stack: Stack, redis_url: str) -> None:
@@ -88,8 +106,9 @@ def test_outage_of_a_provider_is_ridden_out_without_holding_slots(stack: Stack, 
         print(f"outage 15s: 10 submitted, 10 done, {during} calls refused during the outage")
 
 
-def test_bad_key_halts_the_batch_and_retry_resumes_it(stack: Stack, redis_url: str, keyed_server: FaultServer,
-                                                     tmp_path: Path) -> None:
+def test_bad_key_halts_the_batch_and_retry_resumes_it(
+    stack: Stack, redis_url: str, keyed_server: FaultServer, tmp_path: Path
+) -> None:
     g = isolated_group(stack, redis_url, keyed_server.url, OPENAI_API_KEY="sk-bad-key", SUMMARIZE_CONCURRENCY="4")
     g.worker("halt-w")
     texts = [f"Halt article {i}: the school board met." for i in range(30)]
@@ -115,8 +134,9 @@ def test_bad_key_halts_the_batch_and_retry_resumes_it(stack: Stack, redis_url: s
 
 
 def test_unreachable_llm_endpoint_fails_clearly_after_the_horizon(stack: Stack, redis_url: str) -> None:
-    g = isolated_group(stack, redis_url, "http://127.0.0.1:9/v1", SUMMARIZE_RETRY_HORIZON="1",
-                       SUMMARIZE_ATTEMPT_BUDGET="1")
+    g = isolated_group(
+        stack, redis_url, "http://127.0.0.1:9/v1", SUMMARIZE_RETRY_HORIZON="1", SUMMARIZE_ATTEMPT_BUDGET="1"
+    )
     g.worker("unreachable-w")
     batch = g.client().submit(["An article nobody can summarize today."], batch_id=batch_id())
     assert batch.wait(timeout=60)["failed"] == 1

@@ -524,6 +524,46 @@ def test_resubmit_same_batch_skips_existing_and_adds_new(fault: Group, fault_cli
     assert fault_client.store.status(bid)["total"] == 5
 
 
+def test_an_id_reused_for_another_text_in_a_second_file_is_named_not_skipped(fault: Group, fault_client: Client,
+                                                                             tmp_path: Path) -> None:
+    a = write(tmp_path / "a.jsonl", jl({"id": "x1", "text": "The dam was inspected on Monday."}),
+              jl({"id": "x2", "text": "The ferry resumed its winter timetable."}))
+    b = write(tmp_path / "b.jsonl", jl({"id": "x1", "text": "The dam was inspected on Monday."}),
+              jl({"id": "x2", "text": "A different story that reuses the id x2."}),
+              jl({"id": "x3", "text": "The library extended its opening hours."}))
+    bid = batch_id()
+    assert fault.cli("submit", str(a), "--batch-id", bid, "-q").returncode == 0
+    strict = fault.cli("submit", str(b), "--batch-id", bid, "-q")
+    assert strict.returncode == 3
+    (line,) = [x for x in strict.stderr.splitlines() if "'x2'" in x]
+    assert f"{b}:2" in line and f"{a}:2" in line and "different text" in line, strict.stderr
+    assert fault_client.store.status(bid)["total"] == 2  # strict: nothing of b.jsonl was enqueued
+
+    kept = fault.cli("submit", str(b), "--batch-id", bid, "--skip-invalid", "-q")
+    assert kept.returncode == 0, kept.stderr
+    assert "1 enqueued, 1 already there, 1 invalid (kept as failed jobs)" in kept.stderr, kept.stderr
+    assert fault_client.batch(bid).wait(timeout=60)["done"] == 3
+    rows = {r.id: r for r in fault_client.store.results(bid)}
+    conflict = rows[f"invalid@{b}:2"]
+    assert conflict.status == "failed" and conflict.error_type == "InputError" and "x2" in (conflict.error or "")
+    assert rows["x2"].summary == expected_summary("The ferry resumed its winter timetable.")
+
+
+def test_identical_texts_without_ids_are_rows_of_their_own_and_stable_on_resume(fault: Group, fault_client: Client,
+                                                                                tmp_path: Path) -> None:
+    same, other = "The wire story syndicated twice.", "Another story."
+    src = write(tmp_path / "in.jsonl", jl({"text": same, "n": 1}), jl({"text": same, "n": 2}), jl({"text": other}))
+    bid = batch_id()
+    first = fault.cli("submit", str(src), "--batch-id", bid, "-q")
+    assert "3 enqueued, 0 already there" in first.stderr, first.stderr
+    again = fault.cli("submit", str(src), "--batch-id", bid, "-q")
+    assert "0 enqueued, 3 already there" in again.stderr, again.stderr
+    assert fault_client.batch(bid).wait(timeout=60)["done"] == 3
+    rows = list(fault_client.store.results(bid))
+    assert [r.metadata.get("n") for r in rows] == [1, 2, None]
+    assert rows[1].id == f"{rows[0].id}-2" and len({r.id for r in rows}) == 3
+
+
 # ---- unknown batches and broken connections ----------------------------------------------------
 
 

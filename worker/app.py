@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from os import EX_CONFIG
 from typing import Any
 
 from celery import Celery, bootsteps
 from celery.signals import worker_shutdown, worker_shutting_down
 
+from contract.errors import EvictingRedis
 from contract.messaging import make_celery
 from contract.redisconn import check_eviction, make_redis
 from contract.settings import Settings
@@ -54,6 +56,9 @@ class EngineStep(bootsteps.StartStopStep):
         probe = make_redis(settings, max_connections=1)
         try:
             check_eviction(probe, settings)
+        except EvictingRedis as exc:
+            log.critical("summarize worker refuses to start: %s", exc)
+            raise SystemExit(EX_CONFIG) from None  # Celery stops with this code, no traceback
         finally:
             probe.close()
         engine.engine(settings, app)

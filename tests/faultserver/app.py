@@ -7,6 +7,7 @@ aiohttp because a dropped connection needs the request's transport, which aiohtt
 from __future__ import annotations
 
 import asyncio
+import json
 import contextlib
 import math
 import socket
@@ -34,6 +35,8 @@ from tests.faultserver.gateway import STATE_KEY, check_key, gate, json_error, re
 from tests.faultserver.state import FaultState, ServerConfig
 
 DEFAULT_HANG_S = 30.0
+#: seconds between the bytes of a trickled answer
+DEFAULT_TRICKLE_S = 1.0
 # How often a hung request looks whether its client has gone.
 _HANG_POLL_S = 0.05
 
@@ -110,7 +113,23 @@ async def _complete(state: FaultState, request: web.Request) -> tuple[web.Stream
         _drop_connection(request)
         return web.Response(status=599), "reset"  # never sent: the connection is gone
     outcome = answer(state, chat, fault)
+    if fault is not None and fault.kind == "trickle":
+        return await _trickle(request, outcome, float(fault.param or DEFAULT_TRICKLE_S)), outcome.label
     return _response(outcome), outcome.label
+
+
+async def _trickle(request: web.Request, outcome: Outcome, every: float) -> web.StreamResponse:
+    """The answer, one byte every `every` seconds: a client timing out per read never times out."""
+    body = outcome.body if isinstance(outcome.body, bytes) else json.dumps(outcome.body).encode()
+    response = web.StreamResponse(status=outcome.status, headers={"Content-Type": "application/json"})
+    response.content_length = len(body)
+    await response.prepare(request)
+    for i in range(len(body)):
+        if _client_gone(request):
+            break
+        await response.write(body[i : i + 1])
+        await asyncio.sleep(every)
+    return response
 
 
 async def _admitted_request(state: FaultState, request: web.Request) -> ChatRequest:

@@ -133,7 +133,7 @@ def choose_fault(state: FaultState, request: ChatRequest) -> Directive | None:
 def answer(state: FaultState, request: ChatRequest, fault: Directive | None) -> Outcome:
     """The answer to a request whose fault (if any) is not a transport one."""
     content = _content(request)
-    if fault is None or fault.kind == "hang":
+    if fault is None or fault.kind in ("hang", "trickle"):
         return Outcome(200, _completion(state, request, Answer(content)), OK)
     if fault.kind in ERROR_KINDS:
         return _error_outcome(fault)
@@ -155,7 +155,7 @@ def batch_answer(state: FaultState, payload: JSONObject) -> tuple[int, Any]:
     request = parse_chat(payload)
     check_request(state, request)
     fault = choose_fault(state, request)
-    if fault is not None and fault.kind in {"hang", "reset"}:
+    if fault is not None and fault.kind in {"hang", "trickle", "reset"}:
         outcome = Outcome(500, error_body(f"faultserver: injected {fault.kind} in a batch", "server_error"), 500)
     else:
         outcome = answer(state, request, fault)

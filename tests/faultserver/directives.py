@@ -32,10 +32,10 @@ ERROR_KINDS = frozenset({"400", "401", "404", "429", "500", "502", "503"})
 _MARKER_RE = re.compile(r"\[\[.*?\]\]", re.DOTALL)
 _FAULT_MARKER_RE = re.compile(r"\[\[fault:(.*?)\]\]", re.DOTALL)
 _DIRECTIVE_RE = re.compile(
-    r"(?P<kind>429|500|502|503|400|401|404|hang|reset|garbage|empty|blank|length|reasoning)"
+    r"(?P<kind>429|500|502|503|400|401|404|hang|trickle|reset|garbage|empty|blank|length|reasoning)"
     r"(?:x(?P<count>\d+))?(?::(?P<param>[0-9]+(?:\.[0-9]+)?))?"
 )
-_PARAM_KINDS = frozenset({"429", "hang"})
+_PARAM_KINDS = frozenset({"429", "hang", "trickle"})
 
 
 def article_key(article: str) -> str:
