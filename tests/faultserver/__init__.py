@@ -8,7 +8,8 @@ written, each consuming the next N request slots (``[[fault:429x1]][[fault:500x1
 500, then success). A directive without ``xN`` applies to every request. Markers that are not
 ``fault:`` markers (e.g. ``[[id:42]]``) are ignored, which lets callers make articles unique.
 Kinds: ``429[:retry_after]``, ``400``, ``401``, ``404``, ``500``, ``502``, ``503``, ``hang[:seconds]``,
-``trickle[:seconds]`` (the answer sent a byte every that many seconds, 1 by default), ``reset`` (connection dropped with RST), ``garbage`` (a non-JSON 200), ``empty`` (no choices),
+``trickle[:seconds]`` (the answer sent a byte every that many seconds, 1 by default),
+``reset`` (connection dropped with RST), ``garbage`` (a non-JSON 200), ``empty`` (no choices),
 ``blank`` (empty content), ``length`` (cut, ``finish_reason: length``), ``reasoning`` (empty content, a
 ``reasoning_content`` and ``finish_reason: length``, as when a reasoning model spends max_tokens thinking).
 

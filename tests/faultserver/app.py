@@ -7,8 +7,8 @@ aiohttp because a dropped connection needs the request's transport, which aiohtt
 from __future__ import annotations
 
 import asyncio
-import json
 import contextlib
+import json
 import math
 import socket
 import struct
