@@ -1,65 +1,101 @@
 """The `summarize` command: submit, status, wait, results, retry, llm-serve.
 
 Exit codes: 0 success; 1 some jobs failed (wait, submit --wait); 2 timeout (wait) or bad usage;
-3 an error that stopped the command (bad input, unknown batch, Redis unreachable).
+3 an error that stopped the command (bad input, unknown batch, Redis unreachable); 130 interrupted.
+A mistyped option is an error, never taken for another one it abbreviates (`--mode` is not `--model`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
+import os
 import signal
 import sys
 import threading
-from collections.abc import Iterable, Sequence
-from typing import IO, Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
 from contract.errors import SummarizeError
+from contract.keys import PRIORITIES
 from contract.record import JobResult
 from contract.settings import Settings
 
-EXIT_FAILED, EXIT_TIMEOUT, EXIT_ERROR = 1, 2, 3
+from .progress import print_table, status_notes, status_table
 
-CSV_FIELDS = ["id", "status", "summary", "error", "error_type", "model", "prompt_tokens", "completion_tokens",
-              "total_tokens", "attempts", "metadata"]
+if TYPE_CHECKING:
+    from .api import Batch, Client
+
+EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT, EXIT_ERROR = 0, 1, 2, 3
+#: 128 + SIGINT, as shells report a process stopped by Ctrl-C
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+
+CSV_FIELDS = [
+    "id",
+    "status",
+    "summary",
+    "error",
+    "error_type",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost_usd",
+    "cached",
+    "chunks",
+    "attempts",
+    "metadata",
+]
 
 
 def write_results(results: Iterable[JobResult], out: IO[str], fmt: str) -> int:
-    n = 0
     if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for r in results:
-            usage = r.usage or {}
-            writer.writerow({
-                "id": r.id, "status": r.status, "summary": r.summary or "", "error": r.error or "",
-                "error_type": r.error_type or "", "model": r.model or "",
-                "prompt_tokens": usage.get("prompt_tokens", ""),
-                "completion_tokens": usage.get("completion_tokens", ""),
-                "total_tokens": usage.get("total_tokens", ""), "attempts": r.attempts,
-                "metadata": json.dumps(r.metadata, ensure_ascii=False),
-            })
-            n += 1
-        return n
+        return _write_csv(results, out)
+    n = 0
     for r in results:
         out.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
         n += 1
     return n
 
 
-def _client(settings: Settings) -> Any:
+def _write_csv(results: Iterable[JobResult], out: IO[str]) -> int:
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    n = 0
+    for r in results:
+        row = r.to_dict()
+        usage = row.pop("usage") or {}
+        row.update({k: usage.get(k, "") for k in ("prompt_tokens", "completion_tokens", "total_tokens")})
+        row["metadata"] = json.dumps(r.metadata, ensure_ascii=False)
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_FIELDS})
+        n += 1
+    return n
+
+
+@contextlib.contextmanager
+def output(path: str | None) -> Iterator[IO[str]]:
+    """The --out file (or stdout for none or '-')."""
+    if path is None or path == "-":
+        yield sys.stdout
+        return
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        yield f
+
+
+def export(batch: Batch, path: str | None, fmt: str) -> int:
+    with output(path) as out:
+        n = write_results(batch.results(), out, fmt)
+    if path not in (None, "-"):
+        print(f"wrote {n} result(s) to {path}", file=sys.stderr)
+    return n
+
+
+def _client(settings: Settings) -> Client:
     from .api import Client  # deferred so `summarize --help` and llm-serve don't need Redis
 
     return Client(settings)
-
-
-def _status_line(s: dict[str, Any]) -> str:
-    line = (f"batch {s['batch']}: {s['total']} total, {s['queued']} queued, {s['running']} running, "
-            f"{s['done']} done, {s['failed']} failed")
-    if s.get("halted"):
-        line += f"\n  HALTED: {s['halted']}\n  fix the cause, then: summarize retry {s['batch']}"
-    return line
 
 
 def _stop_on_signals() -> threading.Event:
@@ -79,40 +115,58 @@ def _stop_on_signals() -> threading.Event:
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     client = _client(settings)
-    stop = _stop_on_signals()
-    batch = client.submit_path(args.path, batch_id=args.batch_id, model=args.model, max_words=args.max_words,
-                               skip_invalid=args.skip_invalid, progress=not args.quiet, stop=stop)
+    batch = client.submit_path(
+        args.path,
+        batch_id=args.batch_id,
+        model=args.model,
+        max_words=args.max_words,
+        skip_invalid=args.skip_invalid,
+        progress=not args.quiet,
+        stop=_stop_on_signals(),
+        priority=args.priority,
+    )
     rep = batch.report
     assert rep is not None
     if rep.interrupted:
-        print(f"summarize submit: interrupted after {rep.records} record(s); resume with:\n"
-              f"  summarize submit {args.path} --batch-id {batch.id}", file=sys.stderr)
+        print(
+            f"summarize submit: interrupted after {rep.records} record(s); resume with:\n"
+            f"  summarize submit {args.path} --batch-id {batch.id}",
+            file=sys.stderr,
+        )
         print(batch.id)
-        return 130
-    print(f"submitted {rep.records} record(s) to batch {batch.id}: {rep.enqueued} enqueued, "
-          f"{rep.skipped_existing} already there, {rep.invalid} invalid"
-          + (" (kept as failed jobs)" if rep.invalid else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(
+        f"submitted {rep.records} record(s) to batch {batch.id}: {rep.enqueued} enqueued, "
+        f"{rep.skipped_existing} already there, {rep.invalid} invalid"
+        + (" (kept as failed jobs)" if rep.invalid else ""),
+        file=sys.stderr,
+    )
     for err in rep.errors:
         print(f"  invalid: {err}", file=sys.stderr)
-    code = 0
+    code = EXIT_OK
     if args.wait or args.out:
         code = _wait(batch, args.timeout, not args.quiet)
         if args.out:
-            with open(args.out, "w", encoding="utf-8", newline="") as f:
-                n = write_results(batch.results(), f, args.format)
-            print(f"wrote {n} result(s) to {args.out}", file=sys.stderr)
+            export(batch, args.out, args.format)
     print(batch.id)
     return code
 
 
-def _wait(batch: Any, timeout: float | None, progress: bool) -> int:
+def _wait(batch: Batch, timeout: float | None, progress: bool) -> int:
     try:
         status = batch.wait(timeout=timeout, progress=progress)
     except TimeoutError as exc:
         print(f"timeout: {exc}", file=sys.stderr)
         return EXIT_TIMEOUT
     print(_status_line(status), file=sys.stderr)
-    return EXIT_FAILED if status["failed"] else 0
+    return EXIT_FAILED if status["failed"] or status["cancelled"] else EXIT_OK
+
+
+def _status_line(s: dict[str, Any]) -> str:
+    return (
+        f"batch {s['batch']}: {s['total']} total, {s['queued']} queued, {s['running']} running, "
+        f"{s['done']} done, {s['failed']} failed, {s['cancelled']} cancelled"
+    )
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -122,11 +176,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         status["failed_jobs"] = client.store.dead_letters(args.batch)
     if args.json:
         print(json.dumps(status, ensure_ascii=False))
-        return 0
-    print(_status_line(status))
-    for f in status.get("failed_jobs", []):
-        print(f"  failed {f['id']}: {f['error_type']}: {f['error']}")
-    return 0
+        return EXIT_OK
+    print_table(status_table(status))
+    for line in status_notes(status):
+        print(line)
+    return EXIT_OK
 
 
 def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
@@ -134,21 +188,14 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
-    client = _client(settings)
-    batch = client.batch(args.batch)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8", newline="") as f:
-            n = write_results(batch.results(), f, args.format)
-        print(f"wrote {n} result(s) to {args.out}", file=sys.stderr)
-    else:
-        write_results(batch.results(), sys.stdout, args.format)
-    return 0
+    export(_client(settings).batch(args.batch), args.out, args.format)
+    return EXIT_OK
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     n = _client(settings).batch(args.batch).retry()
     print(f"requeued {n} failed job(s) of batch {args.batch}", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def cmd_llm_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -157,23 +204,38 @@ def cmd_llm_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.context_tokens < 1 or args.batch_delay < 0:
         print("summarize llm-serve: --context-tokens must be >= 1 and --batch-delay >= 0", file=sys.stderr)
         return EXIT_TIMEOUT  # the usage-error code
-    serve(args.host, args.port, api_key=settings.llm_serve_api_key or None,
-          context_tokens=args.context_tokens, batch_delay=args.batch_delay)
-    return 0
+    serve(
+        args.host,
+        args.port,
+        api_key=settings.llm_serve_api_key or None,
+        context_tokens=args.context_tokens,
+        batch_delay=args.batch_delay,
+    )
+    return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="summarize", description="Bulk article summarization through any "
-                                "OpenAI-compatible LLM, on Celery + Redis.")
-    sub = p.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """argparse without prefix matching: `--mode` must never quietly become `--model`."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
+def _add_submit(sub: Any) -> None:
     s = sub.add_parser("submit", help="submit a JSONL file, a directory of .txt/.md, or - for stdin")
     s.add_argument("path")
     s.add_argument("--batch-id", help="resume or extend this batch (default: a new id)")
     s.add_argument("--model", help="model name (default SUMMARIZE_MODEL)")
     s.add_argument("--max-words", type=int, help="summary length limit (default SUMMARIZE_MAX_WORDS)")
-    s.add_argument("--skip-invalid", action="store_true",
-                   help="enqueue valid records and keep invalid ones as failed jobs (default: enqueue nothing)")
+    s.add_argument(
+        "--priority", choices=list(PRIORITIES), default="normal", help="served before lower priorities (default normal)"
+    )
+    s.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="enqueue valid records and keep invalid ones as failed jobs (default: enqueue nothing)",
+    )
     s.add_argument("--wait", action="store_true", help="wait until every job is done or failed")
     s.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds (exit 2)")
     s.add_argument("--out", help="write results here when finished (implies --wait)")
@@ -181,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_submit)
 
-    st = sub.add_parser("status", help="counts of a batch's jobs")
+
+def _add_reading(sub: Any) -> None:
+    st = sub.add_parser("status", help="state, counts, tokens of a batch (and its failed jobs)")
     st.add_argument("batch")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
@@ -194,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("results", help="one line per job: id, status, summary, error, model, usage, attempts, metadata")
     r.add_argument("batch")
-    r.add_argument("--out")
+    r.add_argument("--out", help="write to this file (default stdout)")
     r.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     r.set_defaults(func=cmd_results)
 
@@ -202,14 +266,36 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("batch")
     rt.set_defaults(func=cmd_retry)
 
+
+def _add_llm_serve(sub: Any) -> None:
     ls = sub.add_parser("llm-serve", help="the offline OpenAI-compatible extractive summarizer")
     ls.add_argument("--host", default="127.0.0.1")
     ls.add_argument("--port", type=int, default=8765)
-    ls.add_argument("--context-tokens", type=int, default=16384, metavar="N",
-                    help="context window: prompt plus max_tokens above it is refused (default 16384)")
-    ls.add_argument("--batch-delay", type=float, default=2.0, metavar="SECONDS",
-                    help="Batch API: seconds a batch waits in_progress before its lines run (default 2)")
+    ls.add_argument(
+        "--context-tokens",
+        type=int,
+        default=16384,
+        metavar="N",
+        help="context window: prompt plus max_tokens above it is refused (default 16384)",
+    )
+    ls.add_argument(
+        "--batch-delay",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="Batch API: seconds a batch waits in_progress before its lines run (default 2)",
+    )
     ls.set_defaults(func=cmd_llm_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="summarize", description="Bulk article summarization through any OpenAI-compatible LLM, on Celery + Redis."
+    )
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_submit(sub)
+    _add_reading(sub)
+    _add_llm_serve(sub)
     return p
 
 
@@ -224,7 +310,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"summarize {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `summarize results B | head`: the reader left; not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

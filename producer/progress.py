@@ -1,44 +1,103 @@
-"""A dependency-free progress bar on stderr: redrawn in place on a terminal, a line every few seconds in logs."""
+"""What the CLI shows on a terminal: rich's progress bar (rate, ETA) on stderr and the status table.
+
+When stderr is not a terminal (logs, CI) the bar becomes a plain line every few seconds.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+#: seconds between plain progress lines when stderr is not a terminal
+PLAIN_EVERY = 5.0
 
 
 class ProgressBar:
-    def __init__(self, label: str, total: int, stream: TextIO | None = None, width: int = 30) -> None:
-        self.label, self.total, self.width = label, max(total, 0), width
+    def __init__(self, label: str, total: int, stream: TextIO | None = None) -> None:
+        self.label, self.total = label, max(total, 0)
         self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
+        self.done, self.detail = 0, ""
         self.started = time.monotonic()
         self._last_line = 0.0
-        self._done = 0
+        self._bar: Progress | None = None
+        if self.stream.isatty():
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rate]:>7.1f}/s"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[detail]}"),
+                console=Console(file=self.stream),
+                transient=False,
+            )
+            self._task = self._bar.add_task(label, total=self.total, rate=0.0, detail="")
+            self._bar.start()
 
     def advance(self, n: int) -> None:
-        self.update(self._done + n)
+        self.update(self.done + n)
 
     def update(self, done: int, detail: str = "") -> None:
-        self._done = done
-        now = time.monotonic()
-        if not self.tty and now - self._last_line < 5 and done < self.total:
+        self.done, self.detail = done, detail
+        rate = done / max(time.monotonic() - self.started, 1e-9)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, rate=rate, detail=detail)
             return
-        self._last_line = now
-        frac = done / self.total if self.total else 1.0
-        filled = int(self.width * min(frac, 1.0))
-        elapsed = now - self.started
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - done) / rate if rate > 0 else 0.0
-        text = (f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{self.total} "
-                f"{frac:4.0%} {rate:6.1f}/s eta {eta:4.0f}s {detail}")
-        if self.tty:
-            self.stream.write("\r" + text + "\x1b[K")
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+        now = time.monotonic()
+        if now - self._last_line >= PLAIN_EVERY or done >= self.total:
+            self._last_line = now
+            eta = (self.total - done) / rate if rate > 0 else 0.0
+            self.stream.write(
+                f"{self.label}: {done}/{self.total} {rate:.1f}/s eta {eta:.0f}s {detail}\n".rstrip() + "\n"
+            )
+            self.stream.flush()
 
     def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def status_table(status: dict[str, Any]) -> Table:
+    """`summarize status` for people: one row per figure."""
+    table = Table(title=f"batch {status['batch']}", show_header=False, title_justify="left", box=None)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(no_wrap=True)
+    table.add_row("state", str(status["state"]) + (f" ({status['reason']})" if status.get("reason") else ""))
+    table.add_row(
+        "jobs", ", ".join(f"{status[k]} {k}" for k in ("total", "queued", "running", "done", "failed", "cancelled"))
+    )
+    table.add_row("model", str(status["model"]))
+    table.add_row(
+        "tokens",
+        f"{status['prompt_tokens']} prompt + {status['completion_tokens']} completion = {status['total_tokens']}",
+    )
+    table.add_row("LLM calls", f"{status['calls']} ({status['unusable']} billed but unusable)")
+    return table
+
+
+def status_notes(status: dict[str, Any]) -> list[str]:
+    """Lines under the table, whole (scripts grep them): a halt and what to do, failed jobs."""
+    lines = []
+    if status.get("halted"):
+        lines += [f"HALTED: {status['halted']}", f"  fix the cause, then: summarize retry {status['batch']}"]
+    lines += [f"  failed {f['id']}: {f['error_type']}: {f['error']}" for f in status.get("failed_jobs", [])]
+    return lines
+
+
+def print_table(table: Table, stream: TextIO | None = None) -> None:
+    out = stream or sys.stdout
+    # Piped, a line is never wrapped: scripts read it whole.
+    Console(file=out, width=None if out.isatty() else 10_000).print(table)
