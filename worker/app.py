@@ -27,9 +27,10 @@ app.conf.update(
     # An LLM call is mostly waiting: the jobs run as coroutines on one event loop per process
     # (worker/engine.py). Celery's threads only carry messages to it and wait for their outcome.
     worker_pool="threads",
-    # Twice the messages needed to fill SUMMARIZE_CONCURRENCY slots, so a message waiting for its
-    # slowest job never leaves the slots idle.
-    worker_concurrency=max(2, 2 * -(-settings.concurrency // settings.jobs_per_message)),
+    # Three times the messages needed to fill SUMMARIZE_CONCURRENCY slots: a message holds its thread
+    # until its slowest job is stored, and the next one takes a round trip to arrive; with fewer, the
+    # LLM slots ran a third empty at 0.5 s latency (bench/throughput.py).
+    worker_concurrency=max(2, 3 * -(-settings.concurrency // settings.jobs_per_message)),
     # One message per free thread: nothing sits reserved in a busy worker while another idles.
     worker_prefetch_multiplier=1,
     # Ack after the task ran, and give the message back if the worker dies under it.
