@@ -1,6 +1,7 @@
 # One image for every Python service in compose.yaml: worker, flower, producer and the offline llm
 # server. compose.yaml builds it once (the `llm` service) and tags it bulk-summarize:latest.
 FROM python:3.11-slim
+LABEL org.opencontainers.image.title="bulk-summarize"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -37,6 +37,7 @@ WORKERS = 3
 METRICS_PORT = 9808
 # Base images compose.yaml and the Dockerfile need; scripts/standin-images.sh makes them here.
 BASE_IMAGES = ("python:3.11-slim", "redis:7", "prom/prometheus:v2.42.0")
+IMAGE_LABEL = "org.opencontainers.image.title=bulk-summarize"
 
 if os.environ.get("BULK_SUMMARIZE_COMPOSE_UP") != "1":
     pytest.skip("builds and runs the Docker Compose stack: run by `make test-compose`", allow_module_level=True)
@@ -97,7 +98,8 @@ class Stack:
     def run(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = [*self.compose, "-p", self.project, "-f", str(COMPOSE_FILE), "--project-directory", str(ROOT),
                "--env-file", str(self.env_file), *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=timeout, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=timeout, check=False,
+                              stdin=subprocess.DEVNULL)
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"`{' '.join(args)}` exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
@@ -208,6 +210,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         down = s.run("down", "-v", "--remove-orphans", "-t", "10", timeout=300, check=False)
         if down.returncode != 0:
             print(f"down -v failed: {s._masked(down.stderr)}")
+        # images of earlier builds, untagged by this one (the Dockerfile labels every layer)
+        subprocess.run(["docker", "image", "prune", "-f", "--filter", f"label={IMAGE_LABEL}"],
+                       capture_output=True, check=False, timeout=300)
         print(f"compose stack timings: {', '.join(f'{k} {v:.1f} s' for k, v in s.timings.items())}")
 
 
