@@ -90,6 +90,15 @@ class ProviderRejected(PermanentLLMError):
     """Raised on 401/403/404: a bad key or unknown model, which halts the whole batch."""
 
 
+class ContextExceeded(PermanentLLMError):
+    """Raised when the provider says a request does not fit the model's context window (the article is split)."""
+
+    def __init__(self, message: str, limit: int | None = None) -> None:
+        super().__init__(message, status=400)
+        #: the model's context window in tokens, when the provider said
+        self.limit = limit
+
+
 class UnusableAnswers(PermanentLLMError):
     """Raised when an article's answers came back unusable SUMMARIZE_MAX_UNUSABLE times: retrying won't help."""
 

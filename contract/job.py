@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -42,6 +42,8 @@ class ClaimedJob:
     failing_for: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: summaries of a long article's parts from earlier runs (key -> summary)
+    partials: dict[str, str] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -49,9 +51,10 @@ class ClaimedJob:
 
     @classmethod
     def from_reply(cls, batch_id: str, token: str, now_ms: int, row: list[Any]) -> ClaimedJob:
-        """From one `{id, 'claimed', article, attempts, unusable, deferrals, first_failure, pt, ct}` of claim.lua."""
-        job_id, _, blob, attempts, unusable, deferrals, first, pt, ct = row
+        """From one `{id, 'claimed', article, attempts, unusable, deferrals, first_failure, pt, ct, partials}`."""
+        job_id, _, blob, attempts, unusable, deferrals, first, pt, ct, flat = row
         first_ms = int(float(first))
+        partials = {_str(flat[i]): _str(flat[i + 1]) for i in range(0, len(flat), 2)}
         return cls(
             batch_id=batch_id,
             job_id=_str(job_id),
@@ -63,6 +66,7 @@ class ClaimedJob:
             failing_for=(now_ms - first_ms) / 1000 if first_ms else None,
             prompt_tokens=int(pt),
             completion_tokens=int(ct),
+            partials=partials,
         )
 
 

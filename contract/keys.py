@@ -76,6 +76,10 @@ class Keys:
         never taken has none: its text key alone says it is queued."""
         return f"{self.prefix}:j:{batch_id}{SEP}{job_id}"
 
+    def partials(self, batch_id: str, job_id: str) -> str:
+        """Hash: summaries of a long article's parts, kept until the job is final (a crash doesn't pay twice)."""
+        return f"{self.prefix}:p:{batch_id}{SEP}{job_id}"
+
     def text(self, batch_id: str, job_id: str) -> str:
         """String: the packed article (digest, origin, compressed text); dropped once the job is done."""
         return f"{self.prefix}:t:{batch_id}{SEP}{job_id}"
@@ -169,6 +173,7 @@ class Keys:
             "b": self.batch(""),
             "j": self.job("", "")[: -len(SEP)],
             "t": self.text("", "")[: -len(SEP)],
+            "p": self.partials("", "")[: -len(SEP)],
             "sep": SEP,
             "msep": MEMBER_SEP,
             "parts": dict(BATCH_PARTS),

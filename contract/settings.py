@@ -67,13 +67,18 @@ class Settings:
     max_completion_tokens: int = env("SUMMARIZE_MAX_COMPLETION_TOKENS", 4096, minimum=16)
     #: paid answers that came back unusable (cut off, empty, not JSON) before an article fails for good
     max_unusable: int = env("SUMMARIZE_MAX_UNUSABLE", 6, minimum=1)
+    #: the model's context window in tokens; 0: ask the server's /v1/models, else the table of known models
+    context_tokens: int = env("SUMMARIZE_CONTEXT_TOKENS", 0)
+    #: the model a batch falls back to when none is given with --fallback-model ('' for none)
+    fallback_model: str = env("SUMMARIZE_FALLBACK_MODEL", "")
 
     key_prefix: str = env("SUMMARIZE_KEY_PREFIX", "sumz")
     #: the Celery queue; kombu keeps it under the key prefix, so deployments never share one
     queue: str = env("SUMMARIZE_QUEUE", "summarize")
     #: seconds a finished batch's results are kept (unfinished work never expires)
     result_ttl: int = env("SUMMARIZE_RESULT_TTL", 7 * 24 * 3600, minimum=1)
-    max_article_bytes: int = env("SUMMARIZE_MAX_ARTICLE_BYTES", 256 * 1024, minimum=16)
+    #: long articles are split to fit the model's context, so this only guards against a wrong file
+    max_article_bytes: int = env("SUMMARIZE_MAX_ARTICLE_BYTES", 8 * 1024 * 1024, minimum=16)
     max_summary_chars: int = env("SUMMARIZE_MAX_SUMMARY_CHARS", 4000, minimum=16)
 
     #: LLM requests in flight per worker process (coroutines on one event loop)

@@ -9,6 +9,9 @@ from typing import Any
 from .errors import ConfigError
 from .keys import PRIORITIES
 
+#: a custom prompt longer than this is more likely a file given by mistake (an article?) than instructions
+MAX_PROMPT_CHARS = 20_000
+
 
 @dataclass(frozen=True)
 class BatchSpec:
@@ -16,12 +19,27 @@ class BatchSpec:
     max_words: int
     #: kombu priority of the batch's messages: high, normal or low
     priority: str = "normal"
+    #: the task instructions replacing the built-in ones; `{max_words}` may appear in them
+    prompt: str | None = None
+    temperature: float = 0.0
+    #: JSON Schema the answer must follow (sent as response_format json_schema, strict)
+    json_schema: dict[str, Any] | None = None
+    #: model used when the primary answers 404 or fails an article for good
+    fallback_model: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_words < 1:
             raise ConfigError(f"max words must be at least 1, got {self.max_words}")
         if self.priority not in PRIORITIES:
             raise ConfigError(f"priority {self.priority!r} must be one of {', '.join(PRIORITIES)}")
+        if not 0 <= self.temperature <= 2:
+            raise ConfigError(f"temperature {self.temperature} must be between 0 and 2")
+        if self.prompt is not None and not self.prompt.strip():
+            raise ConfigError("the prompt is empty")
+        if self.prompt is not None and len(self.prompt) > MAX_PROMPT_CHARS:
+            raise ConfigError(f"the prompt is {len(self.prompt)} characters; at most {MAX_PROMPT_CHARS} are taken")
+        if self.json_schema is not None:
+            check_schema(self.json_schema)
 
     @property
     def step(self) -> int:
@@ -42,6 +60,27 @@ class BatchSpec:
         return [
             f"{name}: {_short(mine[name])} -> {_short(theirs[name])}" for name in mine if mine[name] != theirs[name]
         ]
+
+    def shown(self) -> dict[str, Any]:
+        """The spec as `summarize status` shows it: long values cut."""
+        return {
+            k: (_short(v) if k in ("prompt", "json_schema") and v is not None else v) for k, v in asdict(self).items()
+        }
+
+
+def check_schema(schema: Any) -> None:
+    """Raise ConfigError when `schema` is not a JSON Schema an answer can be checked against."""
+    import jsonschema  # only when a batch has a schema: it costs its import time
+
+    if not isinstance(schema, dict):
+        raise ConfigError(f"the JSON schema must be an object, got {type(schema).__name__}")
+    if schema.get("type", "object") != "object":
+        raise ConfigError('the JSON schema must describe an object ("type": "object"), as response_format requires')
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "the top level"
+        raise ConfigError(f"the JSON schema is invalid at {where}: {exc.message}") from None
 
 
 def _short(value: Any) -> str:

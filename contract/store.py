@@ -196,16 +196,47 @@ class JobStore:
     def results(self, batch_id: str, start: int = 0, chunk: int = 1000) -> Iterator[JobResult]:
         """Every job of the batch in input order. Paged by position in the ids list, which only grows, so
         a batch extended while it is read is neither skipped nor repeated."""
-        self.require_batch(batch_id)
+        structured = self.spec(batch_id).json_schema is not None
         ids_key = self.keys.batch_ids(batch_id)
         while True:
             raw_ids: list[bytes] = self.r.lrange(ids_key, start, start + chunk - 1)  # type: ignore[assignment]
             if not raw_ids:
                 return
-            yield from self._rows(batch_id, raw_ids)
+            yield from self._rows(batch_id, raw_ids, structured)
             start += len(raw_ids)
 
-    def _rows(self, batch_id: str, raw_ids: list[bytes]) -> Iterator[JobResult]:
+    def follow(
+        self, batch_id: str, after: str = "0-0", block_ms: int = 1000, stop_when_over: bool = True
+    ) -> Iterator[tuple[str, JobResult]]:
+        """(stream position, row) of each job as it finishes, in finishing order (see follow_pages)."""
+        for page in self.follow_pages(batch_id, after, block_ms, stop_when_over):
+            yield from page
+
+    def follow_pages(
+        self, batch_id: str, after: str = "0-0", block_ms: int = 1000, stop_when_over: bool = True
+    ) -> Iterator[list[tuple[str, JobResult]]]:
+        """Pages of (stream position, row) as jobs finish, from the batch's events stream after `after`.
+        Ends once the batch is over and every event is read (or, with stop_when_over=False, once the
+        events so far are read)."""
+        structured = self.spec(batch_id).json_schema is not None
+        events = self.keys.events(batch_id)
+        while True:
+            over = self._over(batch_id)  # before reading: a batch over now has written its last event
+            block = None if over or not stop_when_over else block_ms
+            reply = self.r.xread({events: after}, count=1000, block=block)
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = reply[0][1] if reply else []  # type: ignore[index,assignment]
+            if entries:
+                rows = self._rows(batch_id, [fields[b"id"] for _, fields in entries], structured)
+                yield [(text(position), row) for (position, _), row in zip(entries, rows, strict=True)]
+                after = text(entries[-1][0])
+            elif over or not stop_when_over:
+                return
+
+    def _over(self, batch_id: str) -> bool:
+        h = self.require_batch(batch_id)
+        return sum(int(h.get(k, 0)) for k in ("done", "failed", "cancelled")) >= int(h.get("total", 0))
+
+    def _rows(self, batch_id: str, raw_ids: list[bytes], structured: bool = False) -> Iterator[JobResult]:
         with self.r.pipeline(transaction=False) as p:
             p.hmget(self.keys.batch_out(batch_id), raw_ids)
             p.hmget(self.keys.batch_meta(batch_id), raw_ids)
@@ -218,7 +249,9 @@ class JobStore:
             job_id = text(raw_id)
             metadata = json.loads(meta) if meta else {}
             if final is not None:
-                yield JobResult.from_final(job_id, Final.unpack(final), metadata)
+                f = Final.unpack(final)
+                data = json.loads(f.summary) if structured and f.summary and f.status == "done" else None
+                yield JobResult.from_final(job_id, f, metadata, data)
             else:
                 yield JobResult(job_id, states.get(job_id, "missing"), None, None, None, None, 0, metadata)
 

@@ -23,6 +23,7 @@ _FORM_OVERHEAD = 64 * 1024
 
 def make_store(context_tokens: int) -> BatchStore:
     """A store whose batch lines are answered exactly like POST /v1/chat/completions."""
+
     async def run_line(body: dict[str, Any]) -> tuple[int, Any]:
         return 200, await run_in_threadpool(complete, body, context_tokens)
 

@@ -305,8 +305,10 @@ class BatchStore:
         if unrun:
             cancelled = batch.cancel.is_set()
             code = BATCH_CANCELLED if cancelled else BATCH_EXPIRED
-            message = "The batch was cancelled before this request ran." if cancelled else (
-                "The batch expired before this request could be completed."
+            message = (
+                "The batch was cancelled before this request ran."
+                if cancelled
+                else ("The batch expired before this request could be completed.")
             )
             batch.errors.extend(batch_error_line(r.custom_id, code, message) for r in unrun)
             total, completed, failed = batch.view.counts

@@ -57,6 +57,16 @@ def complete(payload: Any, context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> JSON
     words = DEFAULT_MAX_WORDS if max_tokens is None else words_for_max_tokens(max_tokens)
     try:
         content = _answer_text(body, article, words)
+        # A JSON answer has several fields besides the summary: shorten them until the whole object fits
+        # the room it was given, as a model writing to max_tokens would.
+        while (
+            max_tokens is not None
+            and response_format_kind(body) != "text"
+            and words > 8
+            and count_tokens(content) > max_tokens
+        ):
+            words = words * 3 // 4
+            content = _answer_text(body, article, words)
     except ValueError as exc:
         raise ApiError(400, str(exc)) from exc
     finish_reason = "stop"
@@ -120,8 +130,17 @@ def _answer_text(body: JSONObject, article: str, words: int) -> str:
 
 
 def _fill_text(article: str, words: int) -> FillText:
+    # Array fields take the best sentences that fit the same word budget.
+    sentences: list[str] = []
+    used = 0
+    for sentence in top_sentences(article, _FILL_SENTENCES):
+        n = len(sentence.split())
+        if sentences and used + n > words:
+            break
+        sentences.append(sentence)
+        used += n
     return FillText(
         summary=summarize_text(article, words),
         lead=lead_sentence(article, words),
-        sentences=tuple(top_sentences(article, _FILL_SENTENCES)),
+        sentences=tuple(sentences),
     )

@@ -64,7 +64,14 @@ class Batch:
                 bar.close()
 
     def results(self) -> Iterator[JobResult]:
+        """Every job in input order (unfinished ones with their current status)."""
         return self.client.store.results(self.id)
+
+    def iter_results(self, follow: bool = False, after: str = "0-0") -> Iterator[JobResult]:
+        """Finished jobs in the order they finished. With follow=True it waits for the rest and ends when
+        the batch is over; without, it ends with the jobs finished so far."""
+        for _, row in self.client.store.follow(self.id, after, stop_when_over=follow):
+            yield row
 
     def retry(self) -> int:
         """Requeue the batch's failed jobs (the dead-letter set); returns how many."""
@@ -95,12 +102,17 @@ class Client:
         max_words: int | None = None,
         skip_invalid: bool = False,
         progress: bool = False,
-        priority: str = "normal",
+        **options: Any,
     ) -> Batch:
-        """Submit texts or dicts ({'text', optional 'id', anything else kept as metadata})."""
+        """Submit texts or dicts ({'text', optional 'id', anything else kept as metadata}).
+
+        `options` take what shapes the answers, stored once with the batch: priority ('high', 'normal',
+        'low'), prompt (task instructions; `{max_words}` may appear), temperature, json_schema (a dict),
+        fallback_model.
+        """
         if isinstance(items, str | bytes | dict):
             raise ConfigError("submit() takes an iterable of articles; wrap a single text or dict in a list")
-        spec = self._spec(model, max_words, priority)
+        spec = self._spec(model, max_words, **options)
         with reader.opened_items(items, self.settings.max_article_bytes) as source:
             return self._submit(source, "<items>", spec, batch_id, skip_invalid, progress)
 
@@ -113,22 +125,27 @@ class Client:
         skip_invalid: bool = False,
         progress: bool = False,
         stop: threading.Event | None = None,
-        priority: str = "normal",
+        **options: Any,
     ) -> Batch:
-        """Submit a JSONL file, a directory of .txt/.md files, or '-' for JSONL on stdin.
+        """Submit a JSONL file, a directory of .txt/.md files, or '-' for JSONL on stdin (spec as for submit).
 
         Setting `stop` ends the submit after the chunk in flight; the same call again resumes it.
         """
-        spec = self._spec(model, max_words, priority)
+        spec = self._spec(model, max_words, **options)
         with reader.opened(path, self.settings.max_article_bytes) as source:
             return self._submit(
                 source, "<stdin>" if path == "-" else path, spec, batch_id, skip_invalid, progress, stop
             )
 
-    def _spec(self, model: str | None, max_words: int | None, priority: str) -> BatchSpec:
-        return BatchSpec(
-            model=model or self.settings.model, max_words=max_words or self.settings.max_words, priority=priority
-        )
+    def _spec(self, model: str | None, max_words: int | None, **options: Any) -> BatchSpec:
+        options = {k: v for k, v in options.items() if v is not None}
+        options.setdefault("fallback_model", self.settings.fallback_model or None)
+        try:
+            return BatchSpec(
+                model=model or self.settings.model, max_words=max_words or self.settings.max_words, **options
+            )
+        except TypeError as exc:
+            raise ConfigError(f"submit(): {exc}") from None
 
     def _submit(
         self,

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
-from contract.errors import SummarizeError
+from contract.errors import ConfigError, SummarizeError
 from contract.keys import PRIORITIES
 from contract.record import JobResult
 from contract.settings import Settings
@@ -50,28 +50,94 @@ CSV_FIELDS = [
 ]
 
 
-def write_results(results: Iterable[JobResult], out: IO[str], fmt: str) -> int:
-    if fmt == "csv":
-        return _write_csv(results, out)
-    n = 0
-    for r in results:
-        out.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
-        n += 1
-    return n
+class RowWriter:
+    """Result rows as JSON lines or CSV; CSV flattens a structured answer's top-level fields as `data.<field>`."""
 
+    def __init__(self, out: IO[str], fmt: str, header: bool = True, data_fields: Sequence[str] = ()) -> None:
+        self.out, self.fmt, self.pending, self.written = out, fmt, 0, 0
+        self.data_fields = list(data_fields)
+        self._csv: csv.DictWriter[str] | None = None
+        if fmt == "csv":
+            self._csv = csv.DictWriter(out, fieldnames=CSV_FIELDS + [f"data.{f}" for f in self.data_fields])
+            if header:
+                self._csv.writeheader()
 
-def _write_csv(results: Iterable[JobResult], out: IO[str]) -> int:
-    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
-    writer.writeheader()
-    n = 0
-    for r in results:
+    def write(self, r: JobResult) -> None:
+        if self._csv is None:
+            self.out.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+        else:
+            self._csv.writerow(self._flat(r))
+        self.pending += 1
+        self.written += 1
+
+    def _flat(self, r: JobResult) -> dict[str, Any]:
         row = r.to_dict()
         usage = row.pop("usage") or {}
         row.update({k: usage.get(k, "") for k in ("prompt_tokens", "completion_tokens", "total_tokens")})
         row["metadata"] = json.dumps(r.metadata, ensure_ascii=False)
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_FIELDS})
-        n += 1
-    return n
+        data = r.data if isinstance(r.data, dict) else {}
+        for name in self.data_fields:
+            value = data.get(name)
+            row[f"data.{name}"] = (
+                value
+                if isinstance(value, str | int | float)
+                else ("" if value is None else json.dumps(value, ensure_ascii=False))
+            )
+        return {k: "" if row.get(k) is None else row[k] for k in self._csv.fieldnames} if self._csv else row
+
+    def flush(self) -> int:
+        """Flush to disk; returns the file's size (what a cursor records)."""
+        self.out.flush()
+        with contextlib.suppress(OSError, ValueError):
+            os.fsync(self.out.fileno())
+        self.pending = 0
+        try:
+            return self.out.tell()
+        except (OSError, ValueError):
+            return 0
+
+
+class Cursor:
+    """Where `results --follow --out FILE` stopped: FILE.cursor holds the stream position and FILE's size."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.file, self.offset = path, path + ".cursor", 0
+
+    def load(self) -> str:
+        try:
+            with open(self.file, encoding="utf-8") as f:
+                saved = json.load(f)
+        except FileNotFoundError:
+            return "0-0"
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{self.file}: unreadable cursor ({exc}); remove it to start over") from None
+        self.offset = int(saved["offset"])
+        # Rows written after the last saved position are written again below: cut them off.
+        with open(self.path, "r+b") as out:
+            out.truncate(self.offset)
+        return str(saved["after"])
+
+    def open(self) -> IO[str]:
+        return open(self.path, "a" if self.offset else "w", encoding="utf-8", newline="")
+
+    def save(self, after: str, offset: int) -> None:
+        tmp = self.file + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"after": after, "offset": offset}, f)
+        os.replace(tmp, self.file)
+
+
+def data_fields(batch: Batch) -> list[str]:
+    schema = batch.client.store.spec(batch.id).json_schema or {}
+    props = schema.get("properties")
+    return list(props) if isinstance(props, dict) else []
+
+
+def write_results(results: Iterable[JobResult], out: IO[str], fmt: str, fields: Sequence[str] = ()) -> int:
+    writer = RowWriter(out, fmt, data_fields=fields)
+    for r in results:
+        writer.write(r)
+    return writer.written
 
 
 @contextlib.contextmanager
@@ -86,7 +152,7 @@ def output(path: str | None) -> Iterator[IO[str]]:
 
 def export(batch: Batch, path: str | None, fmt: str) -> int:
     with output(path) as out:
-        n = write_results(batch.results(), out, fmt)
+        n = write_results(batch.results(), out, fmt, data_fields(batch))
     if path not in (None, "-"):
         print(f"wrote {n} result(s) to {path}", file=sys.stderr)
     return n
@@ -113,7 +179,32 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def read_spec_files(args: argparse.Namespace) -> dict[str, Any]:
+    """--prompt FILE and --json-schema FILE, read and checked before anything is submitted."""
+    options: dict[str, Any] = {}
+    if args.prompt:
+        options["prompt"] = _read(args.prompt, "--prompt")
+    if args.json_schema:
+        raw = _read(args.json_schema, "--json-schema")
+        try:
+            options["json_schema"] = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"--json-schema {args.json_schema}: not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+            ) from None
+    return options
+
+
+def _read(path: str, option: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{option} {path}: {exc}") from None
+
+
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    options = read_spec_files(args)
     client = _client(settings)
     batch = client.submit_path(
         args.path,
@@ -124,6 +215,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         progress=not args.quiet,
         stop=_stop_on_signals(),
         priority=args.priority,
+        temperature=args.temperature,
+        fallback_model=args.fallback_model,
+        **options,
     )
     rep = batch.report
     assert rep is not None
@@ -188,8 +282,31 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
-    export(_client(settings).batch(args.batch), args.out, args.format)
+    batch = _client(settings).batch(args.batch)
+    if args.follow:
+        return follow(batch, args.out, args.format)
+    export(batch, args.out, args.format)
     return EXIT_OK
+
+
+def follow(batch: Batch, path: str | None, fmt: str) -> int:
+    """Rows as they finish until the batch is over. With --out the file is appended to, and a cursor
+    beside it (FILE.cursor: stream position and file size after the last whole page) makes a second run
+    go on where the first stopped: the file is cut back to that size, so no row is written twice."""
+    store = batch.client.store
+    cursor = Cursor(path) if path not in (None, "-") else None
+    after = cursor.load() if cursor else "0-0"
+    with cursor.open() if cursor else contextlib.nullcontext(sys.stdout) as out:
+        writer = RowWriter(out, fmt, header=cursor is None or cursor.offset == 0, data_fields=data_fields(batch))
+        for page in store.follow_pages(batch.id, after):
+            for _, row in page:
+                writer.write(row)
+            size = writer.flush()
+            if cursor:
+                cursor.save(page[-1][0], size)
+    status = store.status(batch.id)
+    print(_status_line(status), file=sys.stderr)
+    return EXIT_FAILED if status["failed"] or status["cancelled"] else EXIT_OK
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
@@ -232,6 +349,23 @@ def _add_submit(sub: Any) -> None:
         "--priority", choices=list(PRIORITIES), default="normal", help="served before lower priorities (default normal)"
     )
     s.add_argument(
+        "--prompt",
+        metavar="FILE",
+        help="task instructions replacing the built-in ones ({max_words} "
+        "may appear); the article's delimiting and its guard stay",
+    )
+    s.add_argument(
+        "--json-schema",
+        metavar="FILE",
+        help="answers are JSON objects following this JSON Schema; each result row gains `data`",
+    )
+    s.add_argument("--temperature", type=float, help="sampling temperature (default 0)")
+    s.add_argument(
+        "--fallback-model",
+        metavar="MODEL",
+        help="model used when the primary answers 404 or fails an article for good (default SUMMARIZE_FALLBACK_MODEL)",
+    )
+    s.add_argument(
         "--skip-invalid",
         action="store_true",
         help="enqueue valid records and keep invalid ones as failed jobs (default: enqueue nothing)",
@@ -260,6 +394,12 @@ def _add_reading(sub: Any) -> None:
     r.add_argument("batch")
     r.add_argument("--out", help="write to this file (default stdout)")
     r.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    r.add_argument(
+        "--follow",
+        action="store_true",
+        help="rows in finishing order as they are stored, until the batch is over (exit 1 if some "
+        "failed); with --out, appends and resumes where an earlier run stopped",
+    )
     r.set_defaults(func=cmd_results)
 
     rt = sub.add_parser("retry", help="requeue the failed jobs of a batch")

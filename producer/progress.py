@@ -5,6 +5,7 @@ When stderr is not a terminal (logs, CI) the bar becomes a plain line every few 
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Any, TextIO
@@ -80,12 +81,22 @@ def status_table(status: dict[str, Any]) -> Table:
         "jobs", ", ".join(f"{status[k]} {k}" for k in ("total", "queued", "running", "done", "failed", "cancelled"))
     )
     table.add_row("model", str(status["model"]))
+    spec = status.get("spec") or {}
+    for name in ("prompt", "json_schema", "temperature", "fallback_model", "priority"):
+        if spec.get(name) not in (None, "", 0, 0.0, "normal"):
+            table.add_row(name.replace("_", " "), _short(spec[name]))
     table.add_row(
         "tokens",
         f"{status['prompt_tokens']} prompt + {status['completion_tokens']} completion = {status['total_tokens']}",
     )
     table.add_row("LLM calls", f"{status['calls']} ({status['unusable']} billed but unusable)")
     return table
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = " ".join(text.split())
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def status_notes(status: dict[str, Any]) -> list[str]:

@@ -35,6 +35,8 @@ FAST = {
     "SUMMARIZE_QUEUED_GRACE": "4",
     "SUMMARIZE_DEFER_BASE": "1",
     "SUMMARIZE_CONCURRENCY": "32",
+    # The input tests check the limit at a size that is quick to write.
+    "SUMMARIZE_MAX_ARTICLE_BYTES": "262144",
 }
 
 

@@ -7,6 +7,7 @@ import asyncio
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from contract.store import JobStore, NewJob
 from worker import llm, prompt, retry
 from worker.ratelimit import LATE_MARGIN_MS, WINDOW_MS, RateLimiter, estimate_tokens, token_counter
 from worker.storage import Op, WorkerStore
-from worker.summarize import summarize
+from worker.summarize import Ask, Fit, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,12 +136,13 @@ def test_clean_summary_is_plain_bounded_text() -> None:
 def test_summarize_is_pure_given_a_call() -> None:
     seen: dict[str, Any] = {}
 
-    async def call(messages: list[dict[str, Any]], model: str, max_tokens: int) -> llm.Completion:
-        seen.update(model=model, max_tokens=max_tokens, text=messages[1]["content"])
-        return llm.Completion("  The gist.\n", "m-2024")
+    async def call(ask: Ask) -> llm.Completion:
+        seen.update(model=ask.model, max_tokens=ask.max_tokens, text=ask.messages[1]["content"])
+        return llm.Completion(ask.check("  The gist.\n"), "m-2024")
 
-    out = asyncio.run(summarize("Body.", BatchSpec("m", 40), call, 100))
-    assert out.text == "The gist." and out.model == "m-2024"
+    fit = Fit(8192, token_counter(Settings()))
+    out = asyncio.run(summarize("Body.", BatchSpec("m", 40), call, fit, 100))
+    assert out.text == "The gist." and out.model == "m-2024" and out.chunks == 0
     assert seen["max_tokens"] == prompt.max_tokens_for(40) and "Body." in seen["text"]
 
 
@@ -234,7 +236,9 @@ def run_policy(attempt: Any, **over: Any) -> tuple[Any, list[float]]:
 
 
 def test_policy_retries_transient_errors_honouring_retry_after() -> None:
-    calls = iter([TransientLLMError("429", 429, retry_after=7.0), TransientLLMError("500", 500), "ok"])
+    calls: Iterator[Exception | str] = iter(
+        [TransientLLMError("429", 429, retry_after=7.0), TransientLLMError("500", 500), "ok"]
+    )
 
     def attempt() -> str:
         item = next(calls)
@@ -587,3 +591,83 @@ def test_unreachable_redis_is_a_clear_error() -> None:
     with pytest.raises(BrokerUnavailable, match="unreachable") as info:
         ping(client, settings)
     assert "pw-hidden" not in str(info.value)
+
+
+# ---- long articles, prompts and structured answers ------------------------------------------------
+
+
+def test_chunks_fit_their_room_cut_on_paragraphs_and_overlap() -> None:
+    from worker import chunking
+
+    def count(t: str) -> int:
+        return -(-len(t) // 4)
+
+    text = "\n\n".join(
+        f"Paragraph {p}. " + " ".join(f"Sentence {p}.{s} about the port." for s in range(12)) for p in range(30)
+    )
+    parts = chunking.split(text, 300, count, overlap_tokens=40)
+    assert len(parts) > 5 and all(count(p) <= 300 for p in parts)
+    assert all(p.startswith("Paragraph") or p.startswith("Sentence") for p in parts)
+    last = [p.rsplit(". ", 1)[-1] for p in parts]
+    assert all(last[i] in parts[i + 1] for i in range(len(parts) - 1))  # consecutive parts share sentences
+    huge = "word " * 5000  # no sentence or paragraph to cut on: cut between words
+    assert all(count(p) <= 100 for p in chunking.split(huge, 100, count))
+
+
+def test_a_long_article_is_mapped_and_reduced_and_kept_parts_are_not_paid_again() -> None:
+    from worker.summarize import NoPartials
+
+    calls: list[str] = []
+
+    async def call(ask: Ask) -> llm.Completion:
+        calls.append(ask.messages[0]["content"])
+        return llm.Completion(ask.check(f"summary {len(calls)}"), "m")
+
+    class Kept(NoPartials):
+        def __init__(self) -> None:
+            self.kept: dict[str, str] = {}
+
+        def get(self, key: str) -> str | None:
+            return self.kept.get(key)
+
+        async def put(self, key: str, text: str) -> None:
+            self.kept[key] = text
+
+    fit = Fit(1000, token_counter(Settings()))
+    text = "\n\n".join("A sentence about the harbour works. " * 20 for _ in range(30))
+    kept = Kept()
+    out = asyncio.run(summarize(text, BatchSpec("m", 40), call, fit, 4000, kept))
+    assert out.chunks > 5 and len(calls) > out.chunks and any("part 1 of" in c for c in calls)
+    first = len(calls)
+    again = asyncio.run(summarize(text, BatchSpec("m", 40), call, fit, 4000, kept))  # a rerun after a crash
+    assert again.chunks == out.chunks and len(calls) - first < first  # the parts were not asked again
+
+
+def test_a_custom_prompt_keeps_line_breaks_and_the_guard() -> None:
+    spec = BatchSpec("m", 30, prompt="Headline, then three bullets of at most {max_words} words.")
+    system = prompt.system_prompt(spec)
+    assert system.startswith("Headline, then three bullets of at most 30 words.") and prompt.GUARD in system
+    assert (
+        prompt.clean_summary("Title\r\n- one\x07\n- two\n\n\n\nend", 100, keep_lines=True)
+        == "Title\n- one\n- two\n\nend"
+    )
+
+
+def test_a_structured_answer_is_checked_against_the_schema() -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    assert prompt.parse_structured('```json\n{"n": 3}\n```', schema, 100) == '{"n":3}'
+    with pytest.raises(MalformedResponse, match="not JSON"):
+        prompt.parse_structured("n is 3", schema, 100)
+    with pytest.raises(MalformedResponse, match="at n: 'x' is not of type 'integer'"):
+        prompt.parse_structured('{"n": "x"}', schema, 100)
+    with pytest.raises(ConfigError, match="invalid at properties/n/type"):
+        BatchSpec("m", 10, json_schema={"type": "object", "properties": {"n": {"type": "int"}}})
+
+
+def test_the_model_table_knows_dated_and_prefixed_names() -> None:
+    from contract.models import known_context, known_price
+
+    assert known_context("gpt-4o-mini-2024-07-18") == 128000 and known_context("openai/gpt-4o") == 128000
+    assert known_context("my-own-model") is None and known_price("my-own-model") is None
+    price = known_price("gpt-4o-mini")
+    assert price is not None and price.cost(1_000_000, 0) == price.input

@@ -30,6 +30,8 @@ class Batches:
         self.r, self.keys = client, keys
         self._specs: dict[str, BatchSpec] = {}
         self._states: dict[str, BatchState] = {}
+        #: (batch, model) pairs whose model answered 404: their jobs go straight to the fallback
+        self._gone: set[tuple[str, str]] = set()
 
     async def spec(self, batch_id: str) -> BatchSpec:
         spec = self._specs.get(batch_id)
@@ -49,6 +51,12 @@ class Batches:
     def note(self, batch_id: str, state: str, halt: str = "") -> None:
         """Known here first (this process saw the provider reject the key): no need to wait for Redis."""
         self._states[batch_id] = BatchState(state, halt, time.monotonic())
+
+    def mark_gone(self, batch_id: str, model: str) -> None:
+        self._gone.add((batch_id, model))
+
+    def is_gone(self, batch_id: str, model: str) -> bool:
+        return (batch_id, model) in self._gone
 
     async def check(self, batch_id: str) -> None:
         """Raise if the batch's jobs must not make another request."""

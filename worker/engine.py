@@ -17,13 +17,19 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
 from celery import Celery
 
-from contract.errors import ProviderRejected
+from contract.errors import (
+    ContextExceeded,
+    MalformedResponse,
+    PermanentLLMError,
+    ProviderRejected,
+    TransientLLMError,
+)
 from contract.job import ClaimedJob
 from contract.messaging import publish
 from contract.redisconn import make_async_redis
@@ -33,10 +39,11 @@ from contract.store import Message
 
 from . import llm, outcome
 from .batches import Batches
+from .context import ContextWindows
 from .housekeeping import Housekeeper, Leases
 from .ratelimit import RateLimiter
-from .storage import WorkerStore
-from .summarize import Provider, Tally, summarize
+from .storage import Op, WorkerStore
+from .summarize import Fit, Provider, Summary, Tally, summarize
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -96,6 +103,7 @@ class Engine:
         worker = f"{socket.gethostname()}:{threading.get_native_id()}"
         self.limiter = RateLimiter(self.store, s, worker)
         self.provider = Provider(llm.make_client(s), self.limiter, s, self.stop)
+        self.contexts = ContextWindows(self.provider.client, s)
         self.slots = asyncio.Semaphore(s.concurrency)
         self.writer = Writer(self.store)
         self.writer.start()
@@ -140,29 +148,84 @@ class Engine:
     async def run_job(self, spec: BatchSpec, job: ClaimedJob, started: float) -> tuple[str, str | None]:
         """Load, summarize, store: one job's run."""
         tally = Tally()
-
-        async def guard() -> None:
-            await self.batches.check(job.batch_id)
-
         with self.leases.hold(job):
             try:
                 async with self.slots:
-                    summary = await summarize(
-                        job.text,
-                        spec,
-                        self.provider.for_job(job.unusable, tally, guard),
-                        self.settings.max_summary_chars,
-                    )
+                    summary = await self.summarize_with_fallback(spec, job, tally, started)
             except redis.RedisError:
                 raise
             except Exception as exc:
-                if isinstance(exc, ProviderRejected):
+                if isinstance(exc, ProviderRejected) and exc.status != 404:
                     self.batches.note(job.batch_id, "halted", f"{type(exc).__name__}: {exc}")
                 op, name = outcome.failed(job, exc, tally, self.settings, time.monotonic() - started)
                 await self.writer.settle(op)
                 return name, type(exc).__name__ if name == "failed" else None
             await self.writer.settle(outcome.done(job, summary, tally))
         return "done", None
+
+    async def summarize_with_fallback(self, spec: BatchSpec, job: ClaimedJob, tally: Tally, started: float) -> Summary:
+        """The batch's model, or its fallback when the model is gone (404) or fails the article for good."""
+        fallback = spec.fallback_model or self.settings.fallback_model
+        backup = replace(spec, model=fallback, fallback_model=None)
+        if fallback and self.batches.is_gone(job.batch_id, spec.model):
+            return await self.summarize(backup, job, tally)
+        try:
+            return await self.summarize(spec, job, tally)
+        except (PermanentLLMError, TransientLLMError) as exc:
+            if not fallback or not self._for_good(exc, job, started):
+                raise
+            if isinstance(exc, ProviderRejected):
+                self.batches.mark_gone(job.batch_id, spec.model)
+            log.warning(
+                "job %s/%s: %s failed for good (%s); trying %s", job.batch_id, job.job_id, spec.model, exc, fallback
+            )
+        return await self.summarize(backup, job, tally)
+
+    def _for_good(self, exc: Exception, job: ClaimedJob, started: float) -> bool:
+        """Whether the model failed this article for good (what a fallback model is for)."""
+        if isinstance(exc, ProviderRejected):
+            return exc.status == 404  # the model is gone; a bad key would fail the fallback too
+        if isinstance(exc, TransientLLMError) and not isinstance(exc, MalformedResponse):
+            return (job.failing_for or 0.0) + time.monotonic() - started >= self.settings.retry_horizon
+        return True
+
+    async def summarize(self, spec: BatchSpec, job: ClaimedJob, tally: Tally) -> Summary:
+        async def guard() -> None:
+            await self.batches.check(job.batch_id)
+
+        fit = Fit(await self.contexts.of(spec.model), self.provider.count_tokens)
+        try:
+            return await summarize(
+                job.text,
+                spec,
+                self.provider.for_job(job.unusable, tally, guard),
+                fit,
+                self.settings.max_summary_chars,
+                JobPartials(self.writer, job, tally),
+            )
+        except ContextExceeded as exc:
+            if exc.limit:
+                self.contexts.learn(spec.model, exc.limit)
+            raise
+
+
+class JobPartials:
+    """A long article's part summaries: from earlier runs (claimed with the job), and stored as they come."""
+
+    def __init__(self, writer: Writer, job: ClaimedJob, tally: Tally) -> None:
+        self.writer, self.job, self.tally = writer, job, tally
+        self.known = dict(job.partials)
+
+    def get(self, key: str) -> str | None:
+        return self.known.get(key)
+
+    async def put(self, key: str, text: str) -> None:
+        self.known[key] = text
+        requests, unusable, pt, ct = self.tally.unflushed()
+        j = self.job
+        await self.writer.settle(
+            Op("part", j.batch_id, j.job_id, j.token, requests, unusable, pt, ct, 0.0, [key, text])
+        )
 
 
 _lock = threading.Lock()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,15 +20,18 @@ import openai
 from openai import AsyncOpenAI
 
 from contract.errors import (
+    ContextExceeded,
     MalformedResponse,
     PermanentLLMError,
     ProviderRejected,
     TransientLLMError,
     TruncatedSummary,
 )
+from contract.openai_shapes import CONTEXT_LENGTH_EXCEEDED
 from contract.settings import Settings
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
+_CONTEXT_LIMIT = re.compile(r"maximum context length is (\d+)")
 HALTING_STATUS = frozenset({401, 403, 404})
 
 
@@ -128,7 +132,16 @@ def from_status(exc: openai.APIStatusError) -> Exception:
         return TransientLLMError(message, status=status, retry_after=retry_after(exc.response.headers))
     if status in HALTING_STATUS:
         return ProviderRejected(message, status=status)
+    if _error_code(exc) == CONTEXT_LENGTH_EXCEEDED:
+        found = _CONTEXT_LIMIT.search(message)
+        return ContextExceeded(message, int(found.group(1)) if found else None)
     return PermanentLLMError(message, status=status)
+
+
+def _error_code(exc: openai.APIStatusError) -> str | None:
+    body = exc.body
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    return str(inner.get("code")) if isinstance(inner, dict) and inner.get("code") else None
 
 
 def _error_message(exc: openai.APIStatusError) -> str:

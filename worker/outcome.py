@@ -20,17 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def _op(kind: str, job: ClaimedJob, tally: Tally, extra: object) -> Op:
+    # Only what a part's op did not already store: billing is counted once.
+    requests, unusable, prompt_tokens, completion_tokens = tally.unflushed()
     return Op(
-        kind,
-        job.batch_id,
-        job.job_id,
-        job.token,
-        tally.requests,
-        tally.unusable,
-        tally.prompt_tokens,
-        tally.completion_tokens,
-        0.0,
-        extra,
+        kind, job.batch_id, job.job_id, job.token, requests, unusable, prompt_tokens, completion_tokens, 0.0, extra
     )
 
 
@@ -49,7 +42,8 @@ def _final(job: ClaimedJob, tally: Tally, status: str, **fields: Any) -> Final:
 
 
 def done(job: ClaimedJob, summary: Summary, tally: Tally) -> Op:
-    return _op("done", job, tally, _final(job, tally, "done", summary=summary.text, model=summary.model).pack())
+    final = _final(job, tally, "done", summary=summary.text, model=summary.model, chunks=summary.chunks)
+    return _op("done", job, tally, final.pack())
 
 
 def failed(job: ClaimedJob, exc: Exception, tally: Tally, settings: Settings, running_for: float) -> tuple[Op, str]:

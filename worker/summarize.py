@@ -1,23 +1,72 @@
-"""The summarize function a job runs, and the call path under it: limiter, retry policy, LLM."""
+"""The summarize function a job runs, and the call path under it: limiter, retry policy, LLM.
+
+An article that fits the model's context is one request. One that does not (or that the provider says
+does not: 400 context_length_exceeded) is split into parts on paragraph and sentence boundaries; each
+part is summarized (map) and the summaries are combined (reduce, in rounds while they still do not
+fit) under the batch's own prompt or schema. Every request goes through the same limiter, retries,
+unusable-answer budget and billing; finished parts are kept (`Partials`), so a crash mid-article does
+not pay for them again.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from openai import AsyncOpenAI
 
-from contract.errors import HandBack, MalformedResponse, TransientLLMError, TruncatedSummary, UnusableAnswers
+from contract.errors import (
+    ContextExceeded,
+    HandBack,
+    MalformedResponse,
+    PermanentLLMError,
+    TransientLLMError,
+    TruncatedSummary,
+    UnusableAnswers,
+)
 from contract.settings import Settings
 from contract.spec import BatchSpec
 
-from . import llm, prompt, retry
+from . import chunking, llm, prompt, retry
+from .prompt import Stage
 from .ratelimit import RateLimiter, token_counter
 
-#: (messages, model, max_tokens) -> Completion: whatever reaches the provider, however it retries
-Call = Callable[[list[dict[str, Any]], str, int], Awaitable[llm.Completion]]
+#: share of the context window a request may fill: estimates are estimates
+CONTEXT_MARGIN = 0.95
+#: tokens consecutive parts share
+OVERLAP_TOKENS = 200
+#: re-plans after the provider said a request did not fit (each with its smaller number)
+MAX_REPLANS = 3
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One request: what reaches the provider, and how its answer is checked before it counts."""
+
+    messages: list[dict[str, str]]
+    model: str
+    max_tokens: int
+    temperature: float = 0.0
+    response_format: dict[str, Any] | None = None
+    #: content -> the text to store; raises MalformedResponse for an answer that can't be used
+    check: Callable[[str], str] = str.strip
+
+    def body(self, max_tokens: int) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": self.messages,
+            "max_tokens": max_tokens,
+            "temperature": self.temperature,
+        }
+        if self.response_format is not None:
+            body["response_format"] = self.response_format
+        return body
+
+
+#: an Ask -> its checked Completion, however it is limited and retried
+Call = Callable[[Ask], Awaitable[llm.Completion]]
 #: raises when the job must not make another request
 Guard = Callable[[], Awaitable[None]]
 
@@ -26,19 +75,147 @@ Guard = Callable[[], Awaitable[None]]
 class Summary:
     text: str
     model: str
+    #: parts the article was split into (0: it fitted whole)
+    chunks: int = 0
 
 
-async def summarize(text: str, spec: BatchSpec, call: Call, max_chars: int) -> Summary:
-    """Summarize one article. Pure but for `call`, so it can be tested with any callable."""
-    completion = await call(
-        prompt.build_messages(text, spec.max_words), spec.model, prompt.max_tokens_for(spec.max_words)
+@dataclass(frozen=True)
+class Fit:
+    """What fits one request: the model's context window, and how a request's tokens are counted."""
+
+    context: int
+    count: Callable[[list[dict[str, Any]], int], int]
+
+    def fits(self, ask: Ask) -> bool:
+        return self.count(ask.messages, ask.max_tokens) <= self.context * CONTEXT_MARGIN
+
+    def room(self, spec: BatchSpec, stage: Stage, max_tokens: int) -> int:
+        """Tokens left for the text of a request of this stage."""
+        overhead = self.count(prompt.build_messages("", spec, stage), max_tokens)
+        return int(self.context * CONTEXT_MARGIN) - overhead
+
+    def count_text(self, text: str) -> int:
+        return self.count([{"role": "user", "content": text}], 0)
+
+    def shrunk(self, limit: int | None) -> Fit:
+        """The provider said a request did not fit: plan with its number, or three quarters of ours."""
+        return replace(self, context=min(limit or self.context, int(self.context * 0.75)))
+
+
+class Partials(Protocol):
+    """Summaries of an article's parts, kept across runs of its job."""
+
+    def get(self, key: str) -> str | None: ...
+
+    async def put(self, key: str, text: str) -> None: ...
+
+
+class NoPartials:
+    def get(self, key: str) -> str | None:
+        return None
+
+    async def put(self, key: str, text: str) -> None:
+        return None
+
+
+async def summarize(
+    text: str, spec: BatchSpec, call: Call, fit: Fit, max_chars: int, partials: Partials | None = None
+) -> Summary:
+    """Summarize one article. Pure but for `call` (and `partials`), so it can be tested with any callable."""
+    ask = request(text, spec, prompt.WHOLE, max_chars)
+    for _ in range(MAX_REPLANS + 1):
+        try:
+            if fit.fits(ask):
+                completion = await call(ask)
+                return Summary(completion.content, completion.model or spec.model)
+            return await MapReduce(spec, call, fit, max_chars, partials or NoPartials()).run(text)
+        except ContextExceeded as exc:
+            fit = fit.shrunk(exc.limit)
+    raise PermanentLLMError(f"the article does not fit the model's context even in parts of {fit.context} tokens")
+
+
+def request(text: str, spec: BatchSpec, stage: Stage, max_chars: int) -> Ask:
+    structured = spec.json_schema is not None and stage.final
+    if structured:
+        schema = spec.json_schema or {}
+
+        def check(content: str) -> str:
+            return prompt.parse_structured(content, schema, max_chars)
+    else:
+        keep_lines = spec.prompt is not None and stage.final
+
+        def check(content: str) -> str:
+            return prompt.clean_summary(content, max_chars, keep_lines)
+
+    return Ask(
+        prompt.build_messages(text, spec, stage),
+        spec.model,
+        prompt.max_tokens_for(spec.max_words, structured),
+        spec.temperature,
+        prompt.response_format(spec, stage),
+        check,
     )
-    return Summary(prompt.clean_summary(completion.content, max_chars), completion.model or spec.model)
+
+
+@dataclass
+class MapReduce:
+    spec: BatchSpec
+    call: Call
+    fit: Fit
+    max_chars: int
+    partials: Partials
+
+    async def run(self, text: str) -> Summary:
+        room = self.fit.room(self.spec, Stage("part", 1, 1, final=False), prompt.max_tokens_for(self.spec.max_words))
+        if room < 100:
+            raise PermanentLLMError(
+                f"the model's context window ({self.fit.context} tokens) leaves no room for a "
+                "part of the article beside the prompt and the answer"
+            )
+        parts = chunking.split(text, room, self.fit.count_text, min(OVERLAP_TOKENS, room // 10))
+        plan = f"{room}"
+        summaries = await asyncio.gather(
+            *(self._once(f"{plan}:p{i}", part, Stage("part", i + 1, len(parts), False)) for i, part in enumerate(parts))
+        )
+        return await self._combine(list(summaries), plan, len(parts))
+
+    async def _combine(self, summaries: list[str], plan: str, chunks: int) -> Summary:
+        for round_ in range(1, 20):
+            final = request(self._joined(summaries), self.spec, Stage("combine"), self.max_chars)
+            if self.fit.fits(final):
+                completion = await self.call(final)
+                return Summary(completion.content, completion.model or self.spec.model, chunks)
+            room = self.fit.room(self.spec, Stage("combine"), final.max_tokens)
+            groups = chunking.groups(summaries, room, self.fit.count_text)
+            if len(groups) >= len(summaries):
+                raise PermanentLLMError("the parts' summaries are too long to combine within the model's context")
+            summaries = list(
+                await asyncio.gather(
+                    *(
+                        self._once(f"{plan}:c{round_}.{i}", self._joined(g), Stage("combine", final=False))
+                        for i, g in enumerate(groups)
+                    )
+                )
+            )
+        raise PermanentLLMError("the parts' summaries did not come together in 20 rounds")
+
+    async def _once(self, key: str, text: str, stage: Stage) -> str:
+        kept = self.partials.get(key)
+        if kept is not None:
+            return kept
+        completion = await self.call(request(text, self.spec, stage, self.max_chars))
+        await self.partials.put(key, completion.content)
+        return completion.content
+
+    @staticmethod
+    def _joined(summaries: list[str]) -> str:
+        return "\n\n".join(f"[{i}] {s}" for i, s in enumerate(summaries, start=1))
 
 
 @dataclass
 class Tally:
-    """What one run of one job cost: requests made, unusable answers among them, tokens billed."""
+    """What one run of one job cost: requests made, unusable answers among them, tokens billed. `flushed`
+    is what was already stored with a part's summary, so a later op carries only the rest."""
 
     requests: int = 0
     unusable: int = 0
@@ -46,10 +223,18 @@ class Tally:
     transient: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    flushed: tuple[int, int, int, int] = field(default=(0, 0, 0, 0))
 
     def bill(self, prompt_tokens: int, completion_tokens: int) -> None:
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
+
+    def unflushed(self) -> tuple[int, int, int, int]:
+        """(requests, unusable, prompt, completion) not stored yet; marks them stored."""
+        now = (self.requests, self.unusable, self.prompt_tokens, self.completion_tokens)
+        delta = (now[0] - self.flushed[0], now[1] - self.flushed[1], now[2] - self.flushed[2], now[3] - self.flushed[3])
+        self.flushed = now
+        return delta
 
 
 @dataclass
@@ -68,50 +253,48 @@ class Provider:
         """The call path of one job. `guard` runs before every request and raises to stop the job
         (its batch was halted, paused or cancelled meanwhile)."""
 
-        async def call(messages: list[dict[str, Any]], model: str, max_tokens: int) -> llm.Completion:
-            room = [max_tokens]
+        async def call(ask: Ask) -> llm.Completion:
+            room = [ask.max_tokens]
             policy = retry.policy(self.settings, retry.interruptible_sleep(self.stop), lambda: tally.transient)
             async for attempt in policy:
                 with attempt:
-                    return await self._once(messages, model, room, unusable_before, tally, guard)
+                    return await self._once(ask, room, unusable_before, tally, guard)
             raise AssertionError("unreachable: tenacity re-raises the last error")
 
         return call
 
     async def _once(
-        self,
-        messages: list[dict[str, Any]],
-        model: str,
-        room: list[int],
-        unusable_before: int,
-        tally: Tally,
-        guard: Guard,
+        self, ask: Ask, room: list[int], unusable_before: int, tally: Tally, guard: Guard
     ) -> llm.Completion:
         if self.stop.is_set():
             raise HandBack("worker is shutting down")  # start no new request while stopping
         await guard()
-        booking = await self.limiter.acquire(self.count_tokens(messages, room[0]), self.stop)
+        booking = await self.limiter.acquire(self.count_tokens(ask.messages, room[0]), self.stop)
         tally.requests += 1
-        body = {"model": model, "messages": messages, "max_tokens": room[0], "temperature": 0}
         try:
-            completion = await llm.complete(self.client, body, self.settings.llm_timeout)
+            completion = await llm.complete(self.client, ask.body(room[0]), self.settings.llm_timeout)
+            tally.bill(completion.usage.prompt_tokens, completion.usage.completion_tokens)
+            content = ask.check(completion.content)
         except MalformedResponse as exc:
-            tally.unusable += 1
-            tally.bill(exc.prompt_tokens, exc.completion_tokens)
-            if isinstance(exc, TruncatedSummary):
-                # The same request at temperature 0 would stop at the same place: give it more room.
-                room[0] = min(room[0] * 2, self.settings.max_completion_tokens)
-            if unusable_before + tally.unusable >= self.settings.max_unusable:
-                raise self._give_up(exc, unusable_before + tally.unusable, room[0]) from None
+            self._unusable(exc, room, unusable_before, tally)
             raise
         except TransientLLMError as exc:
             tally.transient += 1
             if exc.status == 429 and exc.retry_after:
                 await self.limiter.cool_down(exc.retry_after)
             raise
-        tally.bill(completion.usage.prompt_tokens, completion.usage.completion_tokens)
         await self.limiter.settle(booking, completion.usage.prompt_tokens + room[0])
-        return completion
+        return replace(completion, content=content)
+
+    def _unusable(self, exc: MalformedResponse, room: list[int], unusable_before: int, tally: Tally) -> None:
+        tally.unusable += 1
+        tally.bill(exc.prompt_tokens, exc.completion_tokens)
+        if isinstance(exc, TruncatedSummary):
+            # The same request at temperature 0 would stop at the same place: give it more room.
+            room[0] = min(room[0] * 2, self.settings.max_completion_tokens)
+        n = unusable_before + tally.unusable
+        if n >= self.settings.max_unusable:
+            raise self._give_up(exc, n, room[0]) from None
 
     def _give_up(self, exc: MalformedResponse, n: int, room: int) -> UnusableAnswers:
         if isinstance(exc, TruncatedSummary):

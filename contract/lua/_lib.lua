@@ -11,6 +11,7 @@ local function bkey(b) return L.b .. b end
 local function part(b, name) return L.b .. b .. L.parts[name] end
 local function jkey(b, id) return L.j .. b .. L.sep .. id end
 local function tkey(b, id) return L.t .. b .. L.sep .. id end
+local function pkey(b, id) return L.p .. b .. L.sep .. id end
 local function member(b, id) return b .. L.msep .. id end
 
 local function split(s, sep)
@@ -92,7 +93,7 @@ end
 local function finalize(b, id, from, status, record, keep_text, now)
   move(b, from, status)
   redis.call('HSET', part(b, 'out'), id, record)
-  redis.call('DEL', jkey(b, id))
+  redis.call('DEL', jkey(b, id), pkey(b, id))
   if not keep_text then redis.call('DEL', tkey(b, id)) end
   redis.call('ZREM', L.due, member(b, id))
   redis.call('SREM', part(b, 'parked'), id)

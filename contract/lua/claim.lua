@@ -10,8 +10,9 @@
 -- ARGV[6] lease_ms: how long the run holds its jobs without renewing
 --
 -- Returns {state, now_ms, jobs}: state = the batch's state, now_ms = Redis time; jobs[i] = {id, 'claimed', article, attempts,
--- unusable, deferrals, first_failure_ms, prompt_tokens, completion_tokens} or {id, why} where why is
--- done, failed, cancelled, busy (another run holds it), early (deferred, not due), paused, missing.
+-- unusable, deferrals, first_failure_ms, prompt_tokens, completion_tokens, partials (flat field/value
+-- list of the parts of a long article summarized by earlier runs)} or {id, why} where why is done,
+-- failed, cancelled, busy (another run holds it), early (deferred, not due), paused, missing.
 local b, step, msg, token, lease = ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local now = now_ms()
 local orphans = L.orphans .. step
@@ -61,7 +62,7 @@ for i = 2, #ids do
     redis.call('ZADD', L.due, now + lease, member(b, id))
     local h = redis.call('HMGET', jk, 'a', 'x', 'd', 'f', 'pt', 'ct')
     jobs[#jobs + 1] = {id, 'claimed', redis.call('GET', tkey(b, id)), h[1] or '0', h[2] or '0', h[3] or '0',
-      h[4] or '0', h[5] or '0', h[6] or '0'}
+      h[4] or '0', h[5] or '0', h[6] or '0', redis.call('HGETALL', pkey(b, id))}
   end
 end
 return {state, now, jobs}

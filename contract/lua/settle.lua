@@ -8,6 +8,8 @@
 --                  result wins: the user would rather have the summary)
 --           fail:  extra = {packed Final, halt message ('' unless the provider rejected the key/model)}
 --           defer: extra = {delay_ms, error_type, error, counts_as_failure (0/1)}
+--           part:  extra = {key, summary} of one part of a long article, kept for later runs; the
+--                  counts go to the job so its final record sums every call
 --
 -- Returns one integer per op: 1 applied, 0 ignored (already settled, or another run holds the job).
 local ops = cmsgpack.unpack(ARGV[2])
@@ -59,15 +61,26 @@ local function fail(b, id, op)
   return 1
 end
 
+local function add_counts(jk, op)
+  for name, k in pairs({a = 5, x = 6, pt = 7, ct = 8}) do
+    if op[k] > 0 then redis.call('HINCRBY', jk, name, op[k]) end
+  end
+end
+
+local function part(b, id, op)
+  if not holds(b, id, op[4]) then return 0 end
+  add_counts(jkey(b, id), op)
+  redis.call('HSET', pkey(b, id), op[10][1], op[10][2])
+  return 1
+end
+
 local function defer(b, id, op)
   if not holds(b, id, op[4]) then return 0 end
   local jk, x = jkey(b, id), op[10]
   move(b, 'running', 'deferred')
   redis.call('HSET', jk, 's', 'deferred', 'e', x[2], 'em', string.sub(x[3], 1, 200))
   redis.call('HDEL', jk, 'tk', 'l')
-  for field, k in pairs({a = 5, x = 6, pt = 7, ct = 8}) do
-    if op[k] > 0 then redis.call('HINCRBY', jk, field, op[k]) end
-  end
+  add_counts(jk, op)
   -- A worker handing a job back on shutdown is no failure: it must not start the retry horizon.
   if x[4] == 1 then
     redis.call('HSETNX', jk, 'f', now)
@@ -77,7 +90,7 @@ local function defer(b, id, op)
   return 1
 end
 
-local kinds = {done = done, fail = fail, defer = defer}
+local kinds = {done = done, fail = fail, defer = defer, part = part}
 for i, op in ipairs(ops) do
   local b, id = op[2], op[3]
   bill(b, op)

@@ -113,6 +113,8 @@ def parse_chat(payload: Any) -> ChatRequest:
 def check_request(state: FaultState, request: ChatRequest) -> None:
     """Record what reached the provider, and refuse a request beyond the context window."""
     state.note_request(request.system, request.format_kind, request.request_tokens)
+    if request.model in state.config.missing_models:
+        raise error(404, f"The model `{request.model}` does not exist or you do not have access to it.")
     limit = state.config.context_tokens
     if limit and request.request_tokens > limit:
         state.context_refused += 1

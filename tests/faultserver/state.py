@@ -40,6 +40,7 @@ class ServerConfig:
     batch_expire_next: int = 0  # the next N batches expire after half their lines
     batch_fail_next: int = 0  # the next N batches fail validation
     batch_create_429_next: int = 0  # the next N creates answer 429 token_limit_exceeded
+    missing_models: tuple[str, ...] = ()  # models answered 404 model_not_found (a model that is gone)
 
     def updated(self, changes: dict[str, Any]) -> ServerConfig:
         known = {f.name for f in fields(self)}
@@ -54,10 +55,15 @@ class ServerConfig:
     def public(self) -> dict[str, Any]:
         # The key itself is never echoed back: admin responses end up in test logs.
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_key"}
+        values["missing_models"] = list(self.missing_models)
         return {**values, "api_key_set": self.api_key is not None}
 
 
 def _validated(key: str, value: Any) -> Any:
+    if key == "missing_models":
+        if not isinstance(value, list | tuple) or not all(isinstance(m, str) for m in value):
+            raise ValueError("missing_models must be a list of model names")
+        return tuple(value)
     if key == "api_key":
         if value is not None and not isinstance(value, str):
             raise ValueError("api_key must be a string or null")
