@@ -24,15 +24,19 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Ctx], None]]] = {
     "ratelimit": ("SUMMARIZE_RPM=600 over four workers vs what the server saw", ratelimit.run),
     "submit": ("100k x 3 KB articles: summarize submit vs SET + send_task per article", submit.run),
     "memory": ("peak RSS of a worker with 200 requests in flight", memory.run),
-    "curator": ("jobs/s and CPU per job of one worker vs Bespoke Curator's online mode, 200 in flight @ 0.5 s",
-                curator_compare.run),
+    "curator": (
+        "jobs/s and CPU per job of one worker vs Bespoke Curator's online mode, 200 in flight @ 0.5 s",
+        curator_compare.run,
+    ),
 }
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
 
 def table(figures: list[Figure]) -> str:
-    rows = ["| benchmark | figure | value | compared with | target | result |",
-            "| --- | --- | ---: | --- | --- | --- |"]
+    rows = [
+        "| benchmark | figure | value | compared with | target | result |",
+        "| --- | --- | ---: | --- | --- | --- |",
+    ]
     for f in figures:
         value = f"{fmt(f.value)} {f.unit}".strip()
         result = {True: "ok", False: "**MISS**", None: ""}[f.ok]
@@ -42,10 +46,14 @@ def table(figures: list[Figure]) -> str:
 
 
 def report(ctx: Ctx, command: str, started: float, failed: list[str], info: dict[str, str]) -> str:
-    lines = ["# Benchmark results", "",
-             f"Command: `{command}`" + (" (quick sizes)" if ctx.quick else ""), "",
-             f"Run at {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(started))}, "
-             f"took {time.time() - started:.0f}s.", ""]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Command: `{command}`" + (" (quick sizes)" if ctx.quick else ""),
+        "",
+        f"Run at {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(started))}, took {time.time() - started:.0f}s.",
+        "",
+    ]
     lines += [f"- {k}: {v}" for k, v in info.items()]
     lines.append(f"- load (1 min) at end: {os.getloadavg()[0]:.2f}")
     lines += ["", table(ctx.figures), ""]
@@ -57,9 +65,12 @@ def report(ctx: Ctx, command: str, started: float, failed: list[str], info: dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="benchmarks: " + "; ".join(f"{k}: {v[0]}" for k, v in BENCHMARKS.items()))
+    ap = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="benchmarks: " + "; ".join(f"{k}: {v[0]}" for k, v in BENCHMARKS.items()),
+    )
     ap.add_argument("names", nargs="*", metavar="NAME", help=f"a subset of: {', '.join(BENCHMARKS)}")
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run, not a measurement)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs of every process)")
@@ -89,8 +100,11 @@ def main(argv: list[str] | None = None) -> int:
             took = time.monotonic() - t0
             log(f"{name} took {took:.0f}s")
             if ctx.foreign:
-                ctx.note(name, f"took {took:.0f}s; unrelated processes used {min(ctx.foreign):.2f}-"
-                               f"{max(ctx.foreign):.2f} of the {os.cpu_count()} cores during its runs")
+                ctx.note(
+                    name,
+                    f"took {took:.0f}s; unrelated processes used {min(ctx.foreign):.2f}-"
+                    f"{max(ctx.foreign):.2f} of the {os.cpu_count()} cores during its runs",
+                )
     finally:
         text = report(ctx, command, started, failed, info)
         print("\n" + text)

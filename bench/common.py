@@ -17,16 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from contract.record import Final
-from contract.store import batched
 from contract.settings import Settings
+from contract.store import batched
 from producer.api import Batch, Client
 from scripts.stack import ROOT, Stack
 from tests.faultserver import FaultServer
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
-
 
 # ---------------------------------------------------------------------------------------------- figures
 
@@ -164,40 +162,44 @@ def write_jsonl(path: Path, n: int, size: int = 3000) -> Path:
 def group_pids(pgid: int) -> list[int]:
     """Every live process in a process group (a worker and anything it forked)."""
     out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid:  # fields after the comm: state ppid pgrp ...
-            out.append(int(entry))
+    for proc in psutil.process_iter():
+        with contextlib.suppress(OSError):  # gone since it was listed
+            if os.getpgid(proc.pid) == pgid:
+                out.append(proc.pid)
     return out
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (all its threads), in seconds; 0 if it is gone."""
+    """User + system CPU of one process (all its threads, not its children), in seconds; 0 if it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime are fields 14 and 15
+    return float(times.user + times.system)
 
 
 def group_cpu_seconds(pgid: int) -> float:
     return sum(cpu_seconds(p) for p in group_pids(pgid))
 
 
-def mem_kb(pid: int, field_name: str = "VmHWM") -> int:
-    """A /proc/PID/status memory field (VmHWM peak RSS, VmRSS current) in KiB; 0 if the process is gone."""
+def rss_kb(pid: int) -> int:
+    """Resident set size of one process now, in KiB (VmRSS); 0 if it is gone."""
     try:
+        return int(psutil.Process(pid).memory_info().rss) // 1024
+    except psutil.Error:
+        return 0
+
+
+def peak_rss_kb(pid: int) -> int:
+    """Peak resident set size of a running process so far, in KiB; 0 if it is gone.
+
+    The kernel's high-water mark (VmHWM in /proc/PID/status): psutil has no peak RSS on Linux, and getrusage
+    gives it only for this process and children it has waited for.
+    """
+    with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
+            if line.startswith("VmHWM:"):
                 return int(line.split()[1])
-    except OSError:
-        pass
     return 0
 
 
@@ -211,14 +213,21 @@ class ChildRun:
     stderr: str
 
 
-def run_child(argv: Sequence[str], env: dict[str, str], stdin: str | None = None, timeout: float = 600,
-              cwd: Path = ROOT) -> ChildRun:
+def run_child(
+    argv: Sequence[str], env: dict[str, str], stdin: str | None = None, timeout: float = 600, cwd: Path = ROOT
+) -> ChildRun:
     """Run a command to completion and account for it alone (os.wait4 gives that child's own rusage)."""
     log_out = Path(env.get("BENCH_TMP", "/tmp")) / f"child-{uuid.uuid4().hex[:8]}"
     with open(f"{log_out}.out", "w+b") as out, open(f"{log_out}.err", "w+b") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(list(argv), env=env, cwd=cwd, stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE)
+        proc = subprocess.Popen(
+            list(argv),
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+        )
         if stdin is not None and proc.stdin is not None:
             proc.stdin.write(stdin.encode())
             proc.stdin.close()
@@ -241,8 +250,14 @@ def run_child(argv: Sequence[str], env: dict[str, str], stdin: str | None = None
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        result = ChildRun(proc.returncode, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss,
-                          out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+        result = ChildRun(
+            proc.returncode,
+            wall,
+            usage.ru_utime + usage.ru_stime,
+            usage.ru_maxrss,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+        )
     for suffix in (".out", ".err"):
         with contextlib.suppress(OSError):
             os.unlink(f"{log_out}{suffix}")
@@ -260,10 +275,9 @@ def self_cpu() -> float:
 
 
 def machine_busy() -> float:
-    """CPU seconds the whole machine has spent busy since boot (all cores; /proc/stat), to tell noise apart."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+    """CPU seconds the whole machine has spent busy since boot (all cores), to tell noise apart."""
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + t.irq + t.softirq + t.steal)
 
 
 # ---------------------------------------------------------------------------------------------- the stack
@@ -281,16 +295,18 @@ def bench_stack(ctx: Ctx, name: str, server: FaultServer | None = None, **env: s
     stack = Stack(workdir=workdir)
     try:
         stack.env = {k: v for k, v in os.environ.items() if not k.startswith(("SUMMARIZE_", "OPENAI_"))}
-        stack.env.update({
-            "PYTHONPATH": str(ROOT),
-            "BENCH_TMP": str(ctx.workdir),
-            "SUMMARIZE_MODEL": "fake-model",
-            "OPENAI_API_KEY": "sk-bench-not-a-secret",
-            "OPENAI_BASE_URL": server.url if server else "http://127.0.0.1:9/v1",
-            "SUMMARIZE_QUEUE": f"bench-{name}",
-            "SUMMARIZE_KEY_PREFIX": f"bench-{name}",
-            # No retries nor lease trouble at these sizes: the defaults are already what a user runs.
-        })
+        stack.env.update(
+            {
+                "PYTHONPATH": str(ROOT),
+                "BENCH_TMP": str(ctx.workdir),
+                "SUMMARIZE_MODEL": "fake-model",
+                "OPENAI_API_KEY": "sk-bench-not-a-secret",
+                "OPENAI_BASE_URL": server.url if server else "http://127.0.0.1:9/v1",
+                "SUMMARIZE_QUEUE": f"bench-{name}",
+                "SUMMARIZE_KEY_PREFIX": f"bench-{name}",
+                # No retries nor lease trouble at these sizes: the defaults are already what a user runs.
+            }
+        )
         stack.env.update(env)
         stack.redis()
         yield stack
@@ -347,8 +363,10 @@ class Rates:
         return cls(steady, n / total if total > 0 else float("nan"), n)
 
 
-STEADY_DEF = ("steady window = from the C-th completion (end of the first wave, C = total in-flight slots) "
-              "to the last one: (N - C) jobs over that span; end-to-end = N jobs from submit to last completion")
+STEADY_DEF = (
+    "steady window = from the C-th completion (end of the first wave, C = total in-flight slots) "
+    "to the last one: (N - C) jobs over that span; end-to-end = N jobs from submit to last completion"
+)
 
 
 def ensure_clean_exit(stack: Stack) -> None:

@@ -79,9 +79,11 @@ def _installed_version(venv: Path) -> str | None:
     if not _python(venv).exists():
         return None
     probe = subprocess.run(
-        [str(_python(venv)), "-I", "-c",
-         "import importlib.metadata as m; print(m.version('bespokelabs-curator'))"],
-        capture_output=True, text=True, timeout=60)
+        [str(_python(venv)), "-I", "-c", "import importlib.metadata as m; print(m.version('bespokelabs-curator'))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return probe.stdout.strip() if probe.returncode == 0 else None
 
 
@@ -92,7 +94,7 @@ def ensure_venv() -> Path:
     with open(VENVS / f"curator-{VERSION}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two benchmark runs at once: one installs, the other waits
         marker = VENV / _MARKER
-        if (marker.exists() and marker.read_text() == wanted and _installed_version(VENV) == VERSION):
+        if marker.exists() and marker.read_text() == wanted and _installed_version(VENV) == VERSION:
             tokenizers_dir(VENV)
             return VENV
         log(f"creating Curator's venv {VENV} ({', '.join(REQUIREMENTS)})")
@@ -101,11 +103,16 @@ def ensure_venv() -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=300)
         pip_log = VENV / "pip-install.log"
         with open(pip_log, "w") as out:
-            pip = subprocess.run([str(_python()), "-m", "pip", "install", "--disable-pip-version-check",
-                                  *REQUIREMENTS], stdout=out, stderr=subprocess.STDOUT, timeout=1800)
+            pip = subprocess.run(
+                [str(_python()), "-m", "pip", "install", "--disable-pip-version-check", *REQUIREMENTS],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=1800,
+            )
         if pip.returncode != 0:
-            raise RuntimeError(f"pip install into {VENV} failed ({pip.returncode}); see {pip_log}:\n"
-                               + pip_log.read_text()[-2000:])
+            raise RuntimeError(
+                f"pip install into {VENV} failed ({pip.returncode}); see {pip_log}:\n" + pip_log.read_text()[-2000:]
+            )
         if _installed_version(VENV) != VERSION:
             raise RuntimeError(f"{VENV}: bespokelabs-curator is not {VERSION} after install")
         tokenizers_dir(VENV)
@@ -163,15 +170,32 @@ def _child(ctx: Ctx, path: Path, base_url: str, concurrency: int, timeout: float
     tmp = ctx.workdir / f"curator-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        run = run_child([str(_python()), "-I", str(CHILD), "--input", str(path), "--base-url", base_url,
-                         "--workdir", str(tmp / "work"), "--concurrency", str(concurrency), "--api-key", API_KEY],
-                        child_env(ctx, tmp), timeout=timeout, cwd=tmp)
+        run = run_child(
+            [
+                str(_python()),
+                "-I",
+                str(CHILD),
+                "--input",
+                str(path),
+                "--base-url",
+                base_url,
+                "--workdir",
+                str(tmp / "work"),
+                "--concurrency",
+                str(concurrency),
+                "--api-key",
+                API_KEY,
+            ],
+            child_env(ctx, tmp),
+            timeout=timeout,
+            cwd=tmp,
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     lines = [ln for ln in run.stdout.splitlines() if ln.startswith(RESULT_TAG)]
     if run.returncode != 0 or not lines:
         raise RuntimeError(f"Curator's child failed ({run.returncode}):\n{run.stdout[-1500:]}\n{run.stderr[-3000:]}")
-    report: dict[str, Any] = json.loads(lines[-1][len(RESULT_TAG):])
+    report: dict[str, Any] = json.loads(lines[-1][len(RESULT_TAG) :])
     return run, report
 
 
@@ -189,13 +213,16 @@ def startup_cpu(ctx: Ctx, server: FaultServer) -> float:
         empty.write_text("")
         runs = sorted((_child(ctx, empty, server.url, 200, timeout=300)[0] for _ in range(3)), key=lambda r: r.cpu)
         _STARTUP.append(runs[1].cpu)
-        log(f"Curator start-up: {', '.join(f'{r.cpu:.2f}' for r in runs)}s CPU (median taken), "
-            f"{runs[1].wall:.1f}s wall, peak RSS {runs[1].maxrss_kb // 1024} MB")
+        log(
+            f"Curator start-up: {', '.join(f'{r.cpu:.2f}' for r in runs)}s CPU (median taken), "
+            f"{runs[1].wall:.1f}s wall, peak RSS {runs[1].maxrss_kb // 1024} MB"
+        )
     return _STARTUP[0]
 
 
-def run_curator(ctx: Ctx, server: FaultServer, path: Path, n: int, concurrency: int = 200,
-                timeout: float = 600) -> CuratorRun:
+def run_curator(
+    ctx: Ctx, server: FaultServer, path: Path, n: int, concurrency: int = 200, timeout: float = 600
+) -> CuratorRun:
     ensure_venv()
     startup = startup_cpu(ctx, server)
     server.reset()
@@ -214,17 +241,30 @@ def run_curator(ctx: Ctx, server: FaultServer, path: Path, n: int, concurrency: 
     ctx.foreign.append(foreign)
     with contextlib.suppress(KeyError):
         stats.pop("by_article")
-    return CuratorRun(rates=rates, concurrency=concurrency, call_wall=float(report["call_wall"]),
-                      call_cpu=float(report["call_cpu"]), wall=run.wall, cpu=run.cpu,
-                      net_cpu=max(0.0, run.cpu - startup), maxrss_kb=run.maxrss_kb, server_cpu=server_cpu,
-                      ok=int(report["ok"]), failed=int(report["failed"]), server=stats, report=report,
-                      foreign_cores=foreign)
+    return CuratorRun(
+        rates=rates,
+        concurrency=concurrency,
+        call_wall=float(report["call_wall"]),
+        call_cpu=float(report["call_cpu"]),
+        wall=run.wall,
+        cpu=run.cpu,
+        net_cpu=max(0.0, run.cpu - startup),
+        maxrss_kb=run.maxrss_kb,
+        server_cpu=server_cpu,
+        ok=int(report["ok"]),
+        failed=int(report["failed"]),
+        server=stats,
+        report=report,
+        foreign_cores=foreign,
+    )
 
 
 def describe(label: str, r: CuratorRun) -> str:
     srv = r.server
-    return (f"{label}: {r.ok} ok / {r.failed} failed, {r.jobs_per_s:.1f} jobs/s over the LLM(...) call "
-            f"({r.call_wall:.1f}s), steady {r.rates.steady:.1f}/s, call CPU {r.call_cpu:.1f}s, process CPU "
-            f"{r.cpu:.1f}s (net of start-up {r.net_cpu:.1f}s), peak RSS {r.maxrss_kb // 1024} MB, server max in "
-            f"flight {srv.get('max_in_flight')}, statuses {srv.get('statuses')}, other processes on the machine "
-            f"used {r.foreign_cores:.2f} cores meanwhile")
+    return (
+        f"{label}: {r.ok} ok / {r.failed} failed, {r.jobs_per_s:.1f} jobs/s over the LLM(...) call "
+        f"({r.call_wall:.1f}s), steady {r.rates.steady:.1f}/s, call CPU {r.call_cpu:.1f}s, process CPU "
+        f"{r.cpu:.1f}s (net of start-up {r.net_cpu:.1f}s), peak RSS {r.maxrss_kb // 1024} MB, server max in "
+        f"flight {srv.get('max_in_flight')}, statuses {srv.get('statuses')}, other processes on the machine "
+        f"used {r.foreign_cores:.2f} cores meanwhile"
+    )

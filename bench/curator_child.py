@@ -59,7 +59,7 @@ def main() -> None:
     with open(args.input, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
 
-    from bespokelabs import curator  # type: ignore[import-not-found]
+    from bespokelabs import curator
 
     system = SYSTEM.format(max_words=args.max_words)
 
@@ -105,8 +105,9 @@ def main() -> None:
         call_wall, call_cpu = time.perf_counter() - t0, cpu() - cpu0
         dataset = response.dataset
         ok = sum(1 for s in dataset["summary"] if s) if len(dataset) else 0
-        report.update(start=start, call_wall=call_wall, call_cpu=call_cpu, ok=ok, failed=len(rows) - ok,
-                      output_rows=len(dataset))
+        report.update(
+            start=start, call_wall=call_wall, call_cpu=call_cpu, ok=ok, failed=len(rows) - ok, output_rows=len(dataset)
+        )
     sys.stdout.flush()
     print("\n" + RESULT_TAG + json.dumps(report), flush=True)
     # Skip interpreter teardown (atexit hooks of litellm/posthog): the result is out, the parent has what it needs.

@@ -20,24 +20,69 @@ def run(ctx: Ctx) -> None:
         log(describe("ours @ 0s", ours))
         peer = run_peer(ctx, server, path, CONCURRENCY)
         log(describe("peer @ 0s", peer))
-    ctx.note(NAME, f"{n} jobs, 1 worker x {CONCURRENCY}, producer = `summarize submit FILE` in its own process "
-                   "(CPU from os.wait4); worker/redis/server CPU = /proc/PID/stat utime+stime deltas over the run")
+    ctx.note(
+        NAME,
+        f"{n} jobs, 1 worker x {CONCURRENCY}, producer = `summarize submit FILE` in its own process "
+        "(CPU from os.wait4); worker/redis/server CPU = user+system time deltas over the run (psutil)",
+    )
     e2e, peer_e2e = ours.rates.end_to_end, peer.rates.end_to_end
-    ctx.add(Figure(NAME, "jobs/s end-to-end (submit to last completion)", e2e, "jobs/s",
-                   baseline=f"peer {peer_e2e:.1f}/s, ratio {e2e / peer_e2e:.2f}"))
-    ctx.add(Figure(NAME, "jobs/s steady window", ours.rates.steady, "jobs/s",
-                   baseline=f"peer {peer.rates.steady:.1f}/s, ratio {ours.rates.steady / peer.rates.steady:.2f}"))
+    ctx.add(
+        Figure(
+            NAME,
+            "jobs/s end-to-end (submit to last completion)",
+            e2e,
+            "jobs/s",
+            baseline=f"peer {peer_e2e:.1f}/s, ratio {e2e / peer_e2e:.2f}",
+        )
+    )
+    ctx.add(
+        Figure(
+            NAME,
+            "jobs/s steady window",
+            ours.rates.steady,
+            "jobs/s",
+            baseline=f"peer {peer.rates.steady:.1f}/s, ratio {ours.rates.steady / peer.rates.steady:.2f}",
+        )
+    )
     per = 1000 / n
-    ctx.add(Figure(NAME, "worker CPU per job", ours.worker_cpu * per, "ms",
-                   baseline=f"peer process {peer.net_cpu * per:.2f} ms (net of its start-up), "
-                            f"ratio {ours.worker_cpu / peer.net_cpu:.2f}"))
-    ctx.add(Figure(NAME, "fake server CPU per job", ours.server_cpu * per, "ms",
-                   baseline=f"{peer.server_cpu * per:.2f} ms serving the peer"))
+    ctx.add(
+        Figure(
+            NAME,
+            "worker CPU per job",
+            ours.worker_cpu * per,
+            "ms",
+            baseline=f"peer process {peer.net_cpu * per:.2f} ms (net of its start-up), "
+            f"ratio {ours.worker_cpu / peer.net_cpu:.2f}",
+        )
+    )
+    ctx.add(
+        Figure(
+            NAME,
+            "fake server CPU per job",
+            ours.server_cpu * per,
+            "ms",
+            baseline=f"{peer.server_cpu * per:.2f} ms serving the peer",
+        )
+    )
     ctx.add(Figure(NAME, "redis-server CPU per job", ours.redis_cpu * per, "ms", baseline="peer: none"))
-    ctx.add(Figure(NAME, "producer CPU per job", ours.producer_cpu * per, "ms",
-                   baseline=f"whole `summarize submit` process; the peer reads its file inside its "
-                            f"{peer.net_cpu * per:.2f} ms"))
+    ctx.add(
+        Figure(
+            NAME,
+            "producer CPU per job",
+            ours.producer_cpu * per,
+            "ms",
+            baseline=f"whole `summarize submit` process; the peer reads its file inside its "
+            f"{peer.net_cpu * per:.2f} ms",
+        )
+    )
     total = (ours.worker_cpu + ours.server_cpu + ours.redis_cpu + ours.producer_cpu) * per
     peer_total = (peer.net_cpu + peer.server_cpu) * per
-    ctx.add(Figure(NAME, "all processes CPU per job", total, "ms",
-                   baseline=f"peer + server {peer_total:.2f} ms, ratio {total / peer_total:.2f}"))
+    ctx.add(
+        Figure(
+            NAME,
+            "all processes CPU per job",
+            total,
+            "ms",
+            baseline=f"peer + server {peer_total:.2f} ms, ratio {total / peer_total:.2f}",
+        )
+    )

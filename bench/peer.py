@@ -37,8 +37,13 @@ def append_to_jsonl(data: dict[str, Any], filename: str) -> None:
 async def process(args: argparse.Namespace) -> dict[str, Any]:
     # A pool as large as the semaphore, as our worker has: the default keeps only 100 connections alive.
     limits = httpx.Limits(max_connections=args.concurrency + 8, max_keepalive_connections=args.concurrency)
-    client = openai.AsyncOpenAI(base_url=args.base_url, api_key="sk-peer", max_retries=0, timeout=60.0,
-                                http_client=openai.DefaultAsyncHttpxClient(limits=limits))
+    client = openai.AsyncOpenAI(
+        base_url=args.base_url,
+        api_key="sk-peer",
+        max_retries=0,
+        timeout=60.0,
+        http_client=openai.DefaultAsyncHttpxClient(limits=limits),
+    )
     semaphore = asyncio.Semaphore(args.concurrency)
     done: list[float] = []
     failed = 0
@@ -53,8 +58,10 @@ async def process(args: argparse.Namespace) -> dict[str, Any]:
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 try:
                     response = await client.chat.completions.create(
-                        model=args.model, messages=messages,  # type: ignore[arg-type]
-                        max_tokens=args.max_words * 2 + 64, temperature=0,
+                        model=args.model,
+                        messages=messages,  # type: ignore[arg-type]
+                        max_tokens=args.max_words * 2 + 64,
+                        temperature=0,
                     )
                 except (openai.APIConnectionError, openai.APIStatusError) as exc:
                     if attempt == MAX_ATTEMPTS:

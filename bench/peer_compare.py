@@ -19,8 +19,11 @@ def run(ctx: Ctx) -> None:
         n1, n2 = waves * CONCURRENCY, waves * 2 * CONCURRENCY
         p1 = write_jsonl(ctx.workdir / f"articles-{n1}.jsonl", n1)
         p2 = write_jsonl(ctx.workdir / f"articles-{n2}.jsonl", n2)
-        ctx.note(NAME, f"@ {latency:g}s: {n1} jobs for 200 in flight, {n2} for 400; ratios of steady-window jobs/s; "
-                       "runs interleaved ours/peer so both share the machine's noise")
+        ctx.note(
+            NAME,
+            f"@ {latency:g}s: {n1} jobs for 200 in flight, {n2} for 400; ratios of steady-window jobs/s; "
+            "runs interleaved ours/peer so both share the machine's noise",
+        )
         with FaultServer(latency=latency) as server:
             ours1 = run_ours(ctx, f"peer-ours1-{int(latency * 1000)}", server, p1, n1, workers=1)
             log(describe(f"ours 1x200 @ {latency}s", ours1))
@@ -36,12 +39,24 @@ def run(ctx: Ctx) -> None:
             ("2 workers / peer 400", ours2, peer400, None),
         ):
             ratio = ours.rates.steady / peer.rates.steady
-            ctx.add(Figure(NAME, f"{label} @ {latency:g}s (jobs/s)", ratio,
-                           baseline=f"{ours.rates.steady:.1f} vs {peer.rates.steady:.1f} jobs/s; end-to-end "
-                                    f"{ours.rates.end_to_end:.1f} vs {peer.rates.end_to_end:.1f}; unrelated load "
-                                    f"{ours.foreign_cores:.2f} vs {peer.foreign_cores:.2f} cores",
-                           target=f">= {target}" if target else "", ok=ratio >= target if target else None))
-        ctx.add(Figure(NAME, f"client CPU per job, 1 worker / peer 200 @ {latency:g}s",
-                       ours1.worker_cpu / peer200.net_cpu,
-                       baseline=f"{1000 * ours1.worker_cpu / n1:.1f} vs {1000 * peer200.net_cpu / n1:.1f} ms "
-                                "(both net of start-up)"))
+            ctx.add(
+                Figure(
+                    NAME,
+                    f"{label} @ {latency:g}s (jobs/s)",
+                    ratio,
+                    baseline=f"{ours.rates.steady:.1f} vs {peer.rates.steady:.1f} jobs/s; end-to-end "
+                    f"{ours.rates.end_to_end:.1f} vs {peer.rates.end_to_end:.1f}; unrelated load "
+                    f"{ours.foreign_cores:.2f} vs {peer.foreign_cores:.2f} cores",
+                    target=f">= {target}" if target else "",
+                    ok=ratio >= target if target else None,
+                )
+            )
+        ctx.add(
+            Figure(
+                NAME,
+                f"client CPU per job, 1 worker / peer 200 @ {latency:g}s",
+                ours1.worker_cpu / peer200.net_cpu,
+                baseline=f"{1000 * ours1.worker_cpu / n1:.1f} vs {1000 * peer200.net_cpu / n1:.1f} ms "
+                "(both net of start-up)",
+            )
+        )

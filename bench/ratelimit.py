@@ -33,21 +33,63 @@ def run(ctx: Ctx) -> None:
     n = int(RPM * (window + 15) / 60)
     path = write_jsonl(ctx.workdir / f"articles-{n}.jsonl", n)
     with FaultServer(latency=LATENCY, rpm=RPM) as server:
-        r = run_ours(ctx, "ratelimit", server, path, n, workers=WORKERS, concurrency=CONCURRENCY,
-                     timeout=n * 60 / RPM + 120, extra_env={"SUMMARIZE_RPM": str(RPM)})
+        r = run_ours(
+            ctx,
+            "ratelimit",
+            server,
+            path,
+            n,
+            workers=WORKERS,
+            concurrency=CONCURRENCY,
+            timeout=n * 60 / RPM + 120,
+            extra_env={"SUMMARIZE_RPM": str(RPM)},
+        )
     log(describe("ours rpm-limited", r))
     times = r.server["ok_times"]
     first, best = window_counts(times, window)
     expected = RPM * window / 60
-    ctx.note(NAME, f"{n} jobs, {WORKERS} workers x {CONCURRENCY}, SUMMARIZE_RPM={RPM}, server rpm={RPM} latency "
-                   f"{LATENCY}s; window of {window:.0f}s from the server's first 200 (ok_times)"
-                   + ("; --quick: half a minute, not a full one" if ctx.quick else ""))
-    ctx.add(Figure(NAME, f"server-seen rate over the first {window:.0f}s / limit", first / expected,
-                   baseline=f"{first} ok in {window:.0f}s vs {expected:.0f} allowed", target="0.95 - 1.0",
-                   ok=0.95 <= first / expected <= 1.0))
-    ctx.add(Figure(NAME, f"busiest {window:.0f}s window / limit", best / expected,
-                   baseline=f"{best} ok", target="<= 1.0", ok=best <= expected))
-    ctx.add(Figure(NAME, "429s from the server (overshoot_429)", r.server["overshoot_429"], target="0",
-                   ok=r.server["overshoot_429"] == 0, baseline=f"statuses {r.server['statuses']}"))
-    ctx.add(Figure(NAME, "worker CPU while paced, per admitted request", 1000 * r.worker_cpu / max(len(times), 1),
-                   "ms", baseline=f"{r.worker_cpu / r.wall:.2f} cores over {r.wall:.0f}s for {WORKERS} workers"))
+    ctx.note(
+        NAME,
+        f"{n} jobs, {WORKERS} workers x {CONCURRENCY}, SUMMARIZE_RPM={RPM}, server rpm={RPM} latency "
+        f"{LATENCY}s; window of {window:.0f}s from the server's first 200 (ok_times)"
+        + ("; --quick: half a minute, not a full one" if ctx.quick else ""),
+    )
+    ctx.add(
+        Figure(
+            NAME,
+            f"server-seen rate over the first {window:.0f}s / limit",
+            first / expected,
+            baseline=f"{first} ok in {window:.0f}s vs {expected:.0f} allowed",
+            target="0.95 - 1.0",
+            ok=0.95 <= first / expected <= 1.0,
+        )
+    )
+    ctx.add(
+        Figure(
+            NAME,
+            f"busiest {window:.0f}s window / limit",
+            best / expected,
+            baseline=f"{best} ok",
+            target="<= 1.0",
+            ok=best <= expected,
+        )
+    )
+    ctx.add(
+        Figure(
+            NAME,
+            "429s from the server (overshoot_429)",
+            r.server["overshoot_429"],
+            target="0",
+            ok=r.server["overshoot_429"] == 0,
+            baseline=f"statuses {r.server['statuses']}",
+        )
+    )
+    ctx.add(
+        Figure(
+            NAME,
+            "worker CPU while paced, per admitted request",
+            1000 * r.worker_cpu / max(len(times), 1),
+            "ms",
+            baseline=f"{r.worker_cpu / r.wall:.2f} cores over {r.wall:.0f}s for {WORKERS} workers",
+        )
+    )

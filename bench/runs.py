@@ -25,7 +25,8 @@ from .common import (
     group_cpu_seconds,
     log,
     machine_busy,
-    mem_kb,
+    peak_rss_kb,
+    rss_kb,
     run_child,
     self_cpu,
     settings_of,
@@ -45,7 +46,7 @@ class MemSampler(threading.Thread):
     def run(self) -> None:
         while not self.halt.wait(self.period):
             for pid in self.pids:
-                self.peak_rss[pid] = max(self.peak_rss[pid], mem_kb(pid, "VmRSS"))
+                self.peak_rss[pid] = max(self.peak_rss[pid], rss_kb(pid))
 
     def stop(self) -> None:
         self.halt.set()
@@ -72,9 +73,19 @@ class OursRun:
     foreign_cores: float = 0.0
 
 
-def run_ours(ctx: Ctx, name: str, server: FaultServer, path: Path, n: int, workers: int = 1,
-             concurrency: int = 200, cli: bool = False, timeout: float = 300, extra_env: dict[str, str] | None = None,
-             on_running: Any = None) -> OursRun:
+def run_ours(
+    ctx: Ctx,
+    name: str,
+    server: FaultServer,
+    path: Path,
+    n: int,
+    workers: int = 1,
+    concurrency: int = 200,
+    cli: bool = False,
+    timeout: float = 300,
+    extra_env: dict[str, str] | None = None,
+    on_running: Any = None,
+) -> OursRun:
     """Start `workers` worker processes on a fresh Redis, submit the file as one batch, wait for it.
 
     With cli=True the producer is `summarize submit FILE` in its own process (so its CPU and memory can be
@@ -86,20 +97,22 @@ def run_ours(ctx: Ctx, name: str, server: FaultServer, path: Path, n: int, worke
         redis_proc = stack.procs[0]
         # SUMMARIZE_CONCURRENCY (in env) sizes the LLM pool; -c would size the message threads instead.
         procs: list[Proc] = [stack.worker(f"{name}-w{i + 1}") for i in range(workers)]
-        idle = [mem_kb(p.pid, "VmRSS") for p in procs]
+        idle = [rss_kb(p.pid) for p in procs]
         sampler = MemSampler([p.pid for p in procs])
         sampler.start()
         client = Client(settings_of(stack))
         batch_id = f"{name}-{int(time.time())}"
-        cpu0 = ([group_cpu_seconds(p.pid) for p in procs], group_cpu_seconds(redis_proc.pid),
-                cpu_seconds(fault_pid(server)))
+        cpu0 = (
+            [group_cpu_seconds(p.pid) for p in procs],
+            group_cpu_seconds(redis_proc.pid),
+            cpu_seconds(fault_pid(server)),
+        )
         busy0, self0 = machine_busy(), self_cpu()
         start = time.time()
         producer_cpu, producer_rss = 0.0, 0
         try:
             if cli:
-                run = run_child([str(BIN / "summarize"), "submit", str(path), "--batch-id", batch_id, "-q"],
-                                stack.env)
+                run = run_child([str(BIN / "summarize"), "submit", str(path), "--batch-id", batch_id, "-q"], stack.env)
                 if run.returncode != 0:
                     raise RuntimeError(f"summarize submit failed ({run.returncode}): {run.stderr[-2000:]}")
                 producer_cpu, producer_rss = run.cpu, run.maxrss_kb
@@ -110,23 +123,33 @@ def run_ours(ctx: Ctx, name: str, server: FaultServer, path: Path, n: int, worke
                 on_running(procs)
             status = wait_batch(batch, n, timeout)
             end = time.time()
-            cpu1 = ([group_cpu_seconds(p.pid) for p in procs], group_cpu_seconds(redis_proc.pid),
-                    cpu_seconds(fault_pid(server)))
+            cpu1 = (
+                [group_cpu_seconds(p.pid) for p in procs],
+                group_cpu_seconds(redis_proc.pid),
+                cpu_seconds(fault_pid(server)),
+            )
             busy, mine = machine_busy() - busy0, self_cpu() - self0
             ensure_clean_exit(stack)
-            hwm = [mem_kb(p.pid) for p in procs]
+            hwm = [peak_rss_kb(p.pid) for p in procs]
         finally:
             sampler.stop()
         times = finish_times(client, batch_id)
         client.close()
         result = OursRun(
-            rates=Rates.of(times, start, workers * concurrency), workers=workers, concurrency=concurrency,
+            rates=Rates.of(times, start, workers * concurrency),
+            workers=workers,
+            concurrency=concurrency,
             wall=end - start,
-            worker_cpu=sum(cpu1[0]) - sum(cpu0[0]), redis_cpu=cpu1[1] - cpu0[1], server_cpu=cpu1[2] - cpu0[2],
-            producer_cpu=producer_cpu, producer_maxrss_kb=producer_rss,
-            worker_idle_rss_kb=idle, worker_hwm_kb=hwm,
+            worker_cpu=sum(cpu1[0]) - sum(cpu0[0]),
+            redis_cpu=cpu1[1] - cpu0[1],
+            server_cpu=cpu1[2] - cpu0[2],
+            producer_cpu=producer_cpu,
+            producer_maxrss_kb=producer_rss,
+            worker_idle_rss_kb=idle,
+            worker_hwm_kb=hwm,
             worker_peak_rss_kb=[sampler.peak_rss[p.pid] for p in procs],
-            server=server.stats(), status=status,
+            server=server.stats(),
+            status=status,
         )
         ours = result.worker_cpu + result.redis_cpu + result.server_cpu + producer_cpu + mine
         result.foreign_cores = max(0.0, busy - ours) / result.wall
@@ -159,8 +182,20 @@ def peer_startup_cpu(ctx: Ctx) -> float:
     if not _PEER_STARTUP:
         empty = ctx.workdir / "empty.jsonl"
         empty.write_text("")
-        run = run_child([sys.executable, "-m", "bench.peer", "--input", str(empty), "--output", str(empty) + ".out",
-                         "--base-url", "http://127.0.0.1:9/v1"], {"PATH": "/usr/bin:/bin"})
+        run = run_child(
+            [
+                sys.executable,
+                "-m",
+                "bench.peer",
+                "--input",
+                str(empty),
+                "--output",
+                str(empty) + ".out",
+                "--base-url",
+                "http://127.0.0.1:9/v1",
+            ],
+            {"PATH": "/usr/bin:/bin"},
+        )
         _PEER_STARTUP.append(run.cpu if run.returncode == 0 else 0.0)
     return _PEER_STARTUP[0]
 
@@ -170,8 +205,22 @@ def run_peer(ctx: Ctx, server: FaultServer, path: Path, concurrency: int) -> Pee
     out = ctx.workdir / f"peer-{concurrency}-{int(time.time() * 1000)}.jsonl"
     server_cpu0 = cpu_seconds(fault_pid(server))
     busy0, self0 = machine_busy(), self_cpu()
-    run = run_child([sys.executable, "-m", "bench.peer", "--input", str(path), "--output", str(out),
-                     "--concurrency", str(concurrency), "--base-url", server.url], {"PATH": "/usr/bin:/bin"})
+    run = run_child(
+        [
+            sys.executable,
+            "-m",
+            "bench.peer",
+            "--input",
+            str(path),
+            "--output",
+            str(out),
+            "--concurrency",
+            str(concurrency),
+            "--base-url",
+            server.url,
+        ],
+        {"PATH": "/usr/bin:/bin"},
+    )
     server_cpu = cpu_seconds(fault_pid(server)) - server_cpu0
     busy, mine = machine_busy() - busy0, self_cpu() - self0
     if run.returncode != 0:
@@ -180,14 +229,25 @@ def run_peer(ctx: Ctx, server: FaultServer, path: Path, concurrency: int) -> Pee
     out.unlink(missing_ok=True)
     foreign = max(0.0, busy - run.cpu - server_cpu - mine) / run.wall
     ctx.foreign.append(foreign)
-    return PeerRun(Rates.of(report["done"], report["start"], concurrency), concurrency, run.wall, run.cpu,
-                   run.maxrss_kb, server_cpu, int(report["failed"]), server.stats(), foreign,
-                   max(0.0, run.cpu - peer_startup_cpu(ctx)))
+    return PeerRun(
+        Rates.of(report["done"], report["start"], concurrency),
+        concurrency,
+        run.wall,
+        run.cpu,
+        run.maxrss_kb,
+        server_cpu,
+        int(report["failed"]),
+        server.stats(),
+        foreign,
+        max(0.0, run.cpu - peer_startup_cpu(ctx)),
+    )
 
 
 def describe(label: str, r: OursRun | PeerRun) -> str:
     rates = r.rates
     srv = r.server
-    return (f"{label}: {rates.jobs} jobs, steady {rates.steady:.1f}/s, end-to-end {rates.end_to_end:.1f}/s, "
-            f"server max in flight {srv.get('max_in_flight')}, statuses {srv.get('statuses')}, "
-            f"other processes on the machine used {r.foreign_cores:.2f} cores meanwhile")
+    return (
+        f"{label}: {rates.jobs} jobs, steady {rates.steady:.1f}/s, end-to-end {rates.end_to_end:.1f}/s, "
+        f"server max in flight {srv.get('max_in_flight')}, statuses {srv.get('statuses')}, "
+        f"other processes on the machine used {r.foreign_cores:.2f} cores meanwhile"
+    )

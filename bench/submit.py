@@ -55,8 +55,9 @@ def run(ctx: Ctx) -> None:
 
     with bench_stack(ctx, "submit-ours") as stack:
         settings = settings_of(stack)
-        run = run_child([str(BIN / "summarize"), "submit", str(path), "--batch-id", "bench-submit", "-q"], stack.env,
-                        timeout=900)
+        run = run_child(
+            [str(BIN / "summarize"), "submit", str(path), "--batch-id", "bench-submit", "-q"], stack.env, timeout=900
+        )
         if run.returncode != 0:
             raise RuntimeError(f"summarize submit failed ({run.returncode}): {run.stderr[-2000:]}")
         client = redis.Redis.from_url(stack.env["REDIS_URL"])
@@ -65,20 +66,39 @@ def run(ctx: Ctx) -> None:
         mem = client.info("memory")["used_memory"]
         client.close()
     rate = n / run.wall
-    log(f"submit: ours {n} in {run.wall:.1f}s = {rate:.0f}/s, cpu {run.cpu:.1f}s, "
+    log(
+        f"submit: ours {n} in {run.wall:.1f}s = {rate:.0f}/s, cpu {run.cpu:.1f}s, "
         f"maxrss {run.maxrss_kb / 1024:.0f} MB, {queued_ours} messages queued, "
-        f"batch total {total!r}, redis used {mem / 1e6:.0f} MB")
+        f"batch total {total!r}, redis used {mem / 1e6:.0f} MB"
+    )
     expected = -(-n // settings.jobs_per_message)  # one message carries up to jobs_per_message jobs
     if queued_ours != expected or int(total or 0) != n:
         ctx.note(NAME, f"expected {expected} messages for {n} jobs, found {queued_ours} (batch total {total!r})")
-    ctx.note(NAME, f"{n} articles, {size_mb:.0f} MB JSONL; ours = wall time of the whole `summarize submit` process "
-                   f"(start-up and its validation pass included); naive = {sample} articles in this process, "
-                   f"rate extrapolated to {n}")
-    ctx.add(Figure(NAME, "submit rate / naive SET+send_task", rate / naive_rate,
-                   baseline=f"{rate:,.0f} vs {naive_rate:,.0f} articles/s "
-                            f"(naive 100k would take {n / naive_rate:.0f}s, ours took {run.wall:.0f}s)",
-                   target=">= 10", ok=rate / naive_rate >= 10))
-    ctx.add(Figure(NAME, "producer peak memory (ru_maxrss)", run.maxrss_kb / 1024, "MB",
-                   baseline=f"input file {size_mb:.0f} MB; producer CPU {run.cpu:.1f}s"))
+    ctx.note(
+        NAME,
+        f"{n} articles, {size_mb:.0f} MB JSONL; ours = wall time of the whole `summarize submit` process "
+        f"(start-up and its validation pass included); naive = {sample} articles in this process, "
+        f"rate extrapolated to {n}",
+    )
+    ctx.add(
+        Figure(
+            NAME,
+            "submit rate / naive SET+send_task",
+            rate / naive_rate,
+            baseline=f"{rate:,.0f} vs {naive_rate:,.0f} articles/s "
+            f"(naive 100k would take {n / naive_rate:.0f}s, ours took {run.wall:.0f}s)",
+            target=">= 10",
+            ok=rate / naive_rate >= 10,
+        )
+    )
+    ctx.add(
+        Figure(
+            NAME,
+            "producer peak memory (ru_maxrss)",
+            run.maxrss_kb / 1024,
+            "MB",
+            baseline=f"input file {size_mb:.0f} MB; producer CPU {run.cpu:.1f}s",
+        )
+    )
     ctx.add(Figure(NAME, "redis used_memory after submit", mem / 1e6, "MB", baseline=f"{n} jobs queued"))
     path.unlink(missing_ok=True)

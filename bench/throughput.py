@@ -22,17 +22,50 @@ def run(ctx: Ctx) -> None:
             r = run_ours(ctx, f"tp{int(latency * 1000)}", server, path, n, workers=1, concurrency=CONCURRENCY)
         log(describe(f"ours @ {latency}s", r))
         ok_jobs = r.rates.jobs
-        ctx.add(Figure(NAME, f"jobs/s / ideal @ {latency:g}s, steady window", r.rates.steady / ideal,
-                       baseline=f"ideal {ideal:.0f}/s; measured {r.rates.steady:.1f}/s", target=">= 0.9",
-                       ok=r.rates.steady / ideal >= 0.9))
-        ctx.add(Figure(NAME, f"jobs/s / ideal @ {latency:g}s, submit to last completion", r.rates.end_to_end / ideal,
-                       baseline=f"ideal {ideal:.0f}/s; measured {r.rates.end_to_end:.1f}/s"))
-        ctx.add(Figure(NAME, f"max requests in flight at the server @ {latency:g}s", r.server["max_in_flight"],
-                       baseline=f"{CONCURRENCY} worker threads", target=">= 180",
-                       ok=r.server["max_in_flight"] >= 180))
+        ctx.add(
+            Figure(
+                NAME,
+                f"jobs/s / ideal @ {latency:g}s, steady window",
+                r.rates.steady / ideal,
+                baseline=f"ideal {ideal:.0f}/s; measured {r.rates.steady:.1f}/s",
+                target=">= 0.9",
+                ok=r.rates.steady / ideal >= 0.9,
+            )
+        )
+        ctx.add(
+            Figure(
+                NAME,
+                f"jobs/s / ideal @ {latency:g}s, submit to last completion",
+                r.rates.end_to_end / ideal,
+                baseline=f"ideal {ideal:.0f}/s; measured {r.rates.end_to_end:.1f}/s",
+            )
+        )
+        ctx.add(
+            Figure(
+                NAME,
+                f"max requests in flight at the server @ {latency:g}s",
+                r.server["max_in_flight"],
+                baseline=f"{CONCURRENCY} worker threads",
+                target=">= 180",
+                ok=r.server["max_in_flight"] >= 180,
+            )
+        )
         cpu_ms = 1000 * r.worker_cpu / max(ok_jobs, 1)
-        ctx.add(Figure(NAME, f"worker CPU ms per job @ {latency:g}s", cpu_ms, "ms",
-                       baseline=f"{cpu_ms * ideal / 1000:.2f} cores needed at the ideal rate"))
+        ctx.add(
+            Figure(
+                NAME,
+                f"worker CPU ms per job @ {latency:g}s",
+                cpu_ms,
+                "ms",
+                baseline=f"{cpu_ms * ideal / 1000:.2f} cores needed at the ideal rate",
+            )
+        )
         # One process runs Python on one core at a time (the GIL): this is its ceiling whatever the concurrency.
-        ctx.add(Figure(NAME, f"one-core ceiling of a worker process @ {latency:g}s / ideal", 1000 / cpu_ms / ideal,
-                       baseline=f"1000 / {cpu_ms:.1f} ms = {1000 / cpu_ms:.0f} jobs/s"))
+        ctx.add(
+            Figure(
+                NAME,
+                f"one-core ceiling of a worker process @ {latency:g}s / ideal",
+                1000 / cpu_ms / ideal,
+                baseline=f"1000 / {cpu_ms:.1f} ms = {1000 / cpu_ms:.0f} jobs/s",
+            )
+        )

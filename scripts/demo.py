@@ -35,32 +35,46 @@ def main() -> int:
         local = not os.environ.get("OPENAI_API_KEY") and not os.environ.get("OPENAI_BASE_URL")
         if local:
             stack.llm(8765 if not _busy(8765) else None)
-            print(f"demo: no OPENAI_API_KEY set: using the offline extractive server at {stack.env['OPENAI_BASE_URL']}",
-                  file=sys.stderr)
+            print(
+                f"demo: no OPENAI_API_KEY set: using the offline extractive server at {stack.env['OPENAI_BASE_URL']}",
+                file=sys.stderr,
+            )
         stack.worker("worker1")
         flower_port = args.flower_port if not _busy(args.flower_port) else free_port()
         stack.flower(flower_port)
         flower = f"http://localhost:{flower_port}"
-        print(f"demo: Redis at redis://127.0.0.1:{redis_port}/0, Flower at {flower}, logs in {stack.workdir}",
-              file=sys.stderr)
+        print(
+            f"demo: Redis at redis://127.0.0.1:{redis_port}/0, Flower at {flower}, logs in {stack.workdir}",
+            file=sys.stderr,
+        )
         if args.up:
-            print(f"up: stack running. In another shell:\n  export REDIS_URL={stack.env['REDIS_URL']}"
-                  + (f" OPENAI_BASE_URL={stack.env['OPENAI_BASE_URL']}" if local else "")
-                  + "\n  summarize submit samples/articles.jsonl --wait\nCtrl-C stops everything.", file=sys.stderr)
+            print(
+                f"up: stack running. In another shell:\n  export REDIS_URL={stack.env['REDIS_URL']}"
+                + (f" OPENAI_BASE_URL={stack.env['OPENAI_BASE_URL']}" if local else "")
+                + "\n  summarize submit samples/articles.jsonl --wait\nCtrl-C stops everything.",
+                file=sys.stderr,
+            )
             while all(p.popen is not None and p.popen.poll() is None for p in stack.procs):
                 time.sleep(1)
             print("up: a process exited; stopping", file=sys.stderr)
             return 1
         out = stack.workdir / "demo-results.jsonl"
-        submit = subprocess.run([str(BIN / "summarize"), "submit", args.input, "--wait", "--timeout", "300",
-                                 "--out", str(out)], env=stack.env, stdout=subprocess.PIPE, text=True)
+        submit = subprocess.run(
+            [str(BIN / "summarize"), "submit", args.input, "--wait", "--timeout", "300", "--out", str(out)],
+            env=stack.env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         batch_id = submit.stdout.strip().splitlines()[-1] if submit.stdout.strip() else "?"
         for line in out.read_text(encoding="utf-8").splitlines():
             r = json.loads(line)
             print(f"\n== {r['id']} [{r['status']}] ({r['model']}, {(r['usage'] or {}).get('total_tokens', 0)} tokens)")
             print(r["summary"] or f"ERROR {r['error_type']}: {r['error']}")
-        print(f"\ndemo: batch {batch_id}: results in {out}; Flower was at {flower}; "
-              f"wall time {time.monotonic() - started:.1f}s", file=sys.stderr)
+        print(
+            f"\ndemo: batch {batch_id}: results in {out}; Flower was at {flower}; "
+            f"wall time {time.monotonic() - started:.1f}s",
+            file=sys.stderr,
+        )
         return submit.returncode
     except KeyboardInterrupt:
         return 0

@@ -66,8 +66,9 @@ class Proc:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab")  # noqa: SIM115 - the child owns it for its lifetime
         # Its own process group, so a stop reaches the children (prefork, uvicorn) too.
-        self.popen = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                      cwd=ROOT, start_new_session=True)
+        self.popen = subprocess.Popen(
+            self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )
         out.close()
         return self
 
@@ -125,9 +126,23 @@ class Stack:
         port = port or free_port()
         data = self.workdir / f"redis-{port}"
         data.mkdir(parents=True, exist_ok=True)
-        argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-                "--maxmemory-policy", "noeviction"]
+        argv = [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+        ]
         if password:
             argv += ["--requirepass", password]
         proc = self._proc(f"redis-{port}", argv + (extra or []))
@@ -144,11 +159,27 @@ class Stack:
         self.env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{port}/v1"
         return proc
 
-    def worker(self, name: str = "w1", concurrency: int | None = None, env: Mapping[str, str] | None = None,
-               ready_timeout: float = 60, wait: bool = True) -> Proc:
+    def worker(
+        self,
+        name: str = "w1",
+        concurrency: int | None = None,
+        env: Mapping[str, str] | None = None,
+        ready_timeout: float = 60,
+        wait: bool = True,
+    ) -> Proc:
         """A Celery worker process; with wait=False it is returned at once (to see it refuse to start)."""
-        argv = [str(BIN / "celery"), "-A", "worker", "worker", "-n", f"{name}@%h", "-l", "info",
-                "--without-mingle", "--without-gossip"]
+        argv = [
+            str(BIN / "celery"),
+            "-A",
+            "worker",
+            "worker",
+            "-n",
+            f"{name}@%h",
+            "-l",
+            "info",
+            "--without-mingle",
+            "--without-gossip",
+        ]
         if concurrency:
             argv += ["-c", str(concurrency)]
         proc = self._proc(name, argv, env)

@@ -7,6 +7,8 @@ tests in seconds; they are settings a user could set too.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import sys
@@ -18,9 +20,10 @@ from typing import Any
 
 import pytest
 
+from contract.keys import PRIORITY_STEPS, Keys
 from contract.settings import Settings
 from producer.api import Client
-from scripts.stack import BIN, Stack
+from scripts.stack import BIN, Proc, Stack
 from tests.faultserver import FaultServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,8 +70,53 @@ class Group:
             cwd=ROOT,
         )
 
-    def worker(self, name: str, **env: str) -> Any:
+    def worker(self, name: str, **env: str) -> Proc:
         return self.stack.worker(name, env={**self.env, **env})
+
+    def submit_and_wait(self, src: Path, timeout: float = 60, exit_code: int = 0) -> str:
+        """`summarize submit SRC` into a new batch, then `summarize wait` for it, exiting `exit_code`: the batch id."""
+        bid = batch_id()
+        sub = self.cli("submit", str(src), "--batch-id", bid, "-q")
+        assert sub.returncode == 0, sub.stderr
+        wait = self.cli("wait", bid, "--timeout", str(timeout), "-q")
+        assert wait.returncode == exit_code, (wait.returncode, wait.stderr)
+        return bid
+
+    def results(self, bid: str) -> list[dict[str, Any]]:
+        """`summarize results BID`, one dict a job, in input order."""
+        r = self.cli("results", bid)
+        assert r.returncode == 0, r.stderr
+        return [json.loads(line) for line in r.stdout.splitlines()]
+
+    def results_by_id(self, bid: str) -> dict[str, dict[str, Any]]:
+        return {row["id"]: row for row in self.results(bid)}
+
+    def queued_messages(self) -> list[QueuedMessage]:
+        """The task messages waiting on the group's Celery queues, all priorities, decoded from kombu's envelope."""
+        keys = Keys(self.settings.key_prefix, self.settings.queue)
+        client = self.client()
+        try:
+            return [
+                QueuedMessage.decode(step, raw)
+                for step in PRIORITY_STEPS
+                for raw in client.redis.lrange(keys.broker_queue(step), 0, -1)
+            ]
+        finally:
+            client.close()
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """One message on a broker queue: its priority step, the raw envelope (for LREM) and the task's args."""
+
+    step: int
+    raw: str
+    args: list[Any]  # [batch_id, [job_id, ...], priority step]
+
+    @classmethod
+    def decode(cls, step: int, raw: bytes | str) -> QueuedMessage:
+        body = json.loads(base64.b64decode(json.loads(raw)["body"]))  # [args, kwargs, embed]
+        return cls(step, raw if isinstance(raw, str) else raw.decode(), body[0])
 
 
 def batch_id() -> str:
@@ -99,6 +147,13 @@ def local_llm(stack: Stack, redis_url: str) -> str:
 @pytest.fixture(scope="session")
 def fault_server() -> Iterator[FaultServer]:
     with FaultServer() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def slow_server() -> Iterator[FaultServer]:
+    """A fault server where every request takes a second, so a fault always finds jobs in flight."""
+    with FaultServer(latency=1.0) as srv:
         yield srv
 
 

@@ -5,35 +5,22 @@ For each: every article ends done, and LLM calls are repeated at most for jobs i
 
 from __future__ import annotations
 
-import base64
-import json
 import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from contract.keys import PRIORITY_STEPS, Keys
+from contract.keys import Keys
+from producer.api import Batch
 from scripts.stack import BIN, ROOT, Stack
-from tests.conftest import Group, batch_id, isolated_group
+from tests.conftest import batch_id, isolated_group
 from tests.faultserver import FaultServer, article_key, expected_summary
+from tests.helpers import articles, wait_until, write_jsonl
 
 CONCURRENCY = 8
-
-
-@pytest.fixture(scope="module")
-def slow_server() -> Iterator[FaultServer]:
-    """Every request takes a second, so a fault always finds jobs in flight."""
-    with FaultServer(latency=1.0) as srv:
-        yield srv
-
-
-def articles(tag: str, n: int) -> list[dict[str, str]]:
-    return [{"id": f"{tag}{i}", "text": f"{tag} article {i}: the county approved the new budget on day {i}."}
-            for i in range(n)]
 
 
 def calls_per_article(server: FaultServer, arts: list[dict[str, str]]) -> list[int]:
@@ -41,22 +28,22 @@ def calls_per_article(server: FaultServer, arts: list[dict[str, str]]) -> list[i
     return [by_article.get(article_key(a["text"]), 0) for a in arts]
 
 
-def wait_until(pred: object, timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def assert_all_done(group: Group, bid: str, arts: list[dict[str, str]]) -> None:
-    results = {r.id: r for r in group.client().batch(bid).results()}
+def all_done(batch: Batch, arts: list[dict[str, str]], server: FaultServer, timeout: float) -> list[int]:
+    """Wait for the batch: every article done with its own summary, none lost. The LLM calls made per article."""
+    status = batch.wait(timeout=timeout)
+    assert (status["total"], status["done"], status["failed"]) == (len(arts), len(arts), 0), status
+    results = {r.id: r for r in batch.results()}
     assert len(results) == len(arts)
     for a in arts:
         r = results[a["id"]]
         assert r.status == "done", r
         assert r.summary == expected_summary(a["text"])
+    return calls_per_article(server, arts)
+
+
+def repeats(calls: list[int]) -> int:
+    """LLM calls made for an article beyond its first."""
+    return sum(c - 1 for c in calls if c > 1)
 
 
 def test_kill9_worker_mid_batch_loses_nothing(stack: Stack, redis_url: str, slow_server: FaultServer) -> None:
@@ -64,20 +51,22 @@ def test_kill9_worker_mid_batch_loses_nothing(stack: Stack, redis_url: str, slow
     g = isolated_group(stack, redis_url, slow_server.url, SUMMARIZE_CONCURRENCY=str(CONCURRENCY))
     arts = articles("k", 40)
     w1 = g.worker("kill-w1")
-    batch = g.client().submit(arts, batch_id=batch_id())  # type: ignore[arg-type]
-    wait_until(lambda: (s := batch.status())["done"] >= CONCURRENCY and s["running"] >= CONCURRENCY // 2, 60,
-               "a batch under way")
+    batch = g.client().submit(arts, batch_id=batch_id())
+    wait_until(
+        lambda: (s := batch.status())["done"] >= CONCURRENCY and s["running"] >= CONCURRENCY // 2,
+        60,
+        "a batch under way",
+    )
     w1.kill9()
     in_flight = batch.status()["running"]
 
     g.worker("kill-w2")
-    status = batch.wait(timeout=120)
-    assert status["done"] == 40 and status["failed"] == 0
-    assert_all_done(g, batch.id, arts)
-    calls = calls_per_article(slow_server, arts)
-    repeated = sum(c - 1 for c in calls if c > 1)
-    print(f"kill -9: 40 submitted, 40 done, 0 lost, {repeated} repeated LLM calls, {in_flight} held by the worker "
-          f"(at most {CONCURRENCY} of them calling the LLM) at kill")
+    calls = all_done(batch, arts, slow_server, timeout=120)
+    repeated = repeats(calls)
+    print(
+        f"kill -9: 40 submitted, 40 done, 0 lost, {repeated} repeated LLM calls, {in_flight} held by the worker "
+        f"(at most {CONCURRENCY} of them calling the LLM) at kill"
+    )
     assert min(calls) >= 1
     assert repeated <= CONCURRENCY  # only requests in flight are paid twice
     reclaimed = int(g.client().redis.hget(Keys(g.settings.key_prefix).stats, "reclaimed") or 0)
@@ -87,11 +76,10 @@ def test_kill9_worker_mid_batch_loses_nothing(stack: Stack, redis_url: str, slow
 def test_sigterm_finishes_or_hands_back_within_bound(stack: Stack, redis_url: str, slow_server: FaultServer) -> None:
     slow_server.reset()
     # A tight rate limit keeps most threads waiting in the limiter: those must hand their jobs back.
-    g = isolated_group(stack, redis_url, slow_server.url, SUMMARIZE_CONCURRENCY=str(CONCURRENCY),
-                       SUMMARIZE_RPM="120")
+    g = isolated_group(stack, redis_url, slow_server.url, SUMMARIZE_CONCURRENCY=str(CONCURRENCY), SUMMARIZE_RPM="120")
     arts = articles("t", 24)
     w1 = g.worker("term-w1")
-    batch = g.client().submit(arts, batch_id=batch_id())  # type: ignore[arg-type]
+    batch = g.client().submit(arts, batch_id=batch_id())
     wait_until(lambda: batch.status()["done"] >= 3, 60, "first jobs done")
     started = time.monotonic()
     w1.signal(signal.SIGTERM)
@@ -104,11 +92,8 @@ def test_sigterm_finishes_or_hands_back_within_bound(stack: Stack, redis_url: st
     assert after_stop["running"] == 0 and after_stop["done"] < 24
 
     g.worker("term-w2")
-    assert batch.wait(timeout=120)["done"] == 24
-    assert_all_done(g, batch.id, arts)
-    calls = calls_per_article(slow_server, arts)
-    print(f"SIGTERM: 24 submitted, 24 done, 0 lost, {sum(c - 1 for c in calls)} repeated LLM calls, "
-          f"shutdown took {took:.1f}s")
+    calls = all_done(batch, arts, slow_server, timeout=120)
+    print(f"SIGTERM: 24 submitted, 24 done, 0 lost, {repeats(calls)} repeated LLM calls, shutdown took {took:.1f}s")
     assert calls == [1] * 24  # handed-back jobs had not called the LLM yet: nothing paid twice
 
 
@@ -121,41 +106,31 @@ def test_redis_restart_mid_batch(slow_server: FaultServer) -> None:
         arts = articles("r", 40)
         g.worker("redis-w1")
         client = g.client()
-        batch = client.submit(arts, batch_id=batch_id())  # type: ignore[arg-type]
+        batch = client.submit(arts, batch_id=batch_id())
         wait_until(lambda: batch.status()["done"] >= 4, 60, "first jobs done")
         in_flight = batch.status()["running"]
         r1.stop()  # SIGTERM: Redis fsyncs its append-only file and exits
         time.sleep(3)
         own.redis(port)  # same port, same data directory: the AOF is replayed
-        status = batch.wait(timeout=180)
-        assert status["done"] == 40 and status["failed"] == 0 and status["total"] == 40
-        assert_all_done(g, batch.id, arts)
-        calls = calls_per_article(slow_server, arts)
-        repeated = sum(c - 1 for c in calls if c > 1)
-        print(f"Redis restart: 40 submitted, 40 done, 0 lost, {repeated} repeated LLM calls, "
-              f"{in_flight} in flight at the stop")
+        calls = all_done(batch, arts, slow_server, timeout=180)
+        repeated = repeats(calls)
+        print(
+            f"Redis restart: 40 submitted, 40 done, 0 lost, {repeated} repeated LLM calls, "
+            f"{in_flight} in flight at the stop"
+        )
         assert min(calls) >= 1 and repeated <= CONCURRENCY
 
 
-def queued_job_ids(group: Group) -> list[str]:
-    """Job ids of the messages waiting on the group's Celery queue (decoded from kombu's envelope)."""
-    keys = Keys(group.settings.key_prefix, group.settings.queue)
-    raw = [m for step in PRIORITY_STEPS for m in group.client().redis.lrange(keys.broker_queue(step), 0, -1)]
-    out = []
-    for item in raw:  # type: ignore[union-attr]
-        body = json.loads(base64.b64decode(json.loads(item)["body"]))
-        out.extend(body[0][1])  # args are [batch_id, [job_id, ...]]
-    return out
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_interrupted_submit_resumes_without_double_enqueue(stack: Stack, redis_url: str, fault_server: FaultServer,
-                                                          tmp_path: Path, sig: int) -> None:
+def test_interrupted_submit_resumes_without_double_enqueue(
+    stack: Stack, redis_url: str, fault_server: FaultServer, tmp_path: Path, sig: int
+) -> None:
     g = isolated_group(stack, redis_url, fault_server.url)
     n = 3000
-    src = tmp_path / "big.jsonl"
-    src.write_text("".join(json.dumps({"id": f"p{i}", "text": f"Resumable article {i} on the water board."}) + "\n"
-                           for i in range(n)))
+    src = write_jsonl(
+        tmp_path / "big.jsonl",
+        ({"id": f"p{i}", "text": f"Resumable article {i} on the water board."} for i in range(n)),
+    )
     bid = batch_id()
     argv = [str(BIN / "summarize"), "submit", str(src), "--batch-id", bid, "-q"]
     first = subprocess.Popen(argv, env=g.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -173,11 +148,13 @@ def test_interrupted_submit_resumes_without_double_enqueue(stack: Stack, redis_u
     assert f"{stored_at_stop} already there" in second.stderr
     assert client.store.existing_ids(bid) == n
 
-    queued = Counter(queued_job_ids(g))
+    queued = Counter(job for m in g.queued_messages() for job in m.args[1])
     assert max(queued.values()) == 1  # no job enqueued twice
     orphans = n - len(queued)  # stored by the killed run but never published
-    print(f"interrupted submit ({signal.Signals(sig).name}): {n} records, {stored_at_stop} stored before the stop, "
-          f"{len(queued)} messages, 0 duplicates, {orphans} orphans left to the reaper")
+    print(
+        f"interrupted submit ({signal.Signals(sig).name}): {n} records, {stored_at_stop} stored before the stop, "
+        f"{len(queued)} messages, 0 duplicates, {orphans} orphans left to the reaper"
+    )
     if sig == signal.SIGINT:
         assert orphans == 0  # a graceful stop finishes the chunk it is publishing
 

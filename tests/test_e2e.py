@@ -6,17 +6,27 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import TypedDict
 
+from contract.record import JobResult
 from localllm.extractive import summarize_text
 from tests.conftest import Group, batch_id
 from tests.faultserver import expected_summary
+from tests.helpers import id_text, poll, write_jsonl
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "articles.jsonl"
 
 
-def sample_articles(n: int) -> list[dict[str, str]]:
+class Sample(TypedDict):
+    id: str
+    text: str
+    section: str
+    n: int
+
+
+def sample_articles(n: int) -> list[Sample]:
     base = [json.loads(line) for line in SAMPLES.read_text(encoding="utf-8").splitlines()]
-    out = []
+    out: list[Sample] = []
     for i in range(n):
         art = base[i % len(base)]
         # A distinct lead sentence per copy, so every job has its own text and its own summary.
@@ -25,14 +35,9 @@ def sample_articles(n: int) -> list[dict[str, str]]:
     return out
 
 
-def write_jsonl(path: Path, records: list[dict[str, object]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
 def test_cli_submit_50_with_offline_llm(local: Group, tmp_path: Path) -> None:
     articles = sample_articles(50)
-    src = write_jsonl(tmp_path / "in.jsonl", articles)  # type: ignore[arg-type]
+    src = write_jsonl(tmp_path / "in.jsonl", articles)
     bid = batch_id()
     sub = local.cli("submit", str(src), "--batch-id", bid, "--max-words", "60", "-q")
     assert sub.returncode == 0, sub.stderr
@@ -41,8 +46,7 @@ def test_cli_submit_50_with_offline_llm(local: Group, tmp_path: Path) -> None:
     wait = local.cli("wait", bid, "--timeout", "180", "-q")
     assert wait.returncode == 0, wait.stderr
 
-    res = local.cli("results", bid)
-    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    rows = local.results(bid)
     assert [r["id"] for r in rows] == [a["id"] for a in articles]  # input order kept
     for row, art in zip(rows, articles, strict=True):
         assert row["status"] == "done", row
@@ -55,14 +59,20 @@ def test_cli_submit_50_with_offline_llm(local: Group, tmp_path: Path) -> None:
 
     status = json.loads(local.cli("status", bid, "--json").stdout)
     assert {k: status[k] for k in ("total", "queued", "running", "done", "failed")} == {
-        "total": 50, "queued": 0, "running": 0, "done": 50, "failed": 0}
+        "total": 50,
+        "queued": 0,
+        "running": 0,
+        "done": 50,
+        "failed": 0,
+    }
 
 
 def test_api_submit_50_right_summary_for_each_article(fault: Group) -> None:
     client = fault.client()
     texts = [f"Article number {i} reports that the harbour reopened after {i} days of repairs." for i in range(50)]
-    items: list[str | dict[str, object]] = [{"id": f"a{i}", "text": t, "url": f"https://example.org/{i}"}
-                                           for i, t in enumerate(texts)]
+    items: list[str | dict[str, object]] = [
+        {"id": f"a{i}", "text": t, "url": f"https://example.org/{i}"} for i, t in enumerate(texts)
+    ]
     batch = client.submit(items, batch_id=batch_id())
     status = batch.wait(timeout=120)
     assert status["done"] == 50 and status["failed"] == 0
@@ -76,8 +86,9 @@ def test_api_submit_50_right_summary_for_each_article(fault: Group) -> None:
 
 def test_api_plain_texts_get_content_ids_and_generators_work(fault: Group) -> None:
     client = fault.client()
-    batch = client.submit((f"Generated article {i} about the regional rail strike." for i in range(5)),
-                          batch_id=batch_id())
+    batch = client.submit(
+        (f"Generated article {i} about the regional rail strike." for i in range(5)), batch_id=batch_id()
+    )
     batch.wait(timeout=60)
     results = list(batch.results())
     assert len(results) == 5 and all(r.status == "done" for r in results)
@@ -92,12 +103,8 @@ def test_transient_faults_are_retried_then_succeed(fault: Group, tmp_path: Path)
         "hang": "A hung request times out and is retried. [[fault:hangx1:10]] Rain is expected.",
         "reset": "A reset connection is retried. [[fault:resetx1]] Schools closed early.",
     }
-    src = write_jsonl(tmp_path / "in.jsonl", [{"id": k, "text": v} for k, v in arts.items()])
-    bid = batch_id()
-    assert fault.cli("submit", str(src), "--batch-id", bid, "-q").returncode == 0
-    wait = fault.cli("wait", bid, "--timeout", "90", "-q")
-    assert wait.returncode == 0, wait.stderr
-    rows = {r["id"]: r for r in map(json.loads, fault.cli("results", bid).stdout.splitlines())}
+    bid = fault.submit_and_wait(write_jsonl(tmp_path / "in.jsonl", id_text(arts)), timeout=90)
+    rows = fault.results_by_id(bid)
     expected_attempts = {"r429": 3, "r500": 3, "r503": 3, "hang": 2, "reset": 2}
     for key, text in arts.items():
         assert rows[key]["status"] == "done"
@@ -106,14 +113,12 @@ def test_transient_faults_are_retried_then_succeed(fault: Group, tmp_path: Path)
 
 
 def test_400_fails_at_once_with_error_kept_and_wait_exits_1(fault: Group, tmp_path: Path) -> None:
-    src = write_jsonl(tmp_path / "in.jsonl", [
-        {"id": "ok", "text": "A fine article about the new library opening downtown."},
-        {"id": "bad", "text": "The provider rejects this one. [[fault:400]]"},
-    ])
-    bid = batch_id()
-    assert fault.cli("submit", str(src), "--batch-id", bid, "-q").returncode == 0
-    assert fault.cli("wait", bid, "--timeout", "60", "-q").returncode == 1
-    rows = {r["id"]: r for r in map(json.loads, fault.cli("results", bid).stdout.splitlines())}
+    arts = {
+        "ok": "A fine article about the new library opening downtown.",
+        "bad": "The provider rejects this one. [[fault:400]]",
+    }
+    bid = fault.submit_and_wait(write_jsonl(tmp_path / "in.jsonl", id_text(arts)), exit_code=1)
+    rows = fault.results_by_id(bid)
     assert rows["ok"]["status"] == "done"
     bad = rows["bad"]
     assert bad["status"] == "failed" and bad["attempts"] == 1 and bad["summary"] is None
@@ -126,45 +131,44 @@ def test_400_fails_at_once_with_error_kept_and_wait_exits_1(fault: Group, tmp_pa
 
 
 def test_results_csv_and_out_file(fault: Group, tmp_path: Path) -> None:
-    src = write_jsonl(tmp_path / "in.jsonl", [
-        {"id": "c1", "text": "Commas, \"quotes\" and newlines\nsurvive CSV.", "tag": "x"},
-        {"id": "c2", "text": "Second article about the bridge vote."},
-    ])
+    src = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"id": "c1", "text": 'Commas, "quotes" and newlines\nsurvive CSV.', "tag": "x"},
+            {"id": "c2", "text": "Second article about the bridge vote."},
+        ],
+    )
     out = tmp_path / "out.csv"
     sub = fault.cli("submit", str(src), "--batch-id", batch_id(), "--out", str(out), "--format", "csv", "-q")
     assert sub.returncode == 0, sub.stderr
     rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
     assert [r["id"] for r in rows] == ["c1", "c2"]
-    assert rows[0]["summary"] == expected_summary("Commas, \"quotes\" and newlines\nsurvive CSV.")
+    assert rows[0]["summary"] == expected_summary('Commas, "quotes" and newlines\nsurvive CSV.')
     assert json.loads(rows[0]["metadata"]) == {"tag": "x"} and rows[0]["status"] == "done"
     assert int(rows[0]["total_tokens"]) > 0
 
 
 def test_wait_times_out_with_exit_2_and_retry_requeues_failed(fault: Group, tmp_path: Path) -> None:
-    src = write_jsonl(tmp_path / "in.jsonl", [
-        {"id": "slow", "text": "This one keeps failing for a while. [[fault:503x40]]"},
-        {"id": "once", "text": "This one is refused once, then fine. [[fault:400x1]]"},
-    ])
-    bid = batch_id()
-    assert fault.cli("submit", str(src), "--batch-id", bid, "-q").returncode == 0
-    assert fault.cli("wait", bid, "--timeout", "3", "-q").returncode == 2
+    arts = {
+        "slow": "This one keeps failing for a while. [[fault:503x40]]",
+        "once": "This one is refused once, then fine. [[fault:400x1]]",
+    }
+    bid = fault.submit_and_wait(write_jsonl(tmp_path / "in.jsonl", id_text(arts)), timeout=3, exit_code=2)
 
     # 'once' failed for good on its 400; retry re-drives it and the second request succeeds.
-    client = fault.client()
-    batch = client.batch(bid)
-    for _ in range(100):
-        if any(r.id == "once" and r.status == "failed" for r in batch.results()):
-            break
-        __import__("time").sleep(0.1)
+    batch = fault.client().batch(bid)
+
+    def once() -> JobResult | None:
+        return next((r for r in batch.results() if r.id == "once"), None)
+
+    poll(once, lambda r: r is not None and r.status == "failed", timeout=10, interval=0.1)
     retry = fault.cli("retry", bid)
     assert retry.returncode == 0 and "requeued 1 failed job" in retry.stderr
-    for _ in range(200):
-        rows = {r.id: r for r in batch.results()}
-        if rows["once"].status == "done":
-            break
-        __import__("time").sleep(0.1)
-    assert rows["once"].summary == expected_summary("This one is refused once, then fine. [[fault:400x1]]")
-    assert rows["once"].attempts == 2
+    after = poll(once, lambda r: r is not None and r.status == "done", timeout=20, interval=0.1)
+    assert after is not None and after.summary == expected_summary(
+        "This one is refused once, then fine. [[fault:400x1]]"
+    )
+    assert after.attempts == 2
 
 
 def test_unknown_batch_is_a_clear_error(fault: Group) -> None:

@@ -12,7 +12,7 @@ import pytest
 from scripts.stack import Stack
 from tests.conftest import Group, batch_id, isolated_group
 from tests.faultserver import FaultServer, article_key, expected_summary
-from tests.test_e2e import write_jsonl
+from tests.helpers import id_text, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +28,8 @@ def test_malformed_bodies_are_retried_and_never_stored(fault: Group, tmp_path: P
         "blank": "A 200 with empty content. [[fault:blankx2]] The festival was postponed.",
         "length": "A summary cut off at max_tokens. [[fault:lengthx1]] The vote was delayed.",
     }
-    src = write_jsonl(tmp_path / "in.jsonl", [{"id": k, "text": v} for k, v in arts.items()])
-    bid = batch_id()
-    assert fault.cli("submit", str(src), "--batch-id", bid, "-q").returncode == 0
-    assert fault.cli("wait", bid, "--timeout", "60", "-q").returncode == 0
-    rows = {r["id"]: r for r in map(json.loads, fault.cli("results", bid).stdout.splitlines())}
+    bid = fault.submit_and_wait(write_jsonl(tmp_path / "in.jsonl", id_text(arts)))
+    rows = fault.results_by_id(bid)
     for key, text in arts.items():
         assert rows[key]["summary"] == expected_summary(text), rows[key]
     assert rows["blank"]["attempts"] == 3 and rows["garbage"]["attempts"] == 2
@@ -49,7 +46,7 @@ def test_output_that_stays_bad_fails_after_a_bounded_number_of_paid_answers(
         "blank": "Always blank. [[fault:blank]] Story of the ferry.",
         "fine": "A neighbour that is answered at once. The school reopened.",
     }
-    batch = fault.client().submit([{"id": k, "text": v} for k, v in texts.items()], batch_id=batch_id())
+    batch = fault.client().submit(id_text(texts), batch_id=batch_id())
     started = time.monotonic()
     status = batch.wait(timeout=150)
     took = time.monotonic() - started
@@ -113,23 +110,19 @@ def test_bad_key_halts_the_batch_and_retry_resumes_it(
     g.worker("halt-w")
     texts = [f"Halt article {i}: the school board met." for i in range(30)]
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": f"h{i}", "text": t} for i, t in enumerate(texts)])
-    bid = batch_id()
-    assert g.cli("submit", str(src), "--batch-id", bid, "-q").returncode == 0
-    assert g.cli("wait", bid, "--timeout", "60", "-q").returncode == 1
+    bid = g.submit_and_wait(src, exit_code=1)
     refused = keyed_server.stats()["statuses"].get("401", 0)
     assert refused <= 4 + 1  # the jobs in flight when the first 401 came back, not one per article
     status = json.loads(g.cli("status", bid, "--json").stdout)
     assert status["failed"] == 30 and "401" in status["halted"]
     human = g.cli("status", bid).stdout
     assert "HALTED" in human and f"summarize retry {bid}" in human
-    rows = [json.loads(line) for line in g.cli("results", bid).stdout.splitlines()]
-    assert all(r["error_type"] == "ProviderRejected" for r in rows)
+    assert all(r["error_type"] == "ProviderRejected" for r in g.results(bid))
 
     keyed_server.configure(api_key="sk-bad-key")  # the user fixes the key at the provider
     assert g.cli("retry", bid).returncode == 0
     assert g.cli("wait", bid, "--timeout", "60", "-q").returncode == 0
-    rows = [json.loads(line) for line in g.cli("results", bid).stdout.splitlines()]
-    assert [r["summary"] for r in rows] == [expected_summary(t) for t in texts]
+    assert [r["summary"] for r in g.results(bid)] == [expected_summary(t) for t in texts]
     print(f"bad key: 30 submitted, {refused} LLM calls refused before the halt, 30 done after retry")
 
 

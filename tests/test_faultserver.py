@@ -66,8 +66,13 @@ def chat_messages(article: str, system: str = "You summarize articles.") -> list
     ]
 
 
-def ask(client: openai.OpenAI, article: str, model: str = "fake-model", system: str = "You summarize articles.",
-        **kwargs: Any) -> ChatCompletion:
+def ask(
+    client: openai.OpenAI,
+    article: str,
+    model: str = "fake-model",
+    system: str = "You summarize articles.",
+    **kwargs: Any,
+) -> ChatCompletion:
     messages: Any = chat_messages(article, system)  # plain dicts, as callers build them
     response: ChatCompletion = client.chat.completions.create(model=model, messages=messages, **kwargs)
     return response
@@ -369,8 +374,12 @@ SCHEMA: dict[str, Any] = {
         "key_points": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 4},
         "sentiment": {"type": "string", "enum": ["neutral", "positive"]},
         "words": {"type": "integer", "minimum": 0, "maximum": 10},
-        "meta": {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
-                 "additionalProperties": False},
+        "meta": {
+            "type": "object",
+            "properties": {"ok": {"type": "boolean"}},
+            "required": ["ok"],
+            "additionalProperties": False,
+        },
     },
     "required": ["headline", "summary", "key_points", "sentiment", "words", "meta"],
     "additionalProperties": False,
@@ -455,7 +464,10 @@ def test_batch_lines_follow_article_directives(srv: FaultServer, client: openai.
     assert outputs["cut"]["response"]["body"]["choices"][0]["finish_reason"] == "length"
     errors = result_lines(client, batch.error_file_id)
     assert {cid: e["response"]["status_code"] for cid, e in errors.items()} == {
-        "refused": 400, "flaky": 500, "limited": 429, "dropped": 500,
+        "refused": 400,
+        "flaky": 500,
+        "limited": 429,
+        "dropped": 500,
     }
     assert all(e["error"] is None for e in errors.values())
 

@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import ast
-import base64
 import json
 import time
-import urllib.error
-import urllib.request
 from dataclasses import replace
 from typing import Any
 
 from producer.api import Client
 from scripts.stack import free_port
 from tests.conftest import Group, batch_id
+from tests.helpers import http_request, poll
 
 
-def get(url: str, auth: str | None = None) -> Any:
-    req = urllib.request.Request(url)
-    if auth:
-        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-    with urllib.request.urlopen(req, timeout=5) as r:
-        return json.loads(r.read())
+def get(url: str, auth: str) -> Any:
+    r = http_request(url, auth=auth, timeout=5)
+    assert r.status == 200, (url, r.status, r.text[:500])
+    return r.json()
 
 
 def test_flower_shows_tasks_with_ids_only(fault: Group) -> None:
@@ -29,26 +25,20 @@ def test_flower_shows_tasks_with_ids_only(fault: Group) -> None:
     auth = "ops:flower-test-pw"
     fault.stack.flower(port, env={**fault.env, "FLOWER_BASIC_AUTH": auth})
     base = f"http://127.0.0.1:{port}"
-    try:
-        get(f"{base}/api/tasks")
-        raise AssertionError("Flower answered without credentials")
-    except urllib.error.HTTPError as exc:
-        assert exc.code == 401
+    assert http_request(f"{base}/api/tasks", timeout=5).status == 401, "Flower answered without credentials"
 
     time.sleep(1)  # Flower sees only events sent after it connected
     bid = batch_id()
     client = Client(replace(fault.settings, jobs_per_message=2))
-    batch = client.submit([{"id": f"f{i}", "text": f"Flower article {i} about the election."}
-                                   for i in range(5)], batch_id=bid)
+    batch = client.submit(
+        [{"id": f"f{i}", "text": f"Flower article {i} about the election."} for i in range(5)], batch_id=bid
+    )
     batch.wait(timeout=60)
-    deadline = time.monotonic() + 20
-    mine: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        tasks = get(f"{base}/api/tasks?limit=1000", auth)
-        mine = [t for t in tasks.values() if bid in str(t.get("args"))]
-        if len(mine) == 3 and all(t["state"] == "SUCCESS" for t in mine):
-            break
-        time.sleep(0.5)
+
+    def mine_now() -> list[dict[str, Any]]:
+        return [t for t in get(f"{base}/api/tasks?limit=1000", auth).values() if bid in str(t.get("args"))]
+
+    mine = poll(mine_now, lambda m: len(m) == 3 and all(t["state"] == "SUCCESS" for t in m), timeout=20, interval=0.5)
     # SUMMARIZE_JOBS_PER_MESSAGE=2 here: five jobs travel in three messages, each a task in Flower.
     assert len(mine) == 3 and all(t["state"] == "SUCCESS" for t in mine), mine
     carried = sorted(j for t in mine for j in ast.literal_eval(t["args"])[1])

@@ -25,6 +25,7 @@ from producer.api import Client
 from scripts.stack import BIN, Stack
 from tests.conftest import Group, batch_id, isolated_group
 from tests.faultserver import FaultServer, expected_summary
+from tests.helpers import jl, write_jsonl, write_lines
 
 Proc = subprocess.CompletedProcess[str]
 
@@ -34,16 +35,6 @@ WRONG_PASSWORD = "wr0ng-pw-7731"
 #: how long a command may take to report rejected credentials: retrying them can't help, so it should be
 #: about a second (it used to be ~16 s with a wrong password and ~4 min with none)
 CREDENTIALS_DEADLINE = 15.0
-
-
-def jl(obj: object) -> bytes:
-    """One JSONL line as Python's json.dumps writes it (ASCII, non-ASCII escaped)."""
-    return json.dumps(obj).encode() + b"\n"
-
-
-def write(path: Path, *lines: bytes) -> Path:
-    path.write_bytes(b"".join(lines))
-    return path
 
 
 def listed(stderr: str) -> list[str]:
@@ -93,8 +84,11 @@ class Slow:
 
 
 #: the tests that read `slow`; its runs start only when one of them is selected
-SLOW_TESTS = ("test_unreachable_redis_is_one_line_exit_3", "test_wrong_password_is_rejected_without_showing_it",
-              "test_missing_password_is_reported_promptly")
+SLOW_TESTS = (
+    "test_unreachable_redis_is_one_line_exit_3",
+    "test_wrong_password_is_rejected_without_showing_it",
+    "test_missing_password_is_reported_promptly",
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -104,8 +98,10 @@ def slow(request: pytest.FixtureRequest, fault: Group, tmp_path_factory: pytest.
     if not any(item.name in SLOW_TESTS for item in request.session.items):
         yield runs
         return
-    src = write(tmp_path_factory.mktemp("slow") / "ok.jsonl",
-                jl({"id": "s1", "text": "A valid article about the new tram line opening."}))
+    src = write_lines(
+        tmp_path_factory.mktemp("slow") / "ok.jsonl",
+        jl({"id": "s1", "text": "A valid article about the new tram line opening."}),
+    )
     own = Stack()  # a Redis of our own that wants a password (Stack.redis sets own.env, not the session's)
     try:
         redis_proc = own.redis(password=PASSWORD)
@@ -140,10 +136,26 @@ def refused(group: Group, client: Client, r: Proc, bid: str, bad: dict[str, str]
     rows = listed(r.stderr)
     assert len(rows) == len(bad), f"expected {len(bad)} listed records, got:\n{r.stderr}"
     for where, reason in bad.items():
-        assert any(row.startswith(where) and reason in row for row in rows), \
+        assert any(row.startswith(where) and reason in row for row in rows), (
             f"no listed record starts with {where!r} and says {reason!r}:\n{r.stderr}"
+        )
     assert r.stdout == "", r.stdout
     nothing_stored(group, client, bid)
+
+
+def submit_refused(
+    group: Group,
+    client: Client,
+    src: str | Path,
+    bad: dict[str, str],
+    env: dict[str, str] | None = None,
+    input: str | None = None,
+) -> Proc:
+    """`summarize submit SRC` into a new batch, which must be refused listing exactly `bad` (see `refused`)."""
+    bid = batch_id()
+    r = group.cli("submit", str(src), "--batch-id", bid, "-q", env=env, input=input)
+    refused(group, client, r, bid, bad)
+    return r
 
 
 def nothing_stored(group: Group, client: Client, bid: str) -> None:
@@ -156,113 +168,147 @@ def nothing_stored(group: Group, client: Client, bid: str) -> None:
     assert client.redis.llen(group.settings.queue) == 0, "a message was published"
 
 
-def test_invalid_json_lines_are_listed_with_line_and_column(quiet: Group, quiet_client: Client,
-                                                            tmp_path: Path) -> None:
-    src = write(tmp_path / "in.jsonl",
-                jl({"id": "g1", "text": "A good article about the harbour."}),
-                b'{"id": "j2", "text": "unterminated\n',
-                b"not json at all\n",
-                jl({"id": "g4", "text": "Another good article about the council."}),
-                b'{"id": "j5", "text": "trailing comma",}\n',
-                b"[1, 2]\n")
-    bid = batch_id()
-    r = quiet.cli("submit", str(src), "--batch-id", bid, "-q")
-    refused(quiet, quiet_client, r, bid, {
-        f"{src}:2: ": "invalid JSON: Invalid control character",  # the string runs into the newline
-        f"{src}:3: ": "invalid JSON: Expecting value at column 1",
-        f"{src}:5: ": "invalid JSON:",
-        f"{src}:6: ": "got list",
-    })
+def test_invalid_json_lines_are_listed_with_line_and_column(quiet: Group, quiet_client: Client, tmp_path: Path) -> None:
+    src = write_lines(
+        tmp_path / "in.jsonl",
+        jl({"id": "g1", "text": "A good article about the harbour."}),
+        b'{"id": "j2", "text": "unterminated\n',
+        b"not json at all\n",
+        jl({"id": "g4", "text": "Another good article about the council."}),
+        b'{"id": "j5", "text": "trailing comma",}\n',
+        b"[1, 2]\n",
+    )
+    submit_refused(
+        quiet,
+        quiet_client,
+        src,
+        {
+            f"{src}:2: ": "invalid JSON: Invalid control character",  # the string runs into the newline
+            f"{src}:3: ": "invalid JSON: Expecting value at column 1",
+            f"{src}:5: ": "invalid JSON:",
+            f"{src}:6: ": "got list",
+        },
+    )
 
 
 def test_text_missing_or_not_a_string(quiet: Group, quiet_client: Client, tmp_path: Path) -> None:
-    src = write(tmp_path / "in.jsonl",
-                jl({"id": "m1", "title": "no text here"}),
-                jl({"id": "m2", "text": 42}),
-                jl({"id": "m3", "text": None}),
-                jl({"id": "m4", "text": ["a", "list"]}),
-                jl({"id": "g5", "text": "The only good article in this file."}),
-                jl({"body": "no id and no text"}))
-    bid = batch_id()
-    r = quiet.cli("submit", str(src), "--batch-id", bid, "-q")
-    refused(quiet, quiet_client, r, bid, {
-        f"{src}:1 (id 'm1'): ": "'text' is missing",
-        f"{src}:2 (id 'm2'): ": "'text' must be a string, got int",
-        f"{src}:3 (id 'm3'): ": "'text' must be a string, got NoneType",
-        f"{src}:4 (id 'm4'): ": "'text' must be a string, got list",
-        f"{src}:6: ": "'text' is missing",
-    })
+    src = write_lines(
+        tmp_path / "in.jsonl",
+        jl({"id": "m1", "title": "no text here"}),
+        jl({"id": "m2", "text": 42}),
+        jl({"id": "m3", "text": None}),
+        jl({"id": "m4", "text": ["a", "list"]}),
+        jl({"id": "g5", "text": "The only good article in this file."}),
+        jl({"body": "no id and no text"}),
+    )
+    submit_refused(
+        quiet,
+        quiet_client,
+        src,
+        {
+            f"{src}:1 (id 'm1'): ": "'text' is missing",
+            f"{src}:2 (id 'm2'): ": "'text' must be a string, got int",
+            f"{src}:3 (id 'm3'): ": "'text' must be a string, got NoneType",
+            f"{src}:4 (id 'm4'): ": "'text' must be a string, got list",
+            f"{src}:6: ": "'text' is missing",
+        },
+    )
 
 
 def test_empty_and_whitespace_only_text(quiet: Group, quiet_client: Client, tmp_path: Path) -> None:
-    src = write(tmp_path / "in.jsonl",
-                jl({"id": "e1", "text": ""}),
-                jl({"id": "g2", "text": "A good one."}),
-                jl({"id": "e3", "text": " \t\n\r  \u00a0 "}),
-                b"\n",  # a blank line is skipped, not an error
-                jl({"id": "e5", "text": "\n\n"}))
-    bid = batch_id()
-    r = quiet.cli("submit", str(src), "--batch-id", bid, "-q")
-    refused(quiet, quiet_client, r, bid, {
-        f"{src}:1 (id 'e1'): ": "'text' is empty or whitespace only",
-        f"{src}:3 (id 'e3'): ": "'text' is empty or whitespace only",
-        f"{src}:5 (id 'e5'): ": "'text' is empty or whitespace only",
-    })
+    src = write_lines(
+        tmp_path / "in.jsonl",
+        jl({"id": "e1", "text": ""}),
+        jl({"id": "g2", "text": "A good one."}),
+        jl({"id": "e3", "text": " \t\n\r  \u00a0 "}),
+        b"\n",  # a blank line is skipped, not an error
+        jl({"id": "e5", "text": "\n\n"}),
+    )
+    submit_refused(
+        quiet,
+        quiet_client,
+        src,
+        {
+            f"{src}:1 (id 'e1'): ": "'text' is empty or whitespace only",
+            f"{src}:3 (id 'e3'): ": "'text' is empty or whitespace only",
+            f"{src}:5 (id 'e5'): ": "'text' is empty or whitespace only",
+        },
+    )
 
 
 def test_nul_bytes_raw_and_escaped(quiet: Group, quiet_client: Client, tmp_path: Path) -> None:
-    src = write(tmp_path / "in.jsonl",
-                jl({"id": "g1", "text": "A good article."}),
-                b'{"id": "n2", "text": "before\x00after"}\n',  # a raw NUL byte in the line
-                jl({"id": "n3", "text": "before\u0000after"}))  # written as the escape \u0000
+    src = write_lines(
+        tmp_path / "in.jsonl",
+        jl({"id": "g1", "text": "A good article."}),
+        b'{"id": "n2", "text": "before\x00after"}\n',  # a raw NUL byte in the line
+        jl({"id": "n3", "text": "before\u0000after"}),
+    )  # written as the escape \u0000
     assert b"\\u0000" in src.read_bytes().splitlines()[2]
-    bid = batch_id()
-    r = quiet.cli("submit", str(src), "--batch-id", bid, "-q")
-    refused(quiet, quiet_client, r, bid, {
-        f"{src}:2: ": "line contains NUL bytes",
-        f"{src}:3 (id 'n3'): ": "'text' contains NUL characters",
-    })
+    submit_refused(
+        quiet,
+        quiet_client,
+        src,
+        {
+            f"{src}:2: ": "line contains NUL bytes",
+            f"{src}:3 (id 'n3'): ": "'text' contains NUL characters",
+        },
+    )
 
 
 def test_invalid_utf8_and_unpaired_surrogates(quiet: Group, quiet_client: Client, tmp_path: Path) -> None:
     bad_utf8 = b'{"id": "u1", "text": "caf\xe9 au lait"}\n'
     bad_ff = b'{"id": "u4", "text": "\xff\xfe"}\n'
-    src = write(tmp_path / "in.jsonl",
-                bad_utf8,
-                jl({"id": "g2", "text": "Caf\u00e9 written correctly."}),
-                b'{"id": "u3", "text": "half a pair \\ud800 here"}\n',
-                bad_ff)
-    bid = batch_id()
-    r = quiet.cli("submit", str(src), "--batch-id", bid, "-q")
-    refused(quiet, quiet_client, r, bid, {
-        f"{src}:1: ": f"invalid UTF-8 at byte {bad_utf8.index(0xE9)} of the line",
-        f"{src}:3 (id 'u3'): ": "unpaired surrogates",
-        f"{src}:4: ": f"invalid UTF-8 at byte {bad_ff.index(0xFF)} of the line",
-    })
+    src = write_lines(
+        tmp_path / "in.jsonl",
+        bad_utf8,
+        jl({"id": "g2", "text": "Caf\u00e9 written correctly."}),
+        b'{"id": "u3", "text": "half a pair \\ud800 here"}\n',
+        bad_ff,
+    )
+    submit_refused(
+        quiet,
+        quiet_client,
+        src,
+        {
+            f"{src}:1: ": f"invalid UTF-8 at byte {bad_utf8.index(0xE9)} of the line",
+            f"{src}:3 (id 'u3'): ": "unpaired surrogates",
+            f"{src}:4: ": f"invalid UTF-8 at byte {bad_ff.index(0xFF)} of the line",
+        },
+    )
 
 
-_RSS = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
+_RSS = (
+    "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
+)
 
 
 def submit_measured(group: Group, *args: str) -> tuple[Proc, int]:
     """Run `summarize submit` under a wrapper whose only child it is: (result, peak RSS in KiB)."""
-    r = subprocess.run([sys.executable, "-c", _RSS, str(BIN / "summarize"), "submit", *args],
-                       env=group.env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", _RSS, str(BIN / "summarize"), "submit", *args],
+        env=group.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     *out, rss = r.stdout.splitlines()
     r.stdout = "".join(line + "\n" for line in out)  # the CLI's own output, without the wrapper's line
     return r, int(rss)
 
 
-def test_50mb_line_is_refused_naming_the_limit_without_holding_it(quiet: Group, quiet_client: Client,
-                                                                   tmp_path: Path) -> None:
+def test_50mb_line_is_refused_naming_the_limit_without_holding_it(
+    quiet: Group, quiet_client: Client, tmp_path: Path
+) -> None:
     huge = b'{"id": "huge", "text": "' + b"x" * 50_000_000 + b'"}\n'
-    src = write(tmp_path / "huge.jsonl",
-                jl({"id": "g1", "text": "A good article before the huge one."}),
-                huge,
-                jl({"id": "g3", "text": "A good article after the huge one."}),
-                jl({"id": "m4"}))  # reading goes on after the huge line, with the right line numbers
-    small = write(tmp_path / "small.jsonl", jl({"id": "m1"}))
+    src = write_lines(
+        tmp_path / "huge.jsonl",
+        jl({"id": "g1", "text": "A good article before the huge one."}),
+        huge,
+        jl({"id": "g3", "text": "A good article after the huge one."}),
+        jl({"id": "m4"}),
+    )  # reading goes on after the huge line, with the right line numbers
+    small = write_lines(tmp_path / "small.jsonl", jl({"id": "m1"}))
 
     bid = batch_id()
     r_small, rss_small = submit_measured(quiet, str(small), "--batch-id", bid, "-q")
@@ -270,88 +316,118 @@ def test_50mb_line_is_refused_naming_the_limit_without_holding_it(quiet: Group, 
     t0 = time.monotonic()
     r, rss = submit_measured(quiet, str(src), "--batch-id", bid, "-q")
     elapsed = time.monotonic() - t0
-    refused(quiet, quiet_client, r, bid, {
-        f"{src}:2: ": f"line is {len(huge)} bytes; an article may be at most 262144 bytes "
-                      "(SUMMARIZE_MAX_ARTICLE_BYTES)",
-        f"{src}:4 (id 'm4'): ": "'text' is missing",
-    })
+    refused(
+        quiet,
+        quiet_client,
+        r,
+        bid,
+        {
+            f"{src}:2: ": f"line is {len(huge)} bytes; an article may be at most 262144 bytes "
+            "(SUMMARIZE_MAX_ARTICLE_BYTES)",
+            f"{src}:4 (id 'm4'): ": "'text' is missing",
+        },
+    )
     assert elapsed < 30, f"refusing a 50 MB line took {elapsed:.1f}s"
-    assert rss < rss_small + 25 * 1024, \
+    assert rss < rss_small + 25 * 1024, (
         f"peak RSS {rss} KiB vs {rss_small} KiB for a tiny file: the 50 MB line was held in memory"
+    )
 
 
 def test_duplicate_ids_name_the_first_line(quiet: Group, quiet_client: Client, tmp_path: Path) -> None:
-    src = write(tmp_path / "in.jsonl",
-                jl({"id": "a", "text": "First article with id a."}),
-                jl({"id": "b", "text": "Article b."}),
-                jl({"id": "a", "text": "A different article reusing id a."}),
-                jl({"id": 7, "text": "Integer id seven."}),
-                jl({"id": "7", "text": "String id seven: the same id."}),
-                jl({"id": "a", "text": "A third use of id a."}))
-    bid = batch_id()
-    r = quiet.cli("submit", str(src), "--batch-id", bid, "-q")
-    refused(quiet, quiet_client, r, bid, {
-        f"{src}:3 (id 'a'): ": "duplicate id 'a': first seen at line 1",
-        f"{src}:5 (id '7'): ": "duplicate id '7': first seen at line 4",
-        f"{src}:6 (id 'a'): ": "duplicate id 'a': first seen at line 1",
-    })
+    src = write_lines(
+        tmp_path / "in.jsonl",
+        jl({"id": "a", "text": "First article with id a."}),
+        jl({"id": "b", "text": "Article b."}),
+        jl({"id": "a", "text": "A different article reusing id a."}),
+        jl({"id": 7, "text": "Integer id seven."}),
+        jl({"id": "7", "text": "String id seven: the same id."}),
+        jl({"id": "a", "text": "A third use of id a."}),
+    )
+    submit_refused(
+        quiet,
+        quiet_client,
+        src,
+        {
+            f"{src}:3 (id 'a'): ": "duplicate id 'a': first seen at line 1",
+            f"{src}:5 (id '7'): ": "duplicate id '7': first seen at line 4",
+            f"{src}:6 (id 'a'): ": "duplicate id 'a': first seen at line 1",
+        },
+    )
 
 
-def test_directory_lists_bad_files_and_ignores_other_extensions(quiet: Group, quiet_client: Client,
-                                                                tmp_path: Path) -> None:
+def test_directory_lists_bad_files_and_ignores_other_extensions(
+    quiet: Group, quiet_client: Client, tmp_path: Path
+) -> None:
     d = tmp_path / "articles"
     d.mkdir()
     (d / "good.txt").write_text("A good plain-text article about the river.", encoding="utf-8")
     (d / "empty.md").write_bytes(b"")
     (d / "latin1.txt").write_bytes(b"Caf\xe9 society returns to the old town.")
     (d / "data.json").write_bytes(b"\xff not an article, not even UTF-8 \x00")  # ignored: not .txt/.md
-    bid = batch_id()
-    r = quiet.cli("submit", str(d), "--batch-id", bid, "-q")
-    refused(quiet, quiet_client, r, bid, {
-        f"{d / 'empty.md'} (id 'empty'): ": "'text' is empty or whitespace only",
-        f"{d / 'latin1.txt'} (id 'latin1'): ": "invalid UTF-8 at byte 3",
-    })
+    r = submit_refused(
+        quiet,
+        quiet_client,
+        d,
+        {
+            f"{d / 'empty.md'} (id 'empty'): ": "'text' is empty or whitespace only",
+            f"{d / 'latin1.txt'} (id 'latin1'): ": "invalid UTF-8 at byte 3",
+        },
+    )
     assert "data.json" not in r.stderr and "good.txt" not in r.stderr, r.stderr
 
 
 def test_stdin_with_one_bad_line(quiet: Group, quiet_client: Client) -> None:
-    data = "".join(json.dumps(o) + "\n" for o in (
-        {"id": "s1", "text": "First article read from stdin."},
-        {"id": "s2", "text": "   "},
-        {"id": "s3", "text": "Third article read from stdin."},
-    ))
-    bid = batch_id()
-    r = quiet.cli("submit", "-", "--batch-id", bid, "-q", input=data)
-    refused(quiet, quiet_client, r, bid, {"<stdin>:2 (id 's2'): ": "'text' is empty or whitespace only"})
+    data = "".join(
+        json.dumps(o) + "\n"
+        for o in (
+            {"id": "s1", "text": "First article read from stdin."},
+            {"id": "s2", "text": "   "},
+            {"id": "s3", "text": "Third article read from stdin."},
+        )
+    )
+    submit_refused(
+        quiet, quiet_client, "-", {"<stdin>:2 (id 's2'): ": "'text' is empty or whitespace only"}, input=data
+    )
 
 
-def test_article_size_limit_is_in_bytes_and_named(quiet: Group, quiet_client: Client, fault: Group,
-                                                  fault_client: Client, tmp_path: Path) -> None:
+def test_article_size_limit_is_in_bytes_and_named(
+    quiet: Group, quiet_client: Client, fault: Group, fault_client: Client, tmp_path: Path
+) -> None:
     env = {"SUMMARIZE_MAX_ARTICLE_BYTES": "1000"}
     at_limit = ["\u00e9" * 500, "a" * 1000]  # 1000 bytes each: 500 two-byte characters, 1000 ASCII ones
-    src = write(tmp_path / "in.jsonl",
-                jl({"id": "big-ascii", "text": "a" * 1001}),
-                jl({"id": "big-utf8", "text": "\u00e9" * 501}),  # 501 characters, 1002 bytes
-                jl({"id": "ok-utf8", "text": at_limit[0]}),
-                jl({"id": "ok-ascii", "text": at_limit[1]}))
-    bid = batch_id()
-    r = quiet.cli("submit", str(src), "--batch-id", bid, "-q", env=env)
-    refused(quiet, quiet_client, r, bid, {
-        f"{src}:1 (id 'big-ascii'): ": "article is 1001 bytes; the limit is 1000 (SUMMARIZE_MAX_ARTICLE_BYTES)",
-        f"{src}:2 (id 'big-utf8'): ": "article is 1002 bytes; the limit is 1000 (SUMMARIZE_MAX_ARTICLE_BYTES)",
-    })
+    src = write_lines(
+        tmp_path / "in.jsonl",
+        jl({"id": "big-ascii", "text": "a" * 1001}),
+        jl({"id": "big-utf8", "text": "\u00e9" * 501}),  # 501 characters, 1002 bytes
+        jl({"id": "ok-utf8", "text": at_limit[0]}),
+        jl({"id": "ok-ascii", "text": at_limit[1]}),
+    )
+    submit_refused(
+        quiet,
+        quiet_client,
+        src,
+        {
+            f"{src}:1 (id 'big-ascii'): ": "article is 1001 bytes; the limit is 1000 (SUMMARIZE_MAX_ARTICLE_BYTES)",
+            f"{src}:2 (id 'big-utf8'): ": "article is 1002 bytes; the limit is 1000 (SUMMARIZE_MAX_ARTICLE_BYTES)",
+        },
+        env=env,
+    )
 
     d = tmp_path / "dir"
     d.mkdir()
     (d / "big.txt").write_bytes(b"y" * 1001)
-    bid = batch_id()
-    r = quiet.cli("submit", str(d), "--batch-id", bid, "-q", env=env)
-    refused(quiet, quiet_client, r, bid, {
-        f"{d / 'big.txt'} (id 'big'): ": "article is 1001 bytes; the limit is 1000 (SUMMARIZE_MAX_ARTICLE_BYTES)"})
+    submit_refused(
+        quiet,
+        quiet_client,
+        d,
+        {f"{d / 'big.txt'} (id 'big'): ": "article is 1001 bytes; the limit is 1000 (SUMMARIZE_MAX_ARTICLE_BYTES)"},
+        env=env,
+    )
 
     # Articles of exactly the limit go through, all the way to a summary.
-    ok = write(tmp_path / "ok.jsonl", jl({"id": "ok-utf8", "text": at_limit[0]}),
-               jl({"id": "ok-ascii", "text": at_limit[1]}))
+    ok = write_lines(
+        tmp_path / "ok.jsonl", jl({"id": "ok-utf8", "text": at_limit[0]}), jl({"id": "ok-ascii", "text": at_limit[1]})
+    )
     bid = batch_id()
     r = fault.cli("submit", str(ok), "--batch-id", bid, "-q", env=env)
     assert r.returncode == 0, r.stderr
@@ -365,41 +441,40 @@ def test_article_size_limit_is_in_bytes_and_named(quiet: Group, quiet_client: Cl
 def test_escaped_article_under_the_limit_is_accepted(fault: Group, tmp_path: Path) -> None:
     text = "Привет, мир. " * 800  # 17600 UTF-8 bytes; json.dumps writes each Cyrillic letter as 6 bytes
     assert len(text.encode()) < 20000 < len(jl({"text": text}))
-    src = write(tmp_path / "ru.jsonl", jl({"id": "ru", "text": text}))
-    r = fault.cli("submit", str(src), "--batch-id", batch_id(), "-q",
-                  env={"SUMMARIZE_MAX_ARTICLE_BYTES": "20000"})
+    src = write_lines(tmp_path / "ru.jsonl", jl({"id": "ru", "text": text}))
+    r = fault.cli("submit", str(src), "--batch-id", batch_id(), "-q", env={"SUMMARIZE_MAX_ARTICLE_BYTES": "20000"})
     assert r.returncode == 0, f"an article of {len(text.encode())} bytes was refused under a 20000 limit:\n{r.stderr}"
 
 
-def test_json_string_line_message_does_not_contradict_itself(quiet: Group, quiet_client: Client,
-                                                            tmp_path: Path) -> None:
-    src = write(tmp_path / "in.jsonl", b'"a bare JSON string"\n')
-    bid = batch_id()
-    r = quiet.cli("submit", str(src), "--batch-id", bid, "-q")
-    refused(quiet, quiet_client, r, bid, {f"{src}:1: ": "expected a JSON object"})
+def test_json_string_line_message_does_not_contradict_itself(
+    quiet: Group, quiet_client: Client, tmp_path: Path
+) -> None:
+    src = write_lines(tmp_path / "in.jsonl", b'"a bare JSON string"\n')
+    r = submit_refused(quiet, quiet_client, src, {f"{src}:1: ": "expected a JSON object"})
     assert "or a string, got str" not in r.stderr, r.stderr
 
 
 def test_json_error_message_reads_well(quiet: Group, quiet_client: Client, tmp_path: Path) -> None:
-    src = write(tmp_path / "in.jsonl", b'{"id": "j1", "text": "unterminated at the end of the file')
-    bid = batch_id()
-    r = quiet.cli("submit", str(src), "--batch-id", bid, "-q")
-    refused(quiet, quiet_client, r, bid, {f"{src}:1: ": "invalid JSON: Unterminated string"})
+    src = write_lines(tmp_path / "in.jsonl", b'{"id": "j1", "text": "unterminated at the end of the file')
+    r = submit_refused(quiet, quiet_client, src, {f"{src}:1: ": "invalid JSON: Unterminated string"})
     assert " at at " not in r.stderr, r.stderr
 
 
 def test_id_with_unpaired_surrogate_is_an_input_error(quiet: Group, quiet_client: Client, tmp_path: Path) -> None:
-    src = write(tmp_path / "in.jsonl", jl({"id": "g1", "text": "A good article."}),
-                b'{"id": "bad\\udc80id", "text": "An article whose id is not valid Unicode."}\n')
-    bid = batch_id()
-    r = quiet.cli("submit", str(src), "--batch-id", bid, "-q")
-    refused(quiet, quiet_client, r, bid, {f"{src}:2: ": "'id'"})
+    src = write_lines(
+        tmp_path / "in.jsonl",
+        jl({"id": "g1", "text": "A good article."}),
+        b'{"id": "bad\\udc80id", "text": "An article whose id is not valid Unicode."}\n',
+    )
+    submit_refused(quiet, quiet_client, src, {f"{src}:2: ": "'id'"})
 
 
-def test_metadata_with_unpaired_surrogate_is_an_input_error(quiet: Group, quiet_client: Client,
-                                                           tmp_path: Path) -> None:
-    src = write(tmp_path / "in.jsonl", jl({"id": "g1", "text": "A good article."}),
-                b'{"id": "m2", "text": "A good text.", "author": "bad \\ud800 name"}\n')
+def test_metadata_with_unpaired_surrogate_is_an_input_error(quiet: Group, quiet_client: Client, tmp_path: Path) -> None:
+    src = write_lines(
+        tmp_path / "in.jsonl",
+        jl({"id": "g1", "text": "A good article."}),
+        b'{"id": "m2", "text": "A good text.", "author": "bad \\ud800 name"}\n',
+    )
     bid = batch_id()
     r = quiet.cli("submit", str(src), "--batch-id", bid, "-q")
     try:
@@ -419,21 +494,23 @@ def test_skip_invalid_keeps_bad_records_as_failed_jobs(fault: Group, fault_clien
         "ok2": "The council approved the budget after a long debate about school funding.",
     }
     no_id_text = "A third valid article, without an id, about the weekend weather."
-    src = write(tmp_path / "mixed.jsonl",
-                jl({"id": "ok1", "text": good["ok1"], "section": "port"}),          # 1
-                b'{"id": "j2", "text": "unterminated\n',                            # 2
-                jl({"id": "m3", "note": "no text"}),                                 # 3
-                jl({"id": "n4", "text": 42}),                                        # 4
-                jl({"id": "e5", "text": ""}),                                        # 5
-                jl({"id": "w6", "text": " \t\n "}),                                  # 6
-                b'{"id": "z7", "text": "a\x00b"}\n',                                 # 7
-                jl({"id": "z8", "text": "a\u0000b"}),                                # 8
-                b'{"id": "u9", "text": "caf\xe9"}\n',                                # 9
-                jl({"id": "ok1", "text": "Same id as line 1."}),                     # 10
-                jl({"id": "ok2", "text": good["ok2"]}),                              # 11
-                b"\n",                                                               # 12 (blank: skipped)
-                jl({"id": "big", "text": "x" * 300_000}),                            # 13
-                jl({"text": no_id_text}))                                            # 14
+    src = write_lines(
+        tmp_path / "mixed.jsonl",
+        jl({"id": "ok1", "text": good["ok1"], "section": "port"}),  # 1
+        b'{"id": "j2", "text": "unterminated\n',  # 2
+        jl({"id": "m3", "note": "no text"}),  # 3
+        jl({"id": "n4", "text": 42}),  # 4
+        jl({"id": "e5", "text": ""}),  # 5
+        jl({"id": "w6", "text": " \t\n "}),  # 6
+        b'{"id": "z7", "text": "a\x00b"}\n',  # 7
+        jl({"id": "z8", "text": "a\u0000b"}),  # 8
+        b'{"id": "u9", "text": "caf\xe9"}\n',  # 9
+        jl({"id": "ok1", "text": "Same id as line 1."}),  # 10
+        jl({"id": "ok2", "text": good["ok2"]}),  # 11
+        b"\n",  # 12 (blank: skipped)
+        jl({"id": "big", "text": "x" * 300_000}),  # 13
+        jl({"text": no_id_text}),
+    )  # 14
     failed = {  # job id -> (line, reason)
         f"invalid@{src}:2": (2, "invalid JSON"),
         f"invalid@{src}:3": (3, "'text' is missing"),
@@ -450,13 +527,15 @@ def test_skip_invalid_keeps_bad_records_as_failed_jobs(fault: Group, fault_clien
     sub = fault.cli("submit", str(src), "--batch-id", bid, "--skip-invalid", "-q")
     assert sub.returncode == 0, sub.stderr
     assert sub.stdout.strip() == bid
-    assert (f"submitted 13 record(s) to batch {bid}: 3 enqueued, 0 already there, "
-            "10 invalid (kept as failed jobs)") in sub.stderr, sub.stderr
+    assert (
+        f"submitted 13 record(s) to batch {bid}: 3 enqueued, 0 already there, 10 invalid (kept as failed jobs)"
+    ) in sub.stderr, sub.stderr
     invalid_lines = [line for line in sub.stderr.splitlines() if line.startswith("  invalid: ")]
     assert len(invalid_lines) == 10, sub.stderr
     for line_no, reason in failed.values():
-        assert any(f"{src}:{line_no}" in line and reason in line for line in invalid_lines), \
+        assert any(f"{src}:{line_no}" in line and reason in line for line in invalid_lines), (
             f"line {line_no} ({reason}) not reported:\n{sub.stderr}"
+        )
 
     wait = fault.cli("wait", bid, "--timeout", "60", "-q")
     assert wait.returncode == 1, f"wait exit {wait.returncode}: {wait.stderr}"
@@ -478,16 +557,23 @@ def test_skip_invalid_keeps_bad_records_as_failed_jobs(fault: Group, fault_clien
 
     status = fault_client.store.status(bid)
     assert {k: status[k] for k in ("total", "queued", "running", "done", "failed")} == {
-        "total": 13, "queued": 0, "running": 0, "done": 3, "failed": 10}, status
+        "total": 13,
+        "queued": 0,
+        "running": 0,
+        "done": 3,
+        "failed": 10,
+    }, status
     assert fault_client.store.existing_ids(bid) == 13
     dead: set[str] = fault_client.redis.smembers(Keys(fault.settings.key_prefix).dead(bid))  # type: ignore[assignment]
     assert dead == set(failed)
 
 
-def test_skip_invalid_ids_cannot_collide_with_valid_ids(fault: Group, fault_client: Client,
-                                                        tmp_path: Path) -> None:
-    src = write(tmp_path / "in.jsonl", jl({"id": "a", "title": "no text"}),
-                jl({"id": "a@line1", "text": "A valid article whose id happens to look like that."}))
+def test_skip_invalid_ids_cannot_collide_with_valid_ids(fault: Group, fault_client: Client, tmp_path: Path) -> None:
+    src = write_lines(
+        tmp_path / "in.jsonl",
+        jl({"id": "a", "title": "no text"}),
+        jl({"id": "a@line1", "text": "A valid article whose id happens to look like that."}),
+    )
     bid = batch_id()
     sub = fault.cli("submit", str(src), "--batch-id", bid, "--skip-invalid", "-q")
     assert sub.returncode == 0, sub.stderr
@@ -499,10 +585,9 @@ def test_skip_invalid_ids_cannot_collide_with_valid_ids(fault: Group, fault_clie
 # ---- resubmitting into the same batch ----------------------------------------------------------
 
 
-def test_resubmit_same_batch_skips_existing_and_adds_new(fault: Group, fault_client: Client,
-                                                         tmp_path: Path) -> None:
+def test_resubmit_same_batch_skips_existing_and_adds_new(fault: Group, fault_client: Client, tmp_path: Path) -> None:
     first = [{"id": f"r{i}", "text": f"Resubmit article {i} about the ferry timetable."} for i in range(3)]
-    src = write(tmp_path / "in.jsonl", *map(jl, first))
+    src = write_jsonl(tmp_path / "in.jsonl", first)
     bid = batch_id()
     r1 = fault.cli("submit", str(src), "--batch-id", bid, "-q")
     assert r1.returncode == 0 and "3 enqueued, 0 already there" in r1.stderr, r1.stderr
@@ -512,7 +597,7 @@ def test_resubmit_same_batch_skips_existing_and_adds_new(fault: Group, fault_cli
     assert fault_client.store.existing_ids(bid) == 3
 
     more = [{"id": f"r{i}", "text": f"Resubmit article {i} about the ferry timetable."} for i in range(3, 5)]
-    write(src, *map(jl, first + more))
+    write_jsonl(src, first + more)
     r3 = fault.cli("submit", str(src), "--batch-id", bid, "-q")
     assert r3.returncode == 0 and "2 enqueued, 3 already there" in r3.stderr, r3.stderr
     assert fault_client.store.existing_ids(bid) == 5
@@ -524,13 +609,20 @@ def test_resubmit_same_batch_skips_existing_and_adds_new(fault: Group, fault_cli
     assert fault_client.store.status(bid)["total"] == 5
 
 
-def test_an_id_reused_for_another_text_in_a_second_file_is_named_not_skipped(fault: Group, fault_client: Client,
-                                                                             tmp_path: Path) -> None:
-    a = write(tmp_path / "a.jsonl", jl({"id": "x1", "text": "The dam was inspected on Monday."}),
-              jl({"id": "x2", "text": "The ferry resumed its winter timetable."}))
-    b = write(tmp_path / "b.jsonl", jl({"id": "x1", "text": "The dam was inspected on Monday."}),
-              jl({"id": "x2", "text": "A different story that reuses the id x2."}),
-              jl({"id": "x3", "text": "The library extended its opening hours."}))
+def test_an_id_reused_for_another_text_in_a_second_file_is_named_not_skipped(
+    fault: Group, fault_client: Client, tmp_path: Path
+) -> None:
+    a = write_lines(
+        tmp_path / "a.jsonl",
+        jl({"id": "x1", "text": "The dam was inspected on Monday."}),
+        jl({"id": "x2", "text": "The ferry resumed its winter timetable."}),
+    )
+    b = write_lines(
+        tmp_path / "b.jsonl",
+        jl({"id": "x1", "text": "The dam was inspected on Monday."}),
+        jl({"id": "x2", "text": "A different story that reuses the id x2."}),
+        jl({"id": "x3", "text": "The library extended its opening hours."}),
+    )
     bid = batch_id()
     assert fault.cli("submit", str(a), "--batch-id", bid, "-q").returncode == 0
     strict = fault.cli("submit", str(b), "--batch-id", bid, "-q")
@@ -549,10 +641,13 @@ def test_an_id_reused_for_another_text_in_a_second_file_is_named_not_skipped(fau
     assert rows["x2"].summary == expected_summary("The ferry resumed its winter timetable.")
 
 
-def test_identical_texts_without_ids_are_rows_of_their_own_and_stable_on_resume(fault: Group, fault_client: Client,
-                                                                                tmp_path: Path) -> None:
+def test_identical_texts_without_ids_are_rows_of_their_own_and_stable_on_resume(
+    fault: Group, fault_client: Client, tmp_path: Path
+) -> None:
     same, other = "The wire story syndicated twice.", "Another story."
-    src = write(tmp_path / "in.jsonl", jl({"text": same, "n": 1}), jl({"text": same, "n": 2}), jl({"text": other}))
+    src = write_lines(
+        tmp_path / "in.jsonl", jl({"text": same, "n": 1}), jl({"text": same, "n": 2}), jl({"text": other})
+    )
     bid = batch_id()
     first = fault.cli("submit", str(src), "--batch-id", bid, "-q")
     assert "3 enqueued, 0 already there" in first.stderr, first.stderr
@@ -570,8 +665,12 @@ def test_identical_texts_without_ids_are_rows_of_their_own_and_stable_on_resume(
 def test_unknown_batch_id_is_exit_3_naming_it(fault: Group, fault_client: Client, tmp_path: Path) -> None:
     bid = batch_id()
     out = tmp_path / "results.jsonl"
-    cmds = [["status", bid, "--json"], ["results", bid, "--out", str(out)], ["wait", bid, "--timeout", "5"],
-            ["retry", bid]]
+    cmds = [
+        ["status", bid, "--json"],
+        ["results", bid, "--out", str(out)],
+        ["wait", bid, "--timeout", "5"],
+        ["retry", bid],
+    ]
     with ThreadPoolExecutor(len(cmds)) as pool:
         runs = list(pool.map(lambda c: fault.cli(*c), cmds))
     for cmd, r in zip(cmds, runs, strict=True):

@@ -21,7 +21,7 @@ import openai
 import pydantic
 import pytest
 from openai.types import Batch, FileObject, Model
-from openai.types.chat import ChatCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from contract import openai_shapes as shapes
 from localllm.extractive import (
@@ -36,6 +36,7 @@ from localllm.extractive import (
 )
 from localllm.jsonfill import FillText, fill_schema
 from tests.faultserver.batch_client import create_batch, result_lines, upload_batch_input, wait_for_batch
+from tests.helpers import http_request
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,8 +67,12 @@ class LLMServe:
     port: int
 
     @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{self.root}/v1"
 
     def client(self, api_key: str = "x") -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url, api_key=api_key, max_retries=0, timeout=30)
@@ -131,26 +136,22 @@ def client(server: LLMServe) -> openai.OpenAI:
     return server.client()
 
 
-def messages(article: str, system: str | None = "Summarize the news article.") -> list[dict[str, str]]:
-    msgs = [{"role": "system", "content": system}] if system is not None else []
-    return [*msgs, {"role": "user", "content": f"Summarize this:\n<article>\n{article}\n</article>"}]
+SYSTEM = "Summarize the news article."
+
+
+def user_prompt(article: str) -> str:
+    return f"Summarize this:\n<article>\n{article}\n</article>"
+
+
+def messages(article: str, system: str | None = SYSTEM) -> list[ChatCompletionMessageParam]:
+    msgs: list[ChatCompletionMessageParam] = [{"role": "system", "content": system}] if system is not None else []
+    return [*msgs, {"role": "user", "content": user_prompt(article)}]
 
 
 def ask(client: openai.OpenAI, article: str = ARTICLE, **kwargs: Any) -> ChatCompletion:
     kwargs.setdefault("messages", messages(article))
     response: ChatCompletion = client.chat.completions.create(model=MODEL_NAME, **kwargs)
     return response
-
-
-def raw(port: int, method: str, path: str, body: bytes | None = None,
-        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        conn.close()
 
 
 def article_positions(summary: str, article: str) -> list[int]:
@@ -224,16 +225,27 @@ def test_shapes_parse_as_the_openai_client_models() -> None:
     assert parsed.choices[0].finish_reason == "length"
     assert parsed.usage is not None and parsed.usage.total_tokens == 7
     assert completion["choices"][0]["message"]["reasoning_content"] == "thinking"
-    assert ChatCompletion.model_validate(
-        shapes.chat_completion(None, model="m", prompt_tokens=1, completion_tokens=0)
-    ).choices == []
+    assert (
+        ChatCompletion.model_validate(
+            shapes.chat_completion(None, model="m", prompt_tokens=1, completion_tokens=0)
+        ).choices
+        == []
+    )
 
-    file = FileObject.model_validate(shapes.file_object("file-1", filename="a.jsonl", purpose="batch", size=3,
-                                                        created_at=1))
+    file = FileObject.model_validate(
+        shapes.file_object("file-1", filename="a.jsonl", purpose="batch", size=3, created_at=1)
+    )
     assert file.bytes == 3
-    view = shapes.BatchView(id="batch_1", input_file_id="file-1", created_at=100, status="failed",
-                            errors=[shapes.batch_error("invalid_json_line", "bad", line=2)],
-                            timestamps={"failed_at": 101}, counts=(3, 1, 2), metadata={"k": "v"})
+    view = shapes.BatchView(
+        id="batch_1",
+        input_file_id="file-1",
+        created_at=100,
+        status="failed",
+        errors=[shapes.batch_error("invalid_json_line", "bad", line=2)],
+        timestamps={"failed_at": 101},
+        counts=(3, 1, 2),
+        metadata={"k": "v"},
+    )
     batch = Batch.model_validate(shapes.batch_object(view))
     assert batch.status == "failed" and batch.failed_at == 101 and batch.expires_at == 100 + 86400
     assert batch.errors is not None and batch.errors.data is not None and batch.errors.data[0].line == 2
@@ -249,8 +261,12 @@ def test_batch_lines() -> None:
     line = shapes.batch_request_line("c1", {"model": "m"})
     assert line == {"custom_id": "c1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m"}}
     ok = shapes.batch_response_line("c1", 200, {"x": 1}, request_id="req_1", line_id="batch_req_1")
-    assert ok == {"id": "batch_req_1", "custom_id": "c1", "error": None,
-                  "response": {"status_code": 200, "request_id": "req_1", "body": {"x": 1}}}
+    assert ok == {
+        "id": "batch_req_1",
+        "custom_id": "c1",
+        "error": None,
+        "response": {"status_code": 200, "request_id": "req_1", "body": {"x": 1}},
+    }
     gone = shapes.batch_error_line("c2", shapes.BATCH_EXPIRED, "late")
     assert gone["response"] is None and gone["error"] == {"code": "batch_expired", "message": "late"}
     requests = shapes.parse_batch_input(shapes.jsonl([line, shapes.batch_request_line("c2", {})]) + b"\n\n")
@@ -283,8 +299,11 @@ def test_empty_batch_input_is_invalid() -> None:
 
 # --- the JSON filler -----------------------------------------------------------------------------------
 
-TEXT = FillText(summary="Council approves a park by the river.", lead="The council voted.",
-                sentences=("One.", "Two.", "Three.", "Four."))
+TEXT = FillText(
+    summary="Council approves a park by the river.",
+    lead="The council voted.",
+    sentences=("One.", "Two.", "Three.", "Four."),
+)
 
 
 class Section(pydantic.BaseModel):
@@ -324,8 +343,20 @@ SCHEMAS: list[dict[str, Any]] = [
             "either": {"anyOf": [{"type": "null"}, {"type": "integer", "maximum": 2}]},
             "typed_list": {"type": ["string", "null"]},
         },
-        "required": ["title", "abstract", "points", "few", "score", "big", "ratio", "kind", "tags", "nothing",
-                     "either", "typed_list"],
+        "required": [
+            "title",
+            "abstract",
+            "points",
+            "few",
+            "score",
+            "big",
+            "ratio",
+            "kind",
+            "tags",
+            "nothing",
+            "either",
+            "typed_list",
+        ],
         "additionalProperties": False,
     },
     {"type": "array", "items": {"type": "object", "properties": {"n": {"type": "integer"}}}, "minItems": 2},
@@ -434,7 +465,7 @@ def test_chat_completion_summarizes_article(client: openai.OpenAI) -> None:
     usage = response.usage
     assert usage is not None
     assert usage.completion_tokens == count_tokens(content)
-    assert usage.prompt_tokens == count_tokens("\n".join(m["content"] for m in msgs))
+    assert usage.prompt_tokens == count_tokens(f"{SYSTEM}\n{user_prompt(ARTICLE)}")  # the messages' contents, joined
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
@@ -468,7 +499,9 @@ def test_max_tokens_truncates_with_length(client: openai.OpenAI) -> None:
 def test_structured_output_with_pydantic_model(client: openai.OpenAI) -> None:
     # The client turns the model into a strict json_schema and parses the answer back into it.
     completion = client.chat.completions.parse(
-        model=MODEL_NAME, messages=messages(ARTICLE), response_format=Report,  # type: ignore[arg-type]
+        model=MODEL_NAME,
+        messages=messages(ARTICLE),
+        response_format=Report,
         max_tokens=shapes.max_tokens_for_words(500),
     )
     report = completion.choices[0].message.parsed
@@ -480,7 +513,9 @@ def test_structured_output_with_pydantic_model(client: openai.OpenAI) -> None:
     # A rich schema needs more room than its summary's words: too little is cut, as a real model's would be.
     with pytest.raises(openai.LengthFinishReasonError):
         client.chat.completions.parse(
-            model=MODEL_NAME, messages=messages(ARTICLE), response_format=Report,  # type: ignore[arg-type]
+            model=MODEL_NAME,
+            messages=messages(ARTICLE),
+            response_format=Report,
             max_tokens=shapes.max_tokens_for_words(30),
         )
 
@@ -500,7 +535,7 @@ def test_json_object_answer(client: openai.OpenAI) -> None:
 
 def test_context_length_exceeded(client: openai.OpenAI) -> None:
     long_article = " ".join(["The council met again and talked about the park."] * 300)
-    prompt_tokens = count_tokens("\n".join(m["content"] for m in messages(long_article)))
+    prompt_tokens = count_tokens(f"{SYSTEM}\n{user_prompt(long_article)}")  # the messages' contents, joined
     with pytest.raises(openai.BadRequestError) as info:
         ask(client, long_article, max_tokens=100)
     assert info.value.code == "context_length_exceeded"
@@ -525,7 +560,7 @@ def test_models_list_reports_context_window(client: openai.OpenAI) -> None:
 
 def test_unknown_model_is_not_found(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
-        client.chat.completions.create(model="gpt-4o", messages=messages(ARTICLE))  # type: ignore[arg-type]
+        client.chat.completions.create(model="gpt-4o", messages=messages(ARTICLE))
     assert info.value.code == "model_not_found"
     assert "gpt-4o" in info.value.message
     assert MODEL_NAME in info.value.message
@@ -544,18 +579,17 @@ def test_wrong_api_key_is_rejected(secured: LLMServe) -> None:
     with pytest.raises(openai.AuthenticationError) as info:
         secured.client(api_key="wrong").models.list()
     assert info.value.code == "invalid_api_key"
-    status, _, body = raw(secured.port, "POST", "/v1/chat/completions", b"{}")  # no Authorization at all
-    assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
+    r = http_request(f"{secured.root}/v1/chat/completions", "POST", b"{}")  # no Authorization at all
+    assert r.status == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert secured.client(api_key=API_KEY).models.list().data[0].id == MODEL_NAME
-    status, _, body = raw(secured.port, "GET", "/health")  # readiness probes carry no key
-    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    r = http_request(f"{secured.root}/health")  # readiness probes carry no key
+    assert (r.status, r.json()) == (200, {"status": "ok"})
 
 
 def test_invalid_json_and_unknown_path(server: LLMServe, client: openai.OpenAI) -> None:
-    status, _, body = raw(server.port, "POST", "/v1/chat/completions", b"{not json",
-                          {"Content-Type": "application/json"})
-    assert status == 400
-    assert json.loads(body)["error"] == {
+    r = http_request(f"{server.root}/v1/chat/completions", "POST", b"{not json", {"Content-Type": "application/json"})
+    assert r.status == 400
+    assert r.json()["error"] == {
         "message": "Request body is not valid JSON.",
         "type": "invalid_request_error",
         "param": None,
@@ -563,8 +597,8 @@ def test_invalid_json_and_unknown_path(server: LLMServe, client: openai.OpenAI) 
     }
     with pytest.raises(openai.NotFoundError):
         client.get("/nowhere", cast_to=object)
-    status, _, body = raw(server.port, "GET", "/v1/chat/completions")
-    assert status == 405 and "error" in json.loads(body)
+    r = http_request(f"{server.root}/v1/chat/completions")
+    assert r.status == 405 and "error" in r.json()
 
 
 def test_health_and_keep_alive(server: LLMServe) -> None:
@@ -596,17 +630,27 @@ def test_oversized_body_is_rejected(server: LLMServe) -> None:
 
 
 def request_line(custom_id: str, article: str = ARTICLE, words: int = 30, **body: Any) -> dict[str, Any]:
-    return shapes.batch_request_line(custom_id, {
-        "model": MODEL_NAME, "messages": messages(article), "max_tokens": shapes.max_tokens_for_words(words), **body,
-    })
+    return shapes.batch_request_line(
+        custom_id,
+        {
+            "model": MODEL_NAME,
+            "messages": messages(article),
+            "max_tokens": shapes.max_tokens_for_words(words),
+            **body,
+        },
+    )
 
 
 def test_files_roundtrip(client: openai.OpenAI) -> None:
     data = shapes.jsonl([request_line("a"), request_line("b")])
     created = upload_batch_input(client, data)
     assert created.id.startswith("file-")
-    assert (created.bytes, created.purpose, created.filename, created.status) == (len(data), "batch",
-                                                                                  "batch.jsonl", "processed")
+    assert (created.bytes, created.purpose, created.filename, created.status) == (
+        len(data),
+        "batch",
+        "batch.jsonl",
+        "processed",
+    )
     assert client.files.retrieve(created.id) == created
     assert client.files.content(created.id).content == data
     deleted = client.files.delete(created.id)
@@ -668,8 +712,7 @@ def test_batch_create_is_validated(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError):
         client.batches.create(input_file_id=source.id, endpoint="/v1/embeddings", completion_window="24h")
     with pytest.raises(openai.BadRequestError):
-        client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions",
-                              completion_window="1h")  # type: ignore[arg-type]
+        client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="1h")  # type: ignore[arg-type]
 
 
 def test_cancel_returns_unrun_lines(client: openai.OpenAI) -> None:

@@ -4,45 +4,21 @@ Redis stay apart, a fast clock reaps nothing live, and the token limit is never 
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from contract.keys import PRIORITY_STEPS, Keys
 from scripts.stack import Stack
-from tests.conftest import Group, batch_id, isolated_group
+from tests.conftest import batch_id, isolated_group
 from tests.faultserver import FaultServer, article_key, expected_summary
+from tests.helpers import articles, wait_until, write_jsonl
 
 LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
-
-
-@pytest.fixture(scope="module")
-def slow_server() -> Iterator[FaultServer]:
-    with FaultServer(latency=1.0) as srv:
-        yield srv
-
-
-def texts(tag: str, n: int) -> list[dict[str, str]]:
-    return [
-        {"id": f"{tag}{i}", "text": f"{tag} story {i}: the county approved the road budget on day {i}."}
-        for i in range(n)
-    ]
-
-
-def wait_until(pred: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_results_outlive_a_batch_that_runs_longer_than_the_ttl(
@@ -52,10 +28,10 @@ def test_results_outlive_a_batch_that_runs_longer_than_the_ttl(
     the results are kept for the TTL after the batch is over."""
     g = isolated_group(stack, redis_url, slow_server.url, SUMMARIZE_RESULT_TTL="3", SUMMARIZE_CONCURRENCY="2")
     g.worker("ttl-w")
-    arts = texts("ttl", 16)
+    arts = articles("ttl", 16)
     client = g.client()
     started = time.monotonic()
-    batch = client.submit(arts, batch_id=batch_id())  # type: ignore[arg-type]
+    batch = client.submit(arts, batch_id=batch_id())
     status = batch.wait(timeout=90)
     took = time.monotonic() - started
     assert took > 6 and status["done"] == 16
@@ -70,8 +46,7 @@ def test_an_evicting_redis_is_refused_unless_allowed(fault_server: FaultServer, 
     with Stack() as own:
         own.redis(extra=["--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"])
         g = isolated_group(own, own.env["REDIS_URL"], fault_server.url)
-        src = tmp_path / "in.jsonl"
-        src.write_text("".join(json.dumps(a) + "\n" for a in texts("ev", 3)))
+        src = write_jsonl(tmp_path / "in.jsonl", articles("ev", 3))
         refused = g.cli("submit", str(src))
         assert refused.returncode == 3
         line = refused.stderr.strip()
@@ -82,17 +57,6 @@ def test_an_evicting_redis_is_refused_unless_allowed(fault_server: FaultServer, 
         assert "maxmemory-policy allkeys-lru" in worker.log.read_text()
         allowed = g.cli("submit", str(src), env={"SUMMARIZE_ALLOW_EVICTION": "true"})
         assert allowed.returncode == 0, allowed.stderr
-
-
-def queued_messages(g: Group) -> list[tuple[int, bytes, list[str]]]:
-    keys = Keys(g.settings.key_prefix, g.settings.queue)
-    out = []
-    r = g.client().redis
-    for step in PRIORITY_STEPS:
-        for raw in r.lrange(keys.broker_queue(step), 0, -1):  # type: ignore[union-attr]
-            body = json.loads(base64.b64decode(json.loads(raw)["body"]))
-            out.append((step, raw.encode() if isinstance(raw, str) else raw, body[0]))
-    return out
 
 
 def test_lost_messages_come_back_while_the_queue_never_drains(stack: Stack, redis_url: str) -> None:
@@ -109,12 +73,12 @@ def test_lost_messages_come_back_while_the_queue_never_drains(stack: Stack, redi
             SUMMARIZE_JOBS_PER_MESSAGE="4",
         )
         client = g.client()
-        lost = client.submit(texts("lost", 8), batch_id=batch_id())  # type: ignore[arg-type]
+        lost = client.submit(articles("lost", 8), batch_id=batch_id())
         keys = Keys(g.settings.key_prefix, g.settings.queue)
         removed = 0
-        for step, raw, args in queued_messages(g):
-            if args[0] == lost.id:
-                removed += int(client.redis.lrem(keys.broker_queue(step), 1, raw))  # type: ignore[arg-type]
+        for m in g.queued_messages():
+            if m.args[0] == lost.id:
+                removed += int(client.redis.lrem(keys.broker_queue(m.step), 1, m.raw))
         assert removed == 2
 
         feeding = threading.Event()
@@ -123,8 +87,8 @@ def test_lost_messages_come_back_while_the_queue_never_drains(stack: Stack, redi
         def feed() -> None:
             n = 0
             while not feeding.is_set():
-                client.submit(texts(f"feed{n}x", 8), batch_id=batch_id())  # type: ignore[arg-type]
-                lengths.append(sum(int(client.redis.llen(keys.broker_queue(s))) for s in PRIORITY_STEPS))  # type: ignore[arg-type]
+                client.submit(articles(f"feed{n}x", 8), batch_id=batch_id())
+                lengths.append(sum(int(client.redis.llen(keys.broker_queue(s))) for s in PRIORITY_STEPS))
                 n += 1
                 time.sleep(0.4)
 
@@ -141,7 +105,7 @@ def test_lost_messages_come_back_while_the_queue_never_drains(stack: Stack, redi
             feeder.join(10)
         assert status["done"] == 8
         assert min(lengths[2:]) > 0, lengths  # the queue never drained meanwhile
-        republished = int(client.redis.hget(keys.stats, "republished") or 0)  # type: ignore[arg-type]
+        republished = int(client.redis.hget(keys.stats, "republished") or 0)
         assert republished >= 8
         print(
             f"lost messages: 8 jobs whose 2 messages were lost done {took:.1f}s after the worker started, "
@@ -156,10 +120,7 @@ def test_two_deployments_on_one_redis_never_take_each_others_messages(
     groups = [isolated_group(stack, redis_url, fault_server.url, SUMMARIZE_QUEUE="summarize") for _ in range(2)]
     for i, g in enumerate(groups):
         g.worker(f"deploy-w{i}")
-    batches = [
-        g.client().submit(texts(f"dep{i}x", 30), batch_id=batch_id())  # type: ignore[arg-type]
-        for i, g in enumerate(groups)
-    ]
+    batches = [g.client().submit(articles(f"dep{i}x", 30), batch_id=batch_id()) for i, g in enumerate(groups)]
     for b in batches:
         assert b.wait(timeout=90)["done"] == 30
     for g in groups:
@@ -182,8 +143,8 @@ def test_a_worker_with_a_fast_clock_reaps_nothing_live(stack: Stack, redis_url: 
             SUMMARIZE_JOBS_PER_MESSAGE="10",
         )
         holder = g.worker("clock-holder")
-        arts = texts("clk", 40)
-        batch = g.client().submit(arts, batch_id=batch_id())  # type: ignore[arg-type]
+        arts = articles("clk", 40)
+        batch = g.client().submit(arts, batch_id=batch_id())
         wait_until(lambda: batch.status()["running"] >= 30, 30, "the holder to take the jobs")
         g.worker(
             "clock-fast",
@@ -212,7 +173,7 @@ def test_the_token_limit_is_never_crossed_and_mostly_used_in_the_first_minute(st
             g.worker(f"tpm-w{i}")
         body = "The regional transit board met on Tuesday to discuss the timetable. " * 6
         arts = [{"id": f"tpm{i}", "text": f"{i}: {body}"} for i in range(60)]
-        batch = g.client().submit(arts, batch_id=batch_id())  # type: ignore[arg-type]
+        batch = g.client().submit(arts, batch_id=batch_id())
         time.sleep(66)
         stats = srv.stats()
         admitted = stats["tokens_admitted_times"]

@@ -35,16 +35,31 @@ def make_ca(directory: Path, name: str = "ca") -> CA:
     """A self-signed CA certificate valid for two days."""
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / f"{name}.pem", directory / f"{name}-key.pem"
-    _run("req", "-x509", *_CURVE, "-keyout", str(key), "-out", str(cert), "-days", "2",
-         "-subj", f"/CN=summarize test {name}",
-         "-addext", "basicConstraints=critical,CA:TRUE",
-         "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-         "-addext", "subjectKeyIdentifier=hash")
+    _run(
+        "req",
+        "-x509",
+        *_CURVE,
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+        "-days",
+        "2",
+        "-subj",
+        f"/CN=summarize test {name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-addext",
+        "subjectKeyIdentifier=hash",
+    )
     return CA(cert, key)
 
 
-def make_server_cert(directory: Path, ca: CA, name: str = "server",
-                     hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> ServerCert:
+def make_server_cert(
+    directory: Path, ca: CA, name: str = "server", hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+) -> ServerCert:
     """A server certificate for `hosts` (IPs and DNS names), signed by `ca`."""
     directory.mkdir(parents=True, exist_ok=True)
     cert, key, csr = directory / f"{name}.pem", directory / f"{name}-key.pem", directory / f"{name}.csr"
@@ -60,7 +75,22 @@ def make_server_cert(directory: Path, ca: CA, name: str = "server",
         encoding="utf-8",
     )
     _run("req", "-new", *_CURVE, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={hosts[0]}")
-    _run("x509", "-req", "-in", str(csr), "-CA", str(ca.cert), "-CAkey", str(ca.key), "-CAcreateserial",
-         "-out", str(cert), "-days", "2", "-extfile", str(ext))
+    _run(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca.cert),
+        "-CAkey",
+        str(ca.key),
+        "-CAcreateserial",
+        "-out",
+        str(cert),
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+    )
     key.chmod(0o600)
     return ServerCert(cert, key, ca)
