@@ -111,5 +111,13 @@ class JobsFailed(SummarizeError):
     """Raised when every job of a message failed for good, so Flower shows the task as failed."""
 
 
+class BatchPaused(SummarizeError):
+    """Raised when a job's batch was paused (by the user, or by its budget) before the job's next call."""
+
+
+class BatchCancelled(SummarizeError):
+    """Raised when a job's batch was cancelled before the job's next call."""
+
+
 class HandBack(SummarizeError):
     """Raised when a worker is stopping and gives its job back to the queue instead of finishing it."""

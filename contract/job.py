@@ -44,6 +44,10 @@ class ClaimedJob:
     completion_tokens: int = 0
     #: summaries of a long article's parts from earlier runs (key -> summary)
     partials: dict[str, str] = field(default_factory=dict)
+    #: the result-cache key its answer is stored under ('' when the batch does not use the cache)
+    cache_key: str = ""
+    #: what earlier runs cost in USD (None: some call's price was unknown)
+    cost_usd: float | None = 0.0
 
     @property
     def text(self) -> str:
@@ -51,8 +55,8 @@ class ClaimedJob:
 
     @classmethod
     def from_reply(cls, batch_id: str, token: str, now_ms: int, row: list[Any]) -> ClaimedJob:
-        """From one `{id, 'claimed', article, attempts, unusable, deferrals, first_failure, pt, ct, partials}`."""
-        job_id, _, blob, attempts, unusable, deferrals, first, pt, ct, flat = row
+        """From one `{id, 'claimed', article, attempts, unusable, deferrals, first_failure, pt, ct, partials, key}`."""
+        job_id, _, blob, attempts, unusable, deferrals, first, pt, ct, flat, key, cost = row
         first_ms = int(float(first))
         partials = {_str(flat[i]): _str(flat[i + 1]) for i in range(0, len(flat), 2)}
         return cls(
@@ -67,6 +71,8 @@ class ClaimedJob:
             prompt_tokens=int(pt),
             completion_tokens=int(ct),
             partials=partials,
+            cache_key=_str(key),
+            cost_usd=None if float(cost) < 0 else float(cost),
         )
 
 

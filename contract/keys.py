@@ -111,6 +111,19 @@ class Keys:
         """Sorted set of batch ids, scored by creation time (ms)."""
         return f"{self.prefix}:batches"
 
+    def cache(self, week: int) -> str:
+        """Hash: result-cache key -> `batch\x1fjob` of a done job that answered it. One hash a week (Redis
+        time), expiring whole, so the cache needs no TTL per entry; a lookup reads the weeks in its TTL."""
+        return f"{self.prefix}:cache:{week}"
+
+    def flight(self, cache_key: str) -> str:
+        """String with a TTL (the leader's lease): the job making the one call for an article being summarized."""
+        return f"{self.prefix}:f:{cache_key}"
+
+    def waiters(self, cache_key: str) -> str:
+        """Set: `batch\x1fjob` of identical articles waiting for the call in flight (they hold no slot)."""
+        return f"{self.prefix}:w:{cache_key}"
+
     @property
     def reaper_lock(self) -> str:
         """String with a TTL: held by the one worker that reaps this round."""
@@ -181,6 +194,9 @@ class Keys:
             "orphans": self.orphans(0)[:-1],
             "hw": self.watermark,
             "backlog": self.backlog,
+            "cache": self.cache(0)[:-1],
+            "flight": self.flight(""),
+            "waiters": self.waiters(""),
             "batches": self.batches,
             "reaper": self.reaper_clock,
             "stats": self.stats,

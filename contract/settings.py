@@ -71,6 +71,10 @@ class Settings:
     context_tokens: int = env("SUMMARIZE_CONTEXT_TOKENS", 0)
     #: the model a batch falls back to when none is given with --fallback-model ('' for none)
     fallback_model: str = env("SUMMARIZE_FALLBACK_MODEL", "")
+    #: seconds a finished summary answers identical articles (0: no cache)
+    cache_ttl: int = env("SUMMARIZE_CACHE_TTL", 30 * 24 * 3600)
+    #: a JSON file {model: {"input": x, "output": y}} of USD per million tokens, over the built-in table
+    prices: str = env("SUMMARIZE_PRICES", "")
 
     key_prefix: str = env("SUMMARIZE_KEY_PREFIX", "sumz")
     #: the Celery queue; kombu keeps it under the key prefix, so deployments never share one

@@ -8,6 +8,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .keys import PRIORITIES
+from .models import Price
 
 #: a custom prompt longer than this is more likely a file given by mistake (an article?) than instructions
 MAX_PROMPT_CHARS = 20_000
@@ -26,6 +27,11 @@ class BatchSpec:
     json_schema: dict[str, Any] | None = None
     #: model used when the primary answers 404 or fails an article for good
     fallback_model: str | None = None
+    #: no answer from the cache, none stored in it, no waiting for identical articles: fresh calls
+    no_cache: bool = False
+    #: USD per million tokens, [input, output], of the batch's models, as known at submit (a model
+    #: missing here has an unknown price: its cost is null, never 0)
+    prices: dict[str, list[float]] | None = None
 
     def __post_init__(self) -> None:
         if self.max_words < 1:
@@ -53,6 +59,10 @@ class BatchSpec:
         data: dict[str, Any] = json.loads(raw)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    def price(self, model: str) -> Price | None:
+        found = (self.prices or {}).get(model)
+        return Price(float(found[0]), float(found[1])) if found else None
 
     def differences(self, other: BatchSpec) -> list[str]:
         """What differs, as 'name: stored -> asked' lines, for the error of a resume with another spec."""

@@ -147,6 +147,44 @@ class JobStore:
         name = names[int(index)] if index.isdigit() and int(index) < len(names) else "?"
         return f"{name}:{line}" if line and line != "0" else name
 
+    def control(
+        self, batch_id: str, action: str, budget_usd: float | None = None, budget_tokens: int | None = None
+    ) -> tuple[str, str]:
+        """pause | resume | cancel | budget (caps only); returns the batch's (state, reason)."""
+        try:
+            state, reason = self.run(
+                "control",
+                batch=batch_id,
+                action=action,
+                budget_usd="" if budget_usd is None else budget_usd,
+                budget_tokens="" if budget_tokens is None else budget_tokens,
+            )
+        except redis.ResponseError as exc:
+            if "NOBATCH" in str(exc):
+                raise BatchNotFound(batch_id) from None
+            raise
+        return text(state), text(reason)
+
+    def unpark(self, batch_id: str, chunk: int = 500) -> tuple[list[Message], int]:
+        """Queue a resumed batch's parked jobs again, streaming the parked set."""
+        messages: list[Message] = []
+        total = 0
+        for ids in batched(self.r.sscan_iter(self.keys.parked(batch_id), count=chunk), chunk):
+            msgs, n = self.run(
+                "unpark", batch=batch_id, per_message=self.settings.jobs_per_message, ids=pack([text(i) for i in ids])
+            )
+            messages += [(int(step), text(m)) for step, m in msgs]
+            total += int(n)
+        return messages, total
+
+    def cancel_waiting(self, batch_id: str, chunk: int = 1000) -> int:
+        """End a cancelled batch's jobs that have not started, walking its ids a chunk at a time."""
+        total, start = 0, 0
+        while raw := self.r.lrange(self.keys.batch_ids(batch_id), start, start + chunk - 1):
+            total += int(self.run("cancel", batch=batch_id, ids=pack([text(i) for i in raw])))  # type: ignore[union-attr]
+            start += chunk
+        return total
+
     def retry_failed(self, batch_id: str, chunk: int = 500) -> tuple[list[Message], int]:
         """Requeue the batch's failed jobs, streaming the dead-letter set; returns messages and count."""
         self.require_batch(batch_id)
@@ -174,6 +212,7 @@ class JobStore:
         return BatchSpec.from_json(self.require_batch(batch_id)["spec"])
 
     def status(self, batch_id: str) -> dict[str, Any]:
+        """Counters, state (running, paused, cancelled, halted, finished), tokens, cost, cache, budget."""
         h = self.require_batch(batch_id)
         out: dict[str, Any] = {name: int(h.get(name, 0)) for name in COUNTERS}
         spec = BatchSpec.from_json(h["spec"])
@@ -182,11 +221,19 @@ class JobStore:
             model=spec.model,
             spec=json.loads(h["spec"]),
             state=h.get("state", "running"),
+            reason=h.get("reason") or None,
             halted=h.get("halt") if h.get("state") == "halted" else None,
             prompt_tokens=int(h.get("prompt_tokens", 0)),
             completion_tokens=int(h.get("completion_tokens", 0)),
             calls=int(h.get("calls", 0)),
             unusable=int(h.get("unusable", 0)),
+            cached=int(h.get("cached", 0)),
+            # Unknown when a model's price is: null, never 0.
+            cost_usd=round(float(h.get("cost_usd", 0)), 6) if spec.price(spec.model) is not None else None,
+            budget_usd=float(h["budget_usd"]) if h.get("budget_usd") else None,
+            budget_tokens=int(h["budget_tokens"]) if h.get("budget_tokens") else None,
+            spent_usd=round(float(h.get("spent_usd", 0)), 6),
+            spent_tokens=int(h.get("spent_tokens", 0)),
         )
         out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
         if out["done"] + out["failed"] + out["cancelled"] >= out["total"] and out["state"] == "running":

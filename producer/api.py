@@ -19,6 +19,7 @@ from typing import Any
 from contract.errors import ConfigError
 from contract.keys import BATCH_ID_RE
 from contract.messaging import make_celery, publish
+from contract.models import known_price, load_prices
 from contract.record import JobResult
 from contract.redisconn import check_reachable, make_redis
 from contract.settings import Settings
@@ -79,6 +80,28 @@ class Batch:
         publish(self.client.celery, self.client.settings, messages)
         return n
 
+    def pause(self) -> str:
+        """No new calls for this batch (calls in flight finish and are stored); returns its state."""
+        return self.client.store.control(self.id, "pause")[0]
+
+    def resume(self, budget_usd: float | None = None, budget_tokens: int | None = None) -> str:
+        """Go on (after pause, or after the budget stopped it: give a larger one); returns its state."""
+        state, reason = self.client.store.control(self.id, "budget", budget_usd, budget_tokens)
+        if state == "paused" and reason == "budget" and budget_usd is None and budget_tokens is None:
+            raise ConfigError(
+                f"batch {self.id} stopped at its budget: resume it with a larger --budget-usd or --budget-tokens"
+            )
+        state, _ = self.client.store.control(self.id, "resume")
+        if state == "running":
+            messages, _ = self.client.store.unpark(self.id)
+            publish(self.client.celery, self.client.settings, messages)
+        return state
+
+    def cancel(self) -> int:
+        """No further calls; every job that has not started ends 'cancelled'. Returns how many ended now."""
+        self.client.store.control(self.id, "cancel")
+        return self.client.store.cancel_waiting(self.id)
+
 
 class Client:
     """Talks to Redis and the broker only: importing it never loads the worker or the LLM client."""
@@ -108,13 +131,14 @@ class Client:
 
         `options` take what shapes the answers, stored once with the batch: priority ('high', 'normal',
         'low'), prompt (task instructions; `{max_words}` may appear), temperature, json_schema (a dict),
-        fallback_model.
+        fallback_model, no_cache, price_in and price_out (USD per million tokens, for the model); and
+        the budget: budget_usd, budget_tokens (the batch pauses before a call would go over).
         """
         if isinstance(items, str | bytes | dict):
             raise ConfigError("submit() takes an iterable of articles; wrap a single text or dict in a list")
-        spec = self._spec(model, max_words, **options)
+        spec, budget = self._spec(model, max_words, **options)
         with reader.opened_items(items, self.settings.max_article_bytes) as source:
-            return self._submit(source, "<items>", spec, batch_id, skip_invalid, progress)
+            return self._submit(source, "<items>", spec, budget, batch_id, skip_invalid, progress)
 
     def submit_path(
         self,
@@ -131,27 +155,56 @@ class Client:
 
         Setting `stop` ends the submit after the chunk in flight; the same call again resumes it.
         """
-        spec = self._spec(model, max_words, **options)
+        spec, budget = self._spec(model, max_words, **options)
         with reader.opened(path, self.settings.max_article_bytes) as source:
             return self._submit(
-                source, "<stdin>" if path == "-" else path, spec, batch_id, skip_invalid, progress, stop
+                source, "<stdin>" if path == "-" else path, spec, budget, batch_id, skip_invalid, progress, stop
             )
 
-    def _spec(self, model: str | None, max_words: int | None, **options: Any) -> BatchSpec:
+    def _spec(self, model: str | None, max_words: int | None, **options: Any) -> tuple[BatchSpec, dict[str, Any]]:
+        """The batch's spec, and its budget (budget_usd, budget_tokens: state, not spec, as resume changes it)."""
         options = {k: v for k, v in options.items() if v is not None}
-        options.setdefault("fallback_model", self.settings.fallback_model or None)
+        budget: dict[str, Any] = {k: options.pop(k) for k in ("budget_usd", "budget_tokens") if k in options}
+        model = model or self.settings.model
+        options["fallback_model"] = options.get("fallback_model") or self.settings.fallback_model or None
+        options["prices"] = self._prices(
+            model, options["fallback_model"], options.pop("price_in", None), options.pop("price_out", None)
+        )
         try:
-            return BatchSpec(
-                model=model or self.settings.model, max_words=max_words or self.settings.max_words, **options
-            )
+            spec = BatchSpec(model=model, max_words=max_words or self.settings.max_words, **options)
         except TypeError as exc:
             raise ConfigError(f"submit(): {exc}") from None
+        if "budget_usd" in budget and spec.price(model) is None:
+            raise ConfigError(
+                f"a budget in USD needs the price of {model!r}, which is not known: give --price-in "
+                "and --price-out (USD per million tokens), or SUMMARIZE_PRICES"
+            )
+        return spec, budget
+
+    def _prices(
+        self, model: str, fallback: str | None, price_in: float | None, price_out: float | None
+    ) -> dict[str, list[float]] | None:
+        """Each model's price as known now (--price-in/--price-out, SUMMARIZE_PRICES, the built-in table)."""
+        table = load_prices(self.settings.prices) if self.settings.prices else {}
+        prices: dict[str, list[float]] = {}
+        for name in filter(None, (model, fallback)):
+            found = table.get(name) or known_price(name)
+            if found is not None:
+                prices[name] = [found.input, found.output]
+        if (price_in is None) != (price_out is None):
+            raise ConfigError("--price-in and --price-out go together")
+        if price_in is not None and price_out is not None:
+            if price_in < 0 or price_out < 0:
+                raise ConfigError("prices can't be negative")
+            prices[model] = [float(price_in), float(price_out)]
+        return prices or None
 
     def _submit(
         self,
         source: reader.Source,
         name: str,
         spec: BatchSpec,
+        budget: dict[str, Any],
         batch_id: str | None,
         skip_invalid: bool,
         progress: bool,
@@ -167,6 +220,8 @@ class Client:
             note_repeated(source.records(), checked)
         raise_if_invalid(checked, skip_invalid)
         index = self.store.init_batch(batch_id, spec, name)
+        if budget:
+            self.store.control(batch_id, "budget", budget.get("budget_usd"), budget.get("budget_tokens"))
         bar = ProgressBar(f"submit {batch_id}", checked.records) if progress else None
         enqueuer = Enqueuer(
             self.store,

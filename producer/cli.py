@@ -217,6 +217,11 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         priority=args.priority,
         temperature=args.temperature,
         fallback_model=args.fallback_model,
+        no_cache=args.no_cache or None,
+        price_in=args.price_in,
+        price_out=args.price_out,
+        budget_usd=args.budget_usd,
+        budget_tokens=args.budget_tokens,
         **options,
     )
     rep = batch.report
@@ -309,6 +314,24 @@ def follow(batch: Batch, path: str | None, fmt: str) -> int:
     return EXIT_FAILED if status["failed"] or status["cancelled"] else EXIT_OK
 
 
+def cmd_pause(args: argparse.Namespace, settings: Settings) -> int:
+    state = _client(settings).batch(args.batch).pause()
+    print(f"batch {args.batch}: {state}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
+    state = _client(settings).batch(args.batch).resume(args.budget_usd, args.budget_tokens)
+    print(f"batch {args.batch}: {state}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    n = _client(settings).batch(args.batch).cancel()
+    print(f"batch {args.batch}: cancelled ({n} job(s) that had not started ended now)", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     n = _client(settings).batch(args.batch).retry()
     print(f"requeued {n} failed job(s) of batch {args.batch}", file=sys.stderr)
@@ -366,6 +389,18 @@ def _add_submit(sub: Any) -> None:
         help="model used when the primary answers 404 or fails an article for good (default SUMMARIZE_FALLBACK_MODEL)",
     )
     s.add_argument(
+        "--no-cache", action="store_true", help="fresh calls: no answer from the result cache, none stored in it"
+    )
+    s.add_argument(
+        "--price-in",
+        type=float,
+        metavar="USD",
+        help="price of the model's input, USD per million "
+        "tokens (with --price-out; default SUMMARIZE_PRICES or the built-in table)",
+    )
+    s.add_argument("--price-out", type=float, metavar="USD", help="price of its output, USD per million tokens")
+    _add_budget(s)
+    s.add_argument(
         "--skip-invalid",
         action="store_true",
         help="enqueue valid records and keep invalid ones as failed jobs (default: enqueue nothing)",
@@ -407,6 +442,31 @@ def _add_reading(sub: Any) -> None:
     rt.set_defaults(func=cmd_retry)
 
 
+def _add_budget(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--budget-usd", type=float, metavar="USD", help="pause the batch before a call would take its cost over this"
+    )
+    p.add_argument(
+        "--budget-tokens",
+        type=int,
+        metavar="N",
+        help="pause the batch before a call would take its tokens (prompt + completion) over this",
+    )
+
+
+def _add_control(sub: Any) -> None:
+    pa = sub.add_parser("pause", help="no new calls for the batch; calls in flight finish and are stored")
+    pa.add_argument("batch")
+    pa.set_defaults(func=cmd_pause)
+    re = sub.add_parser("resume", help="go on after pause, or after the budget stopped it (give a larger one)")
+    re.add_argument("batch")
+    _add_budget(re)
+    re.set_defaults(func=cmd_resume)
+    ca = sub.add_parser("cancel", help="no further calls; jobs that have not started end 'cancelled'")
+    ca.add_argument("batch")
+    ca.set_defaults(func=cmd_cancel)
+
+
 def _add_llm_serve(sub: Any) -> None:
     ls = sub.add_parser("llm-serve", help="the offline OpenAI-compatible extractive summarizer")
     ls.add_argument("--host", default="127.0.0.1")
@@ -435,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_submit(sub)
     _add_reading(sub)
+    _add_control(sub)
     _add_llm_serve(sub)
     return p
 

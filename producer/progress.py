@@ -90,6 +90,19 @@ def status_table(status: dict[str, Any]) -> Table:
         f"{status['prompt_tokens']} prompt + {status['completion_tokens']} completion = {status['total_tokens']}",
     )
     table.add_row("LLM calls", f"{status['calls']} ({status['unusable']} billed but unusable)")
+    table.add_row("cached", f"{status.get('cached', 0)} job(s) answered from the cache, no call")
+    cost = status.get("cost_usd")
+    table.add_row("cost", "unknown (no price for the model)" if cost is None else f"${cost:.4f}")
+    if status.get("budget_usd") is not None or status.get("budget_tokens") is not None:
+        caps = [
+            f"${status['spent_usd']:.4f} of ${status['budget_usd']:.4f}"
+            if status.get("budget_usd") is not None
+            else "",
+            f"{status['spent_tokens']} of {status['budget_tokens']} tokens"
+            if status.get("budget_tokens") is not None
+            else "",
+        ]
+        table.add_row("budget", ", ".join(c for c in caps if c))
     return table
 
 

@@ -1,18 +1,23 @@
-"""What each worker process knows of the batches it is working on: spec (never changes) and state
-(running, paused, cancelled, halted), the state at most a second old, so a halt, pause or cancel
-reaches every worker within about a second without a Redis call per request."""
+"""What each worker process knows of the batches it is working on: spec (never changes), cache
+fingerprint, and state (running, paused, cancelled, halted, and whether it has a budget), the state at
+most a second old, so a halt, pause or cancel reaches every worker within about a second without a
+Redis call per request."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 
 import redis.asyncio
 
-from contract.errors import ProviderRejected
+from contract.errors import BatchCancelled, BatchNotFound, BatchPaused, ProviderRejected
 from contract.keys import Keys
 from contract.spec import BatchSpec
 from contract.store import text
+
+from .prompt import system_prompt
 
 #: how stale a batch's state may be
 MAX_AGE = 1.0
@@ -22,13 +27,15 @@ MAX_AGE = 1.0
 class BatchState:
     state: str = "running"
     halt: str = ""
+    budgeted: bool = False
     checked: float = 0.0
 
 
 class Batches:
-    def __init__(self, client: redis.asyncio.Redis, keys: Keys) -> None:
-        self.r, self.keys = client, keys
+    def __init__(self, client: redis.asyncio.Redis, keys: Keys, base_url: str) -> None:
+        self.r, self.keys, self.base_url = client, keys, base_url
         self._specs: dict[str, BatchSpec] = {}
+        self._fingerprints: dict[str, str] = {}
         self._states: dict[str, BatchState] = {}
         #: (batch, model) pairs whose model answered 404: their jobs go straight to the fallback
         self._gone: set[tuple[str, str]] = set()
@@ -37,20 +44,38 @@ class Batches:
         spec = self._specs.get(batch_id)
         if spec is None:
             raw = await self.r.hget(self.keys.batch(batch_id), "spec")
+            if raw is None:
+                raise BatchNotFound(batch_id)  # a stale message of a batch purged or expired
             spec = self._specs[batch_id] = BatchSpec.from_json(text(raw))
         return spec
+
+    def fingerprint(self, batch_id: str, spec: BatchSpec) -> str:
+        """What shapes the batch's answers, hashed: model, base URL, the instructions as sent, schema, max
+        words, temperature. Identical articles under the same fingerprint share one answer ('' for a
+        batch that wants fresh calls)."""
+        if spec.no_cache:
+            return ""
+        if batch_id not in self._fingerprints:
+            shape = [spec.model, self.base_url, system_prompt(spec), spec.json_schema, spec.max_words, spec.temperature]
+            raw = json.dumps(shape, sort_keys=True, ensure_ascii=False).encode("utf-8")
+            self._fingerprints[batch_id] = hashlib.sha1(raw, usedforsecurity=False).hexdigest()
+        return self._fingerprints[batch_id]
 
     async def state(self, batch_id: str) -> BatchState:
         st = self._states.setdefault(batch_id, BatchState())
         now = time.monotonic()
         if now - st.checked > MAX_AGE:
-            state, halt = await self.r.hmget(self.keys.batch(batch_id), ["state", "halt"])
+            state, halt, usd, tokens = await self.r.hmget(
+                self.keys.batch(batch_id), ["state", "halt", "budget_usd", "budget_tokens"]
+            )
             st.state, st.halt, st.checked = text(state or b"running"), text(halt or b""), now
+            st.budgeted = bool(usd or tokens)
         return st
 
     def note(self, batch_id: str, state: str, halt: str = "") -> None:
-        """Known here first (this process saw the provider reject the key): no need to wait for Redis."""
-        self._states[batch_id] = BatchState(state, halt, time.monotonic())
+        """Known here first (this process saw it happen): no need to wait for Redis."""
+        st = self._states.setdefault(batch_id, BatchState())
+        st.state, st.halt, st.checked = state, halt, time.monotonic()
 
     def mark_gone(self, batch_id: str, model: str) -> None:
         self._gone.add((batch_id, model))
@@ -63,3 +88,7 @@ class Batches:
         st = await self.state(batch_id)
         if st.state == "halted":
             raise ProviderRejected(f"batch halted by an earlier provider error: {st.halt}")
+        if st.state == "paused":
+            raise BatchPaused(f"batch {batch_id} is paused")
+        if st.state == "cancelled":
+            raise BatchCancelled(f"batch {batch_id} was cancelled")

@@ -24,6 +24,9 @@ import redis
 from celery import Celery
 
 from contract.errors import (
+    BatchCancelled,
+    BatchNotFound,
+    BatchPaused,
     ContextExceeded,
     MalformedResponse,
     PermanentLLMError,
@@ -32,6 +35,7 @@ from contract.errors import (
 )
 from contract.job import ClaimedJob
 from contract.messaging import publish
+from contract.models import Price
 from contract.redisconn import make_async_redis
 from contract.settings import Settings
 from contract.spec import BatchSpec
@@ -43,7 +47,7 @@ from .context import ContextWindows
 from .housekeeping import Housekeeper, Leases
 from .ratelimit import RateLimiter
 from .storage import Op, WorkerStore
-from .summarize import Fit, Provider, Summary, Tally, summarize
+from .summarize import Fit, Hold, Provider, Summary, Tally, summarize
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -99,13 +103,13 @@ class Engine:
         self.stop = asyncio.Event()
         self.redis = make_async_redis(s, max_connections=32)
         self.store = WorkerStore(self.redis, s)
-        self.batches = Batches(self.redis, self.store.keys)
+        self.batches = Batches(self.redis, self.store.keys, s.openai_base_url)
         worker = f"{socket.gethostname()}:{threading.get_native_id()}"
         self.limiter = RateLimiter(self.store, s, worker)
         self.provider = Provider(llm.make_client(s), self.limiter, s, self.stop)
         self.contexts = ContextWindows(self.provider.client, s)
         self.slots = asyncio.Semaphore(s.concurrency)
-        self.writer = Writer(self.store)
+        self.writer = Writer(self.store, self._publish)
         self.writer.start()
         self.housekeeper = Housekeeper(self.store, self.leases, self.limiter, self.stop, self._publish)
         await self.housekeeper.tick()  # limits in force before the first job, and leases of a restart reaped
@@ -124,11 +128,19 @@ class Engine:
 
     async def process(self, batch_id: str, job_ids: list[str], step: int) -> Report:
         report = Report()
-        claimed = await self.store.claim(batch_id, job_ids, step, token=uuid.uuid4().hex)
-        report.outcomes.update(f"skipped-{why}" for why in claimed.skipped.values())
+        try:
+            spec = await self.batches.spec(batch_id)
+        except BatchNotFound:
+            report.outcomes["skipped-missing"] += len(job_ids)
+            return report
+        claimed = await self.store.claim(
+            batch_id, job_ids, step, uuid.uuid4().hex, self.batches.fingerprint(batch_id, spec)
+        )
+        report.outcomes.update(
+            why if why in ("cached", "waiting") else f"skipped-{why}" for why in claimed.skipped.values()
+        )
         if not claimed.jobs:
             return report
-        spec = await self.batches.spec(batch_id)
         started = time.monotonic()
         results = await asyncio.gather(
             *(self.run_job(spec, job, started) for job in claimed.jobs), return_exceptions=True
@@ -154,6 +166,12 @@ class Engine:
                     summary = await self.summarize_with_fallback(spec, job, tally, started)
             except redis.RedisError:
                 raise
+            except BatchPaused:
+                await self.writer.settle(outcome.parked(job, tally))
+                return "paused", None
+            except BatchCancelled:
+                await self.writer.settle(outcome.cancelled(job, tally))
+                return "cancelled", None
             except Exception as exc:
                 if isinstance(exc, ProviderRejected) and exc.status != 404:
                     self.batches.note(job.batch_id, "halted", f"{type(exc).__name__}: {exc}")
@@ -198,7 +216,7 @@ class Engine:
             return await summarize(
                 job.text,
                 spec,
-                self.provider.for_job(job.unusable, tally, guard),
+                self.provider.for_job(job.unusable, tally, guard, JobAccount(self, job, spec)),
                 fit,
                 self.settings.max_summary_chars,
                 JobPartials(self.writer, job, tally),
@@ -221,10 +239,48 @@ class JobPartials:
 
     async def put(self, key: str, text: str) -> None:
         self.known[key] = text
-        requests, unusable, pt, ct = self.tally.unflushed()
+        requests, unusable, pt, ct, cost = self.tally.unflushed()
         j = self.job
         await self.writer.settle(
-            Op("part", j.batch_id, j.job_id, j.token, requests, unusable, pt, ct, 0.0, [key, text])
+            Op("part", j.batch_id, j.job_id, j.token, requests, unusable, pt, ct, cost, [key, text])
+        )
+
+
+class JobAccount:
+    """Prices a job's calls from its batch's spec, and holds each call's worst case against the batch's
+    budget (when it has one) until the call is billed."""
+
+    def __init__(self, engine: Engine, job: ClaimedJob, spec: BatchSpec) -> None:
+        self.engine, self.job, self.spec = engine, job, spec
+
+    def price(self, model: str) -> Price | None:
+        return self.spec.price(model)
+
+    async def hold(self, model: str, prompt_tokens: int, max_tokens: int) -> Hold:
+        batches = self.engine.batches
+        if not (await batches.state(self.job.batch_id)).budgeted:
+            return Hold()
+        price = self.price(model)
+        held = Hold(price.cost(prompt_tokens, max_tokens) if price else 0.0, prompt_tokens + max_tokens)
+        if not await self.engine.store.reserve(self.job.batch_id, held.usd, held.tokens):
+            batches.note(self.job.batch_id, "paused")
+            raise BatchPaused(f"batch {self.job.batch_id}: the next call would go over its budget")
+        return held
+
+    async def release(self, hold: Hold, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        if hold == Hold():
+            return
+        price = self.price(model)
+        spent = price.cost(prompt_tokens, completion_tokens) if price else 0.0
+        j = self.job
+        await self.engine.writer.settle(
+            Op(
+                "spend",
+                j.batch_id,
+                j.job_id,
+                j.token,
+                extra=[hold.usd, hold.tokens, spent, prompt_tokens + completion_tokens],
+            )
         )
 
 

@@ -19,11 +19,21 @@ from .summarize import Summary, Tally
 log = logging.getLogger(__name__)
 
 
-def _op(kind: str, job: ClaimedJob, tally: Tally, extra: object) -> Op:
+def _op(kind: str, job: ClaimedJob, tally: Tally, extra: object, cache_key: str = "") -> Op:
     # Only what a part's op did not already store: billing is counted once.
-    requests, unusable, prompt_tokens, completion_tokens = tally.unflushed()
+    requests, unusable, prompt_tokens, completion_tokens, cost = tally.unflushed()
     return Op(
-        kind, job.batch_id, job.job_id, job.token, requests, unusable, prompt_tokens, completion_tokens, 0.0, extra
+        kind,
+        job.batch_id,
+        job.job_id,
+        job.token,
+        requests,
+        unusable,
+        prompt_tokens,
+        completion_tokens,
+        cost,
+        extra,
+        cache_key,
     )
 
 
@@ -37,13 +47,24 @@ def _final(job: ClaimedJob, tally: Tally, status: str, **fields: Any) -> Final:
         attempts=job.attempts + tally.requests,
         unusable=job.unusable + tally.unusable,
         finished_ms=int(time.time() * 1000),
+        # Null, never 0, once some call's price was unknown.
+        cost_usd=None if job.cost_usd is None or not tally.cost_known else round(job.cost_usd + tally.cost_usd, 9),
     )
     return replace(counts, **fields)
 
 
 def done(job: ClaimedJob, summary: Summary, tally: Tally) -> Op:
     final = _final(job, tally, "done", summary=summary.text, model=summary.model, chunks=summary.chunks)
-    return _op("done", job, tally, final.pack())
+    return _op("done", job, tally, final.pack(), job.cache_key)
+
+
+def parked(job: ClaimedJob, tally: Tally) -> Op:
+    """The batch was paused (by the user or its budget): the job waits, failed by nothing."""
+    return _op("park", job, tally, b"")
+
+
+def cancelled(job: ClaimedJob, tally: Tally) -> Op:
+    return _op("cancel", job, tally, b"")
 
 
 def failed(job: ClaimedJob, exc: Exception, tally: Tally, settings: Settings, running_for: float) -> tuple[Op, str]:

@@ -31,6 +31,8 @@ class Op:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     extra: Any = field(default=b"")
+    #: the result-cache key the done answer is stored under ('' for none)
+    cache_key: str = ""
 
     def row(self) -> list[Any]:
         return [
@@ -44,6 +46,7 @@ class Op:
             self.completion_tokens,
             self.cost_usd,
             self.extra,
+            self.cache_key,
         ]
 
 
@@ -75,7 +78,7 @@ class WorkerStore:
     async def script(self, name: str, **params: Any) -> Any:
         return await self._scripts[name](args=scripts.load(name).args(self.keys, **params))
 
-    async def claim(self, batch_id: str, job_ids: list[str], step: int, token: str) -> Claimed:
+    async def claim(self, batch_id: str, job_ids: list[str], step: int, token: str, cache_fp: str = "") -> Claimed:
         state, now_ms, rows = await self.script(
             "claim",
             batch=batch_id,
@@ -83,6 +86,8 @@ class WorkerStore:
             message=Keys.member(batch_id, *job_ids),
             token=token,
             lease_ms=int(self.settings.lease_seconds * 1000),
+            cache_fp=cache_fp if self.settings.cache_ttl else "",
+            cache_ttl=self.settings.cache_ttl,
         )
         claimed = Claimed(text(state), [], {})
         for row in rows:
@@ -92,9 +97,19 @@ class WorkerStore:
                 claimed.skipped[text(row[0])] = text(row[1])
         return claimed
 
-    async def settle(self, ops: list[Op]) -> list[int]:
-        applied = await self.script("settle", ops=pack([op.row() for op in ops]))
-        return [int(a) for a in applied]
+    async def settle(self, ops: list[Op]) -> tuple[list[int], list[Message]]:
+        """Store the ops; returns which were applied, and messages to publish (twins queued again)."""
+        applied, messages = await self.script(
+            "settle",
+            per_message=self.settings.jobs_per_message,
+            cache_ttl=self.settings.cache_ttl,
+            ops=pack([op.row() for op in ops]),
+        )
+        return [int(a) for a in applied], [(int(step), text(m)) for step, m in messages]
+
+    async def reserve(self, batch_id: str, usd: float, tokens: int) -> bool:
+        """Hold a call's worst case against the batch's budget; False: the batch is (now) paused or over."""
+        return bool(await self.script("budget", batch=batch_id, usd=usd, tokens=tokens))
 
     async def renew(self, held: list[ClaimedJob]) -> list[ClaimedJob]:
         """Extend the leases of `held`; returns those that are no longer ours."""

@@ -26,6 +26,7 @@ from contract.errors import (
     TruncatedSummary,
     UnusableAnswers,
 )
+from contract.models import Price
 from contract.settings import Settings
 from contract.spec import BatchSpec
 
@@ -214,8 +215,8 @@ class MapReduce:
 
 @dataclass
 class Tally:
-    """What one run of one job cost: requests made, unusable answers among them, tokens billed. `flushed`
-    is what was already stored with a part's summary, so a later op carries only the rest."""
+    """What one run of one job cost: requests made, unusable answers among them, tokens and USD billed.
+    `flushed` is what was already stored with a part's summary, so a later op carries only the rest."""
 
     requests: int = 0
     unusable: int = 0
@@ -223,18 +224,57 @@ class Tally:
     transient: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    flushed: tuple[int, int, int, int] = field(default=(0, 0, 0, 0))
+    cost_usd: float = 0.0
+    #: False once a billed call's price was unknown: the cost is then null, never a made-up number
+    cost_known: bool = True
+    flushed: tuple[int, int, int, int, float] = field(default=(0, 0, 0, 0, 0.0))
 
-    def bill(self, prompt_tokens: int, completion_tokens: int) -> None:
+    def bill(self, prompt_tokens: int, completion_tokens: int, price: Price | None = None) -> None:
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
+        if price is None:
+            self.cost_known = self.cost_known and prompt_tokens + completion_tokens == 0
+        else:
+            self.cost_usd += price.cost(prompt_tokens, completion_tokens)
 
-    def unflushed(self) -> tuple[int, int, int, int]:
-        """(requests, unusable, prompt, completion) not stored yet; marks them stored."""
-        now = (self.requests, self.unusable, self.prompt_tokens, self.completion_tokens)
-        delta = (now[0] - self.flushed[0], now[1] - self.flushed[1], now[2] - self.flushed[2], now[3] - self.flushed[3])
+    def unflushed(self) -> tuple[int, int, int, int, float]:
+        """(requests, unusable, prompt, completion, cost; -1 when unknown) not stored yet; marks them stored."""
+        now = (self.requests, self.unusable, self.prompt_tokens, self.completion_tokens, self.cost_usd)
+        done = self.flushed
         self.flushed = now
-        return delta
+        cost = now[4] - done[4] if self.cost_known else -1.0
+        return now[0] - done[0], now[1] - done[1], now[2] - done[2], now[3] - done[3], cost
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A call's worst case held against its batch's budget until the call is billed."""
+
+    usd: float = 0.0
+    tokens: int = 0
+
+
+class Account(Protocol):
+    """Prices and budget of the batch a job belongs to."""
+
+    def price(self, model: str) -> Price | None: ...
+
+    async def hold(self, model: str, prompt_tokens: int, max_tokens: int) -> Hold: ...
+
+    async def release(self, hold: Hold, model: str, prompt_tokens: int, completion_tokens: int) -> None: ...
+
+
+class FreeAccount:
+    """No prices, no budget (tests of the call path)."""
+
+    def price(self, model: str) -> Price | None:
+        return None
+
+    async def hold(self, model: str, prompt_tokens: int, max_tokens: int) -> Hold:
+        return Hold()
+
+    async def release(self, hold: Hold, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        return None
 
 
 @dataclass
@@ -249,33 +289,42 @@ class Provider:
     def __post_init__(self) -> None:
         self.count_tokens = token_counter(self.settings)
 
-    def for_job(self, unusable_before: int, tally: Tally, guard: Guard) -> Call:
+    def for_job(self, unusable_before: int, tally: Tally, guard: Guard, account: Account | None = None) -> Call:
         """The call path of one job. `guard` runs before every request and raises to stop the job
-        (its batch was halted, paused or cancelled meanwhile)."""
+        (its batch was halted, paused or cancelled meanwhile); `account` prices and budgets its calls."""
+        acct = account or FreeAccount()
 
         async def call(ask: Ask) -> llm.Completion:
             room = [ask.max_tokens]
             policy = retry.policy(self.settings, retry.interruptible_sleep(self.stop), lambda: tally.transient)
             async for attempt in policy:
                 with attempt:
-                    return await self._once(ask, room, unusable_before, tally, guard)
+                    return await self._once(ask, room, unusable_before, tally, guard, acct)
             raise AssertionError("unreachable: tenacity re-raises the last error")
 
         return call
 
     async def _once(
-        self, ask: Ask, room: list[int], unusable_before: int, tally: Tally, guard: Guard
+        self, ask: Ask, room: list[int], unusable_before: int, tally: Tally, guard: Guard, account: Account
     ) -> llm.Completion:
         if self.stop.is_set():
             raise HandBack("worker is shutting down")  # start no new request while stopping
         await guard()
-        booking = await self.limiter.acquire(self.count_tokens(ask.messages, room[0]), self.stop)
+        tokens = self.count_tokens(ask.messages, room[0])
+        booking = await self.limiter.acquire(tokens, self.stop)
+        hold = await account.hold(ask.model, tokens - room[0], room[0])
         tally.requests += 1
+        billed = (0, 0)
+        price = account.price(ask.model)
         try:
             completion = await llm.complete(self.client, ask.body(room[0]), self.settings.llm_timeout)
-            tally.bill(completion.usage.prompt_tokens, completion.usage.completion_tokens)
+            billed = (completion.usage.prompt_tokens, completion.usage.completion_tokens)
+            tally.bill(*billed, price)
             content = ask.check(completion.content)
         except MalformedResponse as exc:
+            if billed == (0, 0):
+                billed = (exc.prompt_tokens, exc.completion_tokens)
+                tally.bill(*billed, price)
             self._unusable(exc, room, unusable_before, tally)
             raise
         except TransientLLMError as exc:
@@ -283,12 +332,13 @@ class Provider:
             if exc.status == 429 and exc.retry_after:
                 await self.limiter.cool_down(exc.retry_after)
             raise
+        finally:
+            await account.release(hold, ask.model, *billed)
         await self.limiter.settle(booking, completion.usage.prompt_tokens + room[0])
         return replace(completion, content=content)
 
     def _unusable(self, exc: MalformedResponse, room: list[int], unusable_before: int, tally: Tally) -> None:
         tally.unusable += 1
-        tally.bill(exc.prompt_tokens, exc.completion_tokens)
         if isinstance(exc, TruncatedSummary):
             # The same request at temperature 0 would stop at the same place: give it more room.
             room[0] = min(room[0] * 2, self.settings.max_completion_tokens)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import redis
+
+from contract.store import Message
 
 from .storage import Op, WorkerStore
 
@@ -22,8 +25,10 @@ MAX_OPS = 500
 
 
 class Writer:
-    def __init__(self, store: WorkerStore, linger: float = LINGER) -> None:
-        self.store, self.linger = store, linger
+    def __init__(
+        self, store: WorkerStore, publish: Callable[[list[Message]], Awaitable[None]], linger: float = LINGER
+    ) -> None:
+        self.store, self.publish, self.linger = store, publish, linger
         self._pending: list[tuple[Op, asyncio.Future[int]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -53,7 +58,7 @@ class Writer:
         delay = 0.5
         while True:
             try:
-                applied = await self.store.settle([op for op, _ in batch])
+                applied, messages = await self.store.settle([op for op, _ in batch])
             except redis.RedisError as exc:
                 log.warning("settling %d job(s) failed (%s); trying again in %.1fs", len(batch), exc, delay)
                 await asyncio.sleep(delay)
@@ -62,6 +67,8 @@ class Writer:
             for (_, future), result in zip(batch, applied, strict=True):
                 if not future.done():
                     future.set_result(result)
+            if messages:  # twins whose leader did not answer: one of them makes the call now
+                await self.publish(messages)
             return
 
     async def close(self) -> None:

@@ -74,15 +74,19 @@ local function status_of(b, id)
   return false
 end
 
--- The final record of a job settled inside Redis (cancelled, or failed by a halt), in the layout of
--- contract/record.py Final: status, digest, origin, summary, error, error_type.
-local function lua_final(b, id, status, err, etype, now)
-  local digest, origin = '', ''
+-- Digest and origin of a job's article (what its final record keeps of it).
+local function article_of(b, id)
   local blob = redis.call('GET', tkey(b, id))
-  if blob then
-    local article = cmsgpack.unpack(blob)
-    digest, origin = article[1], article[2]
-  end
+  if not blob then return '', '' end
+  local article = cmsgpack.unpack(blob)
+  return article[1], article[2]
+end
+
+-- The final record of a job settled inside Redis (cancelled, or failed by a halt), in the layout of
+-- contract/record.py Final: status, digest, origin, summary, error, error_type, model, prompt and
+-- completion tokens, attempts, cached, chunks, unusable, finished, cost.
+local function lua_final(b, id, status, err, etype, now)
+  local digest, origin = article_of(b, id)
   local h = redis.call('HMGET', jkey(b, id), 'a', 'x', 'pt', 'ct')
   return cmsgpack.pack({status, digest, origin, '', err, etype, '', tonumber(h[3] or '0'),
     tonumber(h[4] or '0'), tonumber(h[1] or '0'), false, 0, tonumber(h[2] or '0'), now, -1})
@@ -114,4 +118,72 @@ local function enqueue_messages(b, ids, per, now, out)
     redis.call('ZADD', L.orphans .. step, now, m)
     out[#out + 1] = {tonumber(step), m}
   end
+end
+
+-- ---- the result cache and single flight ---------------------------------------------------------------
+
+local WEEK_MS = 7 * 24 * 3600 * 1000
+
+-- The cache key of an article under a batch's answer fingerprint (what shapes the answer).
+local function cache_key(fp, digest) return string.sub(redis.sha1hex(fp .. digest), 1, 24) end
+
+-- `batch\x1fjob` of a done job whose answer `key` is, searching the weekly hashes within the TTL.
+local function cache_lookup(key, ttl_s, now)
+  local week = math.floor(now / WEEK_MS)
+  for w = week, week - math.ceil(ttl_s * 1000 / WEEK_MS), -1 do
+    local ptr = redis.call('HGET', L.cache .. w, key)
+    if ptr then return ptr end
+  end
+  return nil
+end
+
+local function cache_store(key, ptr, ttl_s, now)
+  local bucket = L.cache .. math.floor(now / WEEK_MS)
+  redis.call('HSET', bucket, key, ptr)
+  redis.call('EXPIRE', bucket, ttl_s + 7 * 24 * 3600)
+end
+
+-- The final record a cache entry leads to (unpacked), or nil when that batch's results are gone.
+local function cached_record(ptr)
+  local p = split(ptr, L.msep)
+  local rec = redis.call('HGET', part(p[1], 'out'), p[2])
+  if not rec then return nil end
+  local f = cmsgpack.unpack(rec)
+  if f[1] ~= 'done' then return nil end
+  return f
+end
+
+-- A job answered without a call: its own final record carries the summary, no tokens, no cost.
+local function finalize_cached(b, id, from, f, now)
+  local digest, origin = article_of(b, id)
+  local rec = cmsgpack.pack({'done', digest, origin, f[4], '', '', f[7], 0, 0, 0, true, f[12] or 0, 0, now, 0})
+  finalize(b, id, from, 'done', rec, false, now)
+  redis.call('HINCRBY', bkey(b), 'cached', 1)
+end
+
+-- The leader of a flight settled: waiting twins are answered from its record (done), or else queued
+-- again so one of them makes the call. Appends the messages to publish to `messages`.
+local function land(b, id, f, now, per, messages)
+  local key = redis.call('HGET', jkey(b, id), 'fk')
+  if not key then return end
+  if redis.call('GET', L.flight .. key) == member(b, id) then redis.call('DEL', L.flight .. key) end
+  local again, order = {}, {}
+  for _, w in ipairs(redis.call('SMEMBERS', L.waiters .. key)) do
+    local p = split(w, L.msep)
+    local wb, wid = p[1], p[2]
+    if redis.call('HGET', jkey(wb, wid), 's') == 'waiting' then
+      redis.call('HDEL', jkey(wb, wid), 'fk')
+      redis.call('ZREM', L.due, w)
+      if f then
+        finalize_cached(wb, wid, 'waiting', f, now)
+      else
+        redis.call('HSET', jkey(wb, wid), 's', 'queued')
+        if not again[wb] then again[wb] = {}; order[#order + 1] = wb end
+        table.insert(again[wb], wid)
+      end
+    end
+  end
+  redis.call('DEL', L.waiters .. key)
+  redis.call('HDEL', jkey(b, id), 'fk')
+  for _, wb in ipairs(order) do enqueue_messages(wb, again[wb], per, now, messages) end
 end

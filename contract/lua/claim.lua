@@ -8,12 +8,20 @@
 -- ARGV[4] message: the message as registered in the orphans set (batch \x1f job id \x1f job id ...)
 -- ARGV[5] token: this run's token (a renewal or result must bring it back)
 -- ARGV[6] lease_ms: how long the run holds its jobs without renewing
+-- ARGV[7] cache_fp: fingerprint of what shapes the batch's answers (model, base URL, prompt, schema,
+--         words, temperature), '' when the batch does not use the cache
+-- ARGV[8] cache_ttl: seconds a cached answer is looked up for
 --
+-- With a cache fingerprint, a job whose answer is cached is done at once (0 calls), and a job whose twin
+-- is being summarized right now waits for it (status waiting: no slot, no call) instead of calling.
 -- Returns {state, now_ms, jobs}: state = the batch's state, now_ms = Redis time; jobs[i] = {id, 'claimed', article, attempts,
 -- unusable, deferrals, first_failure_ms, prompt_tokens, completion_tokens, partials (flat field/value
--- list of the parts of a long article summarized by earlier runs)} or {id, why} where why is done,
--- failed, cancelled, busy (another run holds it), early (deferred, not due), paused, missing.
+-- list of the parts of a long article summarized by earlier runs), cache key ('' for none), cost so far
+-- (USD, '-1' when a price was unknown)} or
+-- {id, why} where why is done, failed, cancelled, cached, waiting, busy (another run holds it),
+-- early (deferred, not due), paused, missing.
 local b, step, msg, token, lease = ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local fp, cache_ttl = ARGV[7], tonumber(ARGV[8])
 local now = now_ms()
 local orphans = L.orphans .. step
 -- The message arrived: it is not lost. Its queued time is how far the queue has come.
@@ -24,6 +32,36 @@ if queued_at then
     redis.call('HSET', L.hw, step, queued_at)
   end
 end
+-- A queued job this run may take: answered from the cache, waiting for its twin's call, or claimed.
+local function take(id, s)
+  local jk, m = jkey(b, id), member(b, id)
+  local key = ''
+  if fp ~= '' then
+    key = cache_key(fp, (article_of(b, id)))
+    local ptr = cache_lookup(key, cache_ttl, now)
+    local f = ptr and cached_record(ptr)
+    if f then
+      finalize_cached(b, id, s, f, now)
+      return {id, 'cached'}
+    end
+    local leader = redis.call('GET', L.flight .. key)
+    if leader and leader ~= m then
+      redis.call('HSET', jk, 's', 'waiting', 'fk', key)
+      redis.call('SADD', L.waiters .. key, m)
+      redis.call('ZADD', L.due, now + lease, m)  -- the reaper looks again if the leader goes quiet
+      return {id, 'waiting'}
+    end
+    redis.call('SET', L.flight .. key, m, 'PX', lease)
+    redis.call('HSET', jk, 'fk', key)
+  end
+  move(b, s, 'running')
+  redis.call('HSET', jk, 's', 'running', 'tk', token, 'l', now + lease)
+  redis.call('ZADD', L.due, now + lease, m)
+  local h = redis.call('HMGET', jk, 'a', 'x', 'd', 'f', 'pt', 'ct', 'c')
+  return {id, 'claimed', redis.call('GET', tkey(b, id)), h[1] or '0', h[2] or '0', h[3] or '0', h[4] or '0',
+    h[5] or '0', h[6] or '0', redis.call('HGETALL', pkey(b, id)), key, h[7] or '0'}
+end
+
 local bstate = redis.call('HMGET', bkey(b), 'state', 'halt')
 local state = bstate[1] or 'missing'
 local jobs = {}
@@ -57,12 +95,7 @@ for i = 2, #ids do
     redis.call('ZREM', L.due, member(b, id))
     jobs[#jobs + 1] = {id, 'paused'}
   else
-    move(b, s, 'running')
-    redis.call('HSET', jk, 's', 'running', 'tk', token, 'l', now + lease)
-    redis.call('ZADD', L.due, now + lease, member(b, id))
-    local h = redis.call('HMGET', jk, 'a', 'x', 'd', 'f', 'pt', 'ct')
-    jobs[#jobs + 1] = {id, 'claimed', redis.call('GET', tkey(b, id)), h[1] or '0', h[2] or '0', h[3] or '0',
-      h[4] or '0', h[5] or '0', h[6] or '0', redis.call('HGETALL', pkey(b, id))}
+    jobs[#jobs + 1] = take(id, s)
   end
 end
 return {state, now, jobs}

@@ -53,6 +53,20 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', L.due, '-inf', now, 'LIMIT', 0, l
     redis.call('ZREM', L.due, m)
     due = due + 1
     requeue(b, id)
+  elseif s == 'waiting' then
+    -- Waiting for a twin's call: while its leader's flight lives, look again later; once it lapsed (the
+    -- leader's worker died), this job takes over.
+    local key = redis.call('HGET', jk, 'fk')
+    if key and redis.call('EXISTS', L.flight .. key) == 1 then
+      redis.call('ZADD', L.due, now + lease, m)
+    else
+      if key then redis.call('SREM', L.waiters .. key, m) end
+      redis.call('HSET', jk, 's', 'queued')
+      redis.call('HDEL', jk, 'fk')
+      redis.call('ZREM', L.due, m)
+      due = due + 1
+      requeue(b, id)
+    end
   else
     redis.call('ZREM', L.due, m)
   end

@@ -2,19 +2,29 @@
 -- tokens and cost count whatever becomes of the job: the provider charged them.
 --
 -- ARGV[1] layout: key names (Keys.layout)
--- ARGV[2] ops: msgpack array of {kind, batch, id, token, attempts, unusable, prompt_tokens,
---         completion_tokens, cost_usd, extra}; kind and extra:
---           done:  extra = packed Final; stored even if the job failed or was re-run meanwhile (a late
---                  result wins: the user would rather have the summary)
---           fail:  extra = {packed Final, halt message ('' unless the provider rejected the key/model)}
---           defer: extra = {delay_ms, error_type, error, counts_as_failure (0/1)}
---           part:  extra = {key, summary} of one part of a long article, kept for later runs; the
---                  counts go to the job so its final record sums every call
+-- ARGV[2] per_message: jobs per Celery message (for twins queued again when their leader did not answer)
+-- ARGV[3] cache_ttl: seconds a cached answer is kept findable
+-- ARGV[4] ops: msgpack array of {kind, batch, id, token, attempts, unusable, prompt_tokens,
+--         completion_tokens, cost_usd, extra, cache_key}; kind and extra:
+--           done:   extra = packed Final; stored even if the job failed or was re-run meanwhile (a late
+--                   result wins: the user would rather have the summary). With a cache key, the answer
+--                   is cached and the twins waiting for it are done from it.
+--           fail:   extra = {packed Final, halt message ('' unless the provider rejected the key/model)}
+--           defer:  extra = {delay_ms, error_type, error, counts_as_failure (0/1)}
+--           part:   extra = {key, summary} of one part of a long article, kept for later runs; the
+--                   counts go to the job so its final record sums every call
+--           park:   the batch was paused: the job waits, holding nothing, until it is resumed
+--           cancel: the batch was cancelled before this run's next call
+--           spend:  extra = {held_usd, held_tokens, spent_usd, spent_tokens}: a call's budget reservation
+--                   replaced by what it really cost (no job change)
+--         cost_usd is -1 when a call's price was unknown: the job's cost is then null, never 0.
 --
--- Returns one integer per op: 1 applied, 0 ignored (already settled, or another run holds the job).
-local ops = cmsgpack.unpack(ARGV[2])
+-- Returns {applied, messages}: applied[i] is 1 or 0 (already settled, or another run holds the job);
+-- messages are {step, member} pairs to publish (twins whose leader did not answer).
+local per, cache_ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local ops = cmsgpack.unpack(ARGV[4])
 local now = now_ms()
-local applied = {}
+local applied, messages = {}, {}
 
 local function bill(b, op)
   local bk = bkey(b)
@@ -23,6 +33,31 @@ local function bill(b, op)
   if op[6] > 0 then redis.call('HINCRBY', bk, 'unusable', op[6]) end
   if op[5] > 0 then redis.call('HINCRBY', bk, 'calls', op[5]) end
   if op[9] > 0 then redis.call('HINCRBYFLOAT', bk, 'cost_usd', op[9]) end
+end
+
+local function add_counts(jk, op)
+  for name, k in pairs({a = 5, x = 6, pt = 7, ct = 8}) do
+    if op[k] > 0 then redis.call('HINCRBY', jk, name, op[k]) end
+  end
+  -- A cost that was unknown stays unknown (-1) whatever comes after.
+  if op[9] < 0 then
+    redis.call('HSET', jk, 'c', -1)
+  elseif op[9] > 0 and tonumber(redis.call('HGET', jk, 'c') or '0') >= 0 then
+    redis.call('HINCRBYFLOAT', jk, 'c', op[9])
+  end
+end
+
+local function holds(b, id, token)
+  local h = redis.call('HMGET', jkey(b, id), 's', 'tk')
+  return h[1] == 'running' and h[2] == token
+end
+
+local function remember(b, id, op, record)
+  local key = op[11]
+  if key and key ~= '' then
+    cache_store(key, member(b, id), cache_ttl, now)
+    land(b, id, cmsgpack.unpack(record), now, per, messages)
+  end
 end
 
 local function done(b, id, op)
@@ -42,13 +77,9 @@ local function done(b, id, op)
     if redis.call('EXISTS', tkey(b, id)) == 0 then return 0 end
     s = 'queued'
   end
+  remember(b, id, op, op[10])
   finalize(b, id, s, 'done', op[10], false, now)
   return 1
-end
-
-local function holds(b, id, token)
-  local h = redis.call('HMGET', jkey(b, id), 's', 'tk')
-  return h[1] == 'running' and h[2] == token
 end
 
 local function fail(b, id, op)
@@ -57,26 +88,15 @@ local function fail(b, id, op)
   if halt ~= '' and redis.call('HGET', bkey(b), 'state') == 'running' then
     redis.call('HSET', bkey(b), 'state', 'halted', 'halt', halt)
   end
+  land(b, id, nil, now, per, messages)
   finalize(b, id, 'running', 'failed', record, true, now)
-  return 1
-end
-
-local function add_counts(jk, op)
-  for name, k in pairs({a = 5, x = 6, pt = 7, ct = 8}) do
-    if op[k] > 0 then redis.call('HINCRBY', jk, name, op[k]) end
-  end
-end
-
-local function part(b, id, op)
-  if not holds(b, id, op[4]) then return 0 end
-  add_counts(jkey(b, id), op)
-  redis.call('HSET', pkey(b, id), op[10][1], op[10][2])
   return 1
 end
 
 local function defer(b, id, op)
   if not holds(b, id, op[4]) then return 0 end
   local jk, x = jkey(b, id), op[10]
+  land(b, id, nil, now, per, messages)
   move(b, 'running', 'deferred')
   redis.call('HSET', jk, 's', 'deferred', 'e', x[2], 'em', string.sub(x[3], 1, 200))
   redis.call('HDEL', jk, 'tk', 'l')
@@ -90,10 +110,49 @@ local function defer(b, id, op)
   return 1
 end
 
-local kinds = {done = done, fail = fail, defer = defer, part = part}
+local function keep_part(b, id, op)
+  if not holds(b, id, op[4]) then return 0 end
+  add_counts(jkey(b, id), op)
+  redis.call('HSET', pkey(b, id), op[10][1], op[10][2])
+  return 1
+end
+
+local function park(b, id, op)
+  if not holds(b, id, op[4]) then return 0 end
+  local jk = jkey(b, id)
+  land(b, id, nil, now, per, messages)
+  move(b, 'running', 'parked')
+  redis.call('HSET', jk, 's', 'parked')
+  redis.call('HDEL', jk, 'tk', 'l')
+  add_counts(jk, op)
+  redis.call('ZREM', L.due, member(b, id))
+  redis.call('SADD', part(b, 'parked'), id)
+  return 1
+end
+
+local function cancel(b, id, op)
+  if not holds(b, id, op[4]) then return 0 end
+  add_counts(jkey(b, id), op)
+  land(b, id, nil, now, per, messages)
+  finalize(b, id, 'running', 'cancelled', lua_final(b, id, 'cancelled', 'the batch was cancelled', 'Cancelled', now),
+    false, now)
+  return 1
+end
+
+local function spend(b, id, op)
+  local bk, x = bkey(b), op[10]
+  redis.call('HINCRBYFLOAT', bk, 'held_usd', -x[1])
+  redis.call('HINCRBY', bk, 'held_tokens', -x[2])
+  redis.call('HINCRBYFLOAT', bk, 'spent_usd', x[3])
+  redis.call('HINCRBY', bk, 'spent_tokens', x[4])
+  return 1
+end
+
+local kinds = {done = done, fail = fail, defer = defer, part = keep_part, park = park, cancel = cancel,
+  spend = spend}
 for i, op in ipairs(ops) do
   local b, id = op[2], op[3]
   bill(b, op)
   applied[i] = kinds[op[1]](b, id, op)
 end
-return applied
+return {applied, messages}

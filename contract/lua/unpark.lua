@@ -1,0 +1,21 @@
+-- unpark.lua: queue again a chunk of a resumed batch's parked jobs (the caller walks the parked set).
+--
+-- ARGV[1] layout: key names (Keys.layout)
+-- ARGV[2] batch: batch id
+-- ARGV[3] per_message: jobs per Celery message
+-- ARGV[4] ids: msgpack array of job ids
+--
+-- Returns {messages, count}: messages = {step, member} pairs to publish.
+local b, per = ARGV[2], tonumber(ARGV[3])
+local now = now_ms()
+local ids = {}
+for _, id in ipairs(cmsgpack.unpack(ARGV[4])) do
+  redis.call('SREM', part(b, 'parked'), id)
+  if redis.call('HGET', jkey(b, id), 's') == 'parked' then
+    redis.call('HSET', jkey(b, id), 's', 'queued')
+    ids[#ids + 1] = id
+  end
+end
+local messages = {}
+enqueue_messages(b, ids, per, now, messages)
+return {messages, #ids}
