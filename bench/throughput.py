@@ -22,24 +22,19 @@ def run(ctx: Ctx) -> None:
             r = run_ours(ctx, f"tp{int(latency * 1000)}", server, path, n, workers=1, concurrency=CONCURRENCY)
         log(describe(f"ours @ {latency}s", r))
         ok_jobs = r.rates.jobs
-        ctx.add(
-            Figure(
-                NAME,
-                f"jobs/s / ideal @ {latency:g}s, steady window",
-                r.rates.steady / ideal,
-                baseline=f"ideal {ideal:.0f}/s; measured {r.rates.steady:.1f}/s",
-                target=">= 0.9",
-                ok=r.rates.steady / ideal >= 0.9,
+        # The steady window is held to the target; submit to last completion includes the first wave's ramp-up.
+        for window, rate in (("steady window", r.rates.steady), ("submit to last completion", r.rates.end_to_end)):
+            held = window == "steady window"
+            ctx.add(
+                Figure(
+                    NAME,
+                    f"jobs/s / ideal @ {latency:g}s, {window}",
+                    rate / ideal,
+                    baseline=f"ideal {ideal:.0f}/s; measured {rate:.1f}/s",
+                    target=">= 0.9" if held else "",
+                    ok=rate / ideal >= 0.9 if held else None,
+                )
             )
-        )
-        ctx.add(
-            Figure(
-                NAME,
-                f"jobs/s / ideal @ {latency:g}s, submit to last completion",
-                r.rates.end_to_end / ideal,
-                baseline=f"ideal {ideal:.0f}/s; measured {r.rates.end_to_end:.1f}/s",
-            )
-        )
         ctx.add(
             Figure(
                 NAME,

@@ -10,7 +10,6 @@ retries; they are started in the background when this module begins (`slow`) and
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -178,17 +177,13 @@ def test_invalid_json_lines_are_listed_with_line_and_column(quiet: Group, quiet_
         b'{"id": "j5", "text": "trailing comma",}\n',
         b"[1, 2]\n",
     )
-    submit_refused(
-        quiet,
-        quiet_client,
-        src,
-        {
-            f"{src}:2: ": "invalid JSON: Invalid control character",  # the string runs into the newline
-            f"{src}:3: ": "invalid JSON: Expecting value at column 1",
-            f"{src}:5: ": "invalid JSON:",
-            f"{src}:6: ": "got list",
-        },
-    )
+    bad = {
+        f"{src}:2: ": "invalid JSON: Invalid control character",  # the string runs into the newline
+        f"{src}:3: ": "invalid JSON: Expecting value at column 1",
+        f"{src}:5: ": "invalid JSON:",
+        f"{src}:6: ": "got list",
+    }
+    submit_refused(quiet, quiet_client, src, bad)
 
 
 def test_text_missing_or_not_a_string(quiet: Group, quiet_client: Client, tmp_path: Path) -> None:
@@ -201,18 +196,14 @@ def test_text_missing_or_not_a_string(quiet: Group, quiet_client: Client, tmp_pa
         jl({"id": "g5", "text": "The only good article in this file."}),
         jl({"body": "no id and no text"}),
     )
-    submit_refused(
-        quiet,
-        quiet_client,
-        src,
-        {
-            f"{src}:1 (id 'm1'): ": "'text' is missing",
-            f"{src}:2 (id 'm2'): ": "'text' must be a string, got int",
-            f"{src}:3 (id 'm3'): ": "'text' must be a string, got NoneType",
-            f"{src}:4 (id 'm4'): ": "'text' must be a string, got list",
-            f"{src}:6: ": "'text' is missing",
-        },
-    )
+    bad = {
+        f"{src}:1 (id 'm1'): ": "'text' is missing",
+        f"{src}:2 (id 'm2'): ": "'text' must be a string, got int",
+        f"{src}:3 (id 'm3'): ": "'text' must be a string, got NoneType",
+        f"{src}:4 (id 'm4'): ": "'text' must be a string, got list",
+        f"{src}:6: ": "'text' is missing",
+    }
+    submit_refused(quiet, quiet_client, src, bad)
 
 
 def test_empty_and_whitespace_only_text(quiet: Group, quiet_client: Client, tmp_path: Path) -> None:
@@ -224,16 +215,12 @@ def test_empty_and_whitespace_only_text(quiet: Group, quiet_client: Client, tmp_
         b"\n",  # a blank line is skipped, not an error
         jl({"id": "e5", "text": "\n\n"}),
     )
-    submit_refused(
-        quiet,
-        quiet_client,
-        src,
-        {
-            f"{src}:1 (id 'e1'): ": "'text' is empty or whitespace only",
-            f"{src}:3 (id 'e3'): ": "'text' is empty or whitespace only",
-            f"{src}:5 (id 'e5'): ": "'text' is empty or whitespace only",
-        },
-    )
+    bad = {
+        f"{src}:1 (id 'e1'): ": "'text' is empty or whitespace only",
+        f"{src}:3 (id 'e3'): ": "'text' is empty or whitespace only",
+        f"{src}:5 (id 'e5'): ": "'text' is empty or whitespace only",
+    }
+    submit_refused(quiet, quiet_client, src, bad)
 
 
 def test_nul_bytes_raw_and_escaped(quiet: Group, quiet_client: Client, tmp_path: Path) -> None:
@@ -244,15 +231,11 @@ def test_nul_bytes_raw_and_escaped(quiet: Group, quiet_client: Client, tmp_path:
         jl({"id": "n3", "text": "before\u0000after"}),
     )  # written as the escape \u0000
     assert b"\\u0000" in src.read_bytes().splitlines()[2]
-    submit_refused(
-        quiet,
-        quiet_client,
-        src,
-        {
-            f"{src}:2: ": "line contains NUL bytes",
-            f"{src}:3 (id 'n3'): ": "'text' contains NUL characters",
-        },
-    )
+    bad = {
+        f"{src}:2: ": "line contains NUL bytes",
+        f"{src}:3 (id 'n3'): ": "'text' contains NUL characters",
+    }
+    submit_refused(quiet, quiet_client, src, bad)
 
 
 def test_invalid_utf8_and_unpaired_surrogates(quiet: Group, quiet_client: Client, tmp_path: Path) -> None:
@@ -265,16 +248,12 @@ def test_invalid_utf8_and_unpaired_surrogates(quiet: Group, quiet_client: Client
         b'{"id": "u3", "text": "half a pair \\ud800 here"}\n',
         bad_ff,
     )
-    submit_refused(
-        quiet,
-        quiet_client,
-        src,
-        {
-            f"{src}:1: ": f"invalid UTF-8 at byte {bad_utf8.index(0xE9)} of the line",
-            f"{src}:3 (id 'u3'): ": "unpaired surrogates",
-            f"{src}:4: ": f"invalid UTF-8 at byte {bad_ff.index(0xFF)} of the line",
-        },
-    )
+    bad = {
+        f"{src}:1: ": f"invalid UTF-8 at byte {bad_utf8.index(0xE9)} of the line",
+        f"{src}:3 (id 'u3'): ": "unpaired surrogates",
+        f"{src}:4: ": f"invalid UTF-8 at byte {bad_ff.index(0xFF)} of the line",
+    }
+    submit_refused(quiet, quiet_client, src, bad)
 
 
 _RSS = (
@@ -343,16 +322,12 @@ def test_duplicate_ids_name_the_first_line(quiet: Group, quiet_client: Client, t
         jl({"id": "7", "text": "String id seven: the same id."}),
         jl({"id": "a", "text": "A third use of id a."}),
     )
-    submit_refused(
-        quiet,
-        quiet_client,
-        src,
-        {
-            f"{src}:3 (id 'a'): ": "duplicate id 'a': first seen at line 1",
-            f"{src}:5 (id '7'): ": "duplicate id '7': first seen at line 4",
-            f"{src}:6 (id 'a'): ": "duplicate id 'a': first seen at line 1",
-        },
-    )
+    bad = {
+        f"{src}:3 (id 'a'): ": "duplicate id 'a': first seen at line 1",
+        f"{src}:5 (id '7'): ": "duplicate id '7': first seen at line 4",
+        f"{src}:6 (id 'a'): ": "duplicate id 'a': first seen at line 1",
+    }
+    submit_refused(quiet, quiet_client, src, bad)
 
 
 def test_directory_lists_bad_files_and_ignores_other_extensions(
@@ -364,30 +339,22 @@ def test_directory_lists_bad_files_and_ignores_other_extensions(
     (d / "empty.md").write_bytes(b"")
     (d / "latin1.txt").write_bytes(b"Caf\xe9 society returns to the old town.")
     (d / "data.json").write_bytes(b"\xff not an article, not even UTF-8 \x00")  # ignored: not .txt/.md
-    r = submit_refused(
-        quiet,
-        quiet_client,
-        d,
-        {
-            f"{d / 'empty.md'} (id 'empty'): ": "'text' is empty or whitespace only",
-            f"{d / 'latin1.txt'} (id 'latin1'): ": "invalid UTF-8 at byte 3",
-        },
-    )
+    bad = {
+        f"{d / 'empty.md'} (id 'empty'): ": "'text' is empty or whitespace only",
+        f"{d / 'latin1.txt'} (id 'latin1'): ": "invalid UTF-8 at byte 3",
+    }
+    r = submit_refused(quiet, quiet_client, d, bad)
     assert "data.json" not in r.stderr and "good.txt" not in r.stderr, r.stderr
 
 
 def test_stdin_with_one_bad_line(quiet: Group, quiet_client: Client) -> None:
-    data = "".join(
-        json.dumps(o) + "\n"
-        for o in (
-            {"id": "s1", "text": "First article read from stdin."},
-            {"id": "s2", "text": "   "},
-            {"id": "s3", "text": "Third article read from stdin."},
-        )
-    )
-    submit_refused(
-        quiet, quiet_client, "-", {"<stdin>:2 (id 's2'): ": "'text' is empty or whitespace only"}, input=data
-    )
+    lines = [
+        jl({"id": "s1", "text": "First article read from stdin."}),
+        jl({"id": "s2", "text": "   "}),
+        jl({"id": "s3", "text": "Third article read from stdin."}),
+    ]
+    bad = {"<stdin>:2 (id 's2'): ": "'text' is empty or whitespace only"}
+    submit_refused(quiet, quiet_client, "-", bad, input=b"".join(lines).decode())
 
 
 def test_article_size_limit_is_in_bytes_and_named(
@@ -402,27 +369,17 @@ def test_article_size_limit_is_in_bytes_and_named(
         jl({"id": "ok-utf8", "text": at_limit[0]}),
         jl({"id": "ok-ascii", "text": at_limit[1]}),
     )
-    submit_refused(
-        quiet,
-        quiet_client,
-        src,
-        {
-            f"{src}:1 (id 'big-ascii'): ": "article is 1001 bytes; the limit is 1000 (SUMMARIZE_MAX_ARTICLE_BYTES)",
-            f"{src}:2 (id 'big-utf8'): ": "article is 1002 bytes; the limit is 1000 (SUMMARIZE_MAX_ARTICLE_BYTES)",
-        },
-        env=env,
-    )
+    bad = {
+        f"{src}:1 (id 'big-ascii'): ": "article is 1001 bytes; the limit is 1000 (SUMMARIZE_MAX_ARTICLE_BYTES)",
+        f"{src}:2 (id 'big-utf8'): ": "article is 1002 bytes; the limit is 1000 (SUMMARIZE_MAX_ARTICLE_BYTES)",
+    }
+    submit_refused(quiet, quiet_client, src, bad, env=env)
 
     d = tmp_path / "dir"
     d.mkdir()
     (d / "big.txt").write_bytes(b"y" * 1001)
-    submit_refused(
-        quiet,
-        quiet_client,
-        d,
-        {f"{d / 'big.txt'} (id 'big'): ": "article is 1001 bytes; the limit is 1000 (SUMMARIZE_MAX_ARTICLE_BYTES)"},
-        env=env,
-    )
+    bad = {f"{d / 'big.txt'} (id 'big'): ": "article is 1001 bytes; the limit is 1000 (SUMMARIZE_MAX_ARTICLE_BYTES)"}
+    submit_refused(quiet, quiet_client, d, bad, env=env)
 
     # Articles of exactly the limit go through, all the way to a summary.
     ok = write_lines(

@@ -67,12 +67,11 @@ class LLMServe:
     port: int
 
     @property
-    def root(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
     def url(self) -> str:
-        return f"{self.root}/v1"
+        return self.at("/v1")
+
+    def at(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
 
     def client(self, api_key: str = "x") -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url, api_key=api_key, max_retries=0, timeout=30)
@@ -579,15 +578,15 @@ def test_wrong_api_key_is_rejected(secured: LLMServe) -> None:
     with pytest.raises(openai.AuthenticationError) as info:
         secured.client(api_key="wrong").models.list()
     assert info.value.code == "invalid_api_key"
-    r = http_request(f"{secured.root}/v1/chat/completions", "POST", b"{}")  # no Authorization at all
+    r = http_request(secured.at("/v1/chat/completions"), "POST", b"{}")  # no Authorization at all
     assert r.status == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert secured.client(api_key=API_KEY).models.list().data[0].id == MODEL_NAME
-    r = http_request(f"{secured.root}/health")  # readiness probes carry no key
+    r = http_request(secured.at("/health"))  # readiness probes carry no key
     assert (r.status, r.json()) == (200, {"status": "ok"})
 
 
 def test_invalid_json_and_unknown_path(server: LLMServe, client: openai.OpenAI) -> None:
-    r = http_request(f"{server.root}/v1/chat/completions", "POST", b"{not json", {"Content-Type": "application/json"})
+    r = http_request(server.at("/v1/chat/completions"), "POST", b"{not json", {"Content-Type": "application/json"})
     assert r.status == 400
     assert r.json()["error"] == {
         "message": "Request body is not valid JSON.",
@@ -597,7 +596,7 @@ def test_invalid_json_and_unknown_path(server: LLMServe, client: openai.OpenAI) 
     }
     with pytest.raises(openai.NotFoundError):
         client.get("/nowhere", cast_to=object)
-    r = http_request(f"{server.root}/v1/chat/completions")
+    r = http_request(server.at("/v1/chat/completions"))
     assert r.status == 405 and "error" in r.json()
 
 
