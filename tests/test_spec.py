@@ -101,7 +101,8 @@ def test_a_bad_schema_or_prompt_file_is_refused_at_submit(fault: Group, tmp_path
 
 
 def long_article(tokens: int) -> str:
-    paragraphs, n = [], 0
+    paragraphs: list[str] = []
+    n = 0
     while sum(len(p) for p in paragraphs) < tokens * 4:
         paragraphs.append(
             " ".join(
