@@ -14,7 +14,7 @@ from contract.messaging import make_celery
 from contract.redisconn import check_eviction, make_redis
 from contract.settings import Settings
 
-from . import engine
+from . import engine, metrics
 
 log = logging.getLogger(__name__)
 # One INFO line per HTTP request from the openai client's HTTP stack drowns the task log at 400 jobs/s.
@@ -63,6 +63,7 @@ class EngineStep(bootsteps.StartStopStep):
         finally:
             probe.close()
         engine.engine(settings, app)
+        metrics.start(settings)
         log.info(
             "summarize worker ready: %s",
             {

@@ -41,7 +41,7 @@ from contract.settings import Settings
 from contract.spec import BatchSpec
 from contract.store import Message
 
-from . import llm, outcome
+from . import llm, metrics, outcome
 from .batches import Batches
 from .context import ContextWindows
 from .housekeeping import Housekeeper, Leases
@@ -139,6 +139,10 @@ class Engine:
         report.outcomes.update(
             why if why in ("cached", "waiting") else f"skipped-{why}" for why in claimed.skipped.values()
         )
+        cached = sum(1 for why in claimed.skipped.values() if why == "cached")
+        if cached:
+            metrics.CACHE_HITS.inc(cached)
+            metrics.JOBS.labels("cached").inc(cached)
         if not claimed.jobs:
             return report
         started = time.monotonic()
@@ -153,6 +157,7 @@ class Engine:
                 continue
             name, error_type = result
             report.outcomes[name] += 1
+            metrics.JOBS.labels(name).inc()
             if error_type:
                 report.failed[job.job_id] = error_type
         return report

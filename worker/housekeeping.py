@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from contract.job import ClaimedJob
 from contract.store import Message
 
+from . import metrics
 from .ratelimit import RateLimiter
 from .storage import WorkerStore
 
@@ -81,6 +82,9 @@ class Housekeeper:
         # A stopping worker keeps renewing its leases but leaves reaping to the others.
         if not self.stop.is_set() and await self.store.try_reaper_lock(self.owner):
             reaped = await self.store.reap()
+            for reason, n in (("lease", reaped.reclaimed), ("due", reaped.due), ("lost", reaped.republished)):
+                if n:
+                    metrics.RECOVERED.labels(reason).inc(n)
             if reaped.messages:
                 await self.publish(reaped.messages)
                 log.info(

@@ -21,6 +21,7 @@ from typing import Any
 from contract.errors import HandBack, RequestTooLarge
 from contract.settings import Settings
 
+from . import metrics
 from .storage import WorkerStore
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ class RateLimiter:
     async def _sleep(seconds: float, stop: asyncio.Event) -> None:
         if seconds <= 0:
             return
+        metrics.LIMITER_WAIT.inc(seconds)
         try:
             await asyncio.wait_for(stop.wait(), seconds)
         except TimeoutError:

@@ -11,6 +11,7 @@ not pay for them again.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -30,7 +31,7 @@ from contract.models import Price
 from contract.settings import Settings
 from contract.spec import BatchSpec
 
-from . import chunking, llm, prompt, retry
+from . import chunking, llm, metrics, prompt, retry
 from .prompt import Stage
 from .ratelimit import RateLimiter, token_counter
 
@@ -316,6 +317,9 @@ class Provider:
         tally.requests += 1
         billed = (0, 0)
         price = account.price(ask.model)
+        failure: Exception | None = None
+        metrics.IN_FLIGHT.inc()
+        sent = time.monotonic()
         try:
             completion = await llm.complete(self.client, ask.body(room[0]), self.settings.llm_timeout)
             billed = (completion.usage.prompt_tokens, completion.usage.completion_tokens)
@@ -328,11 +332,17 @@ class Provider:
             self._unusable(exc, room, unusable_before, tally)
             raise
         except TransientLLMError as exc:
+            failure = exc
             tally.transient += 1
             if exc.status == 429 and exc.retry_after:
                 await self.limiter.cool_down(exc.retry_after)
             raise
+        except PermanentLLMError as exc:
+            failure = exc
+            raise
         finally:
+            metrics.IN_FLIGHT.dec()
+            metrics.observe(failure, time.monotonic() - sent, billed, price)
             await account.release(hold, ask.model, *billed)
         await self.limiter.settle(booking, completion.usage.prompt_tokens + room[0])
         return replace(completion, content=content)
