@@ -65,6 +65,14 @@ class Keys:
         """Set: ids of jobs parked while the batch is paused; resume republishes them."""
         return self.batch(batch_id) + BATCH_PARTS["parked"]
 
+    def packing(self, batch_id: str) -> str:
+        """Sorted set (batch mode): ids of the batch's jobs waiting to go into a provider batch, by arrival."""
+        return self.batch(batch_id) + BATCH_PARTS["packing"]
+
+    def packs(self, batch_id: str) -> str:
+        """Set (batch mode): ids of the batch's packs (its provider batches)."""
+        return self.batch(batch_id) + BATCH_PARTS["packs"]
+
     def batch_keys(self, batch_id: str) -> list[str]:
         """Every per-batch key (not the per-job ones): what expires together once the batch is over."""
         return [self.batch(batch_id)] + [self.batch(batch_id) + part for part in BATCH_PARTS.values()]
@@ -123,6 +131,33 @@ class Keys:
     def waiters(self, cache_key: str) -> str:
         """Set: `batch\x1fjob` of identical articles waiting for the call in flight (they hold no slot)."""
         return f"{self.prefix}:w:{cache_key}"
+
+    def pack(self, pack_id: str) -> str:
+        """Hash (batch mode): one provider batch's journal: state, file and batch ids, counts, tokens."""
+        return f"{self.prefix}:pk:{pack_id}"
+
+    def pack_jobs(self, pack_id: str) -> str:
+        """List (batch mode): the job ids a pack sent (custom_id = job id)."""
+        return self.pack(pack_id) + PACK_PARTS["jobs"]
+
+    def pack_twins(self, pack_id: str) -> str:
+        """Hash (batch mode): job id -> the job id whose line answers it too (identical articles, one line)."""
+        return self.pack(pack_id) + PACK_PARTS["twins"]
+
+    @property
+    def packing_batches(self) -> str:
+        """Sorted set (batch mode): batches with jobs waiting to be packed, by when to pack them next."""
+        return f"{self.prefix}:packing"
+
+    @property
+    def packs_due(self) -> str:
+        """Sorted set (batch mode): open packs, by when a worker should next move them (poll, or resume)."""
+        return f"{self.prefix}:packs:due"
+
+    @property
+    def packs_tokens(self) -> str:
+        """Integer (batch mode): tokens (prompt + max_tokens) of provider batches not finished yet."""
+        return f"{self.prefix}:packs:tokens"
 
     @property
     def reaper_lock(self) -> str:
@@ -197,6 +232,11 @@ class Keys:
             "cache": self.cache(0)[:-1],
             "flight": self.flight(""),
             "waiters": self.waiters(""),
+            "pack": self.pack(""),
+            "pack_parts": dict(PACK_PARTS),
+            "packing": self.packing_batches,
+            "packs_due": self.packs_due,
+            "packs_tokens": self.packs_tokens,
             "batches": self.batches,
             "reaper": self.reaper_clock,
             "stats": self.stats,
@@ -216,4 +256,11 @@ BATCH_PARTS = {
     "events": ":ev",
     "sources": ":src",
     "parked": ":parked",
+    "packing": ":packing",
+    "packs": ":packs",
+}
+
+PACK_PARTS = {
+    "jobs": ":ids",
+    "twins": ":tw",
 }

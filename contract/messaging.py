@@ -19,6 +19,8 @@ from .redisconn import ssl_options
 from .settings import Settings
 
 TASK_NAME = "summarize.job"
+#: batch mode: pack a batch's waiting jobs into provider batches; move one pack on; settle a finished one
+PACK_TASK, POLL_TASK, FETCH_TASK = "summarize.pack", "summarize.poll", "summarize.fetch"
 #: messages buffered into one Redis pipeline when publishing many at once (kombu >= 5.7 batches)
 PUBLISH_CHUNK = 500
 

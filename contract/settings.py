@@ -76,6 +76,18 @@ class Settings:
     #: a JSON file {model: {"input": x, "output": y}} of USD per million tokens, over the built-in table
     prices: str = env("SUMMARIZE_PRICES", "")
 
+    #: batch mode: a pack (one provider batch) closes when full or when its oldest job waited this long
+    batch_linger: float = env("SUMMARIZE_BATCH_LINGER", 30.0)
+    #: batch mode: seconds between two looks at a provider batch's status
+    batch_poll: float = env("SUMMARIZE_BATCH_POLL", 60.0, minimum=0.1)
+    #: batch mode: the share of the online price a provider batch is billed at
+    batch_discount: float = env("SUMMARIZE_BATCH_DISCOUNT", 0.5)
+    #: batch mode: the account's enqueued-token limit (prompt + max_tokens of unfinished batches; 0: none)
+    batch_enqueued_tokens: int = env("SUMMARIZE_BATCH_ENQUEUED_TOKENS", 0)
+    #: batch mode: the provider's limits on one batch
+    batch_max_requests: int = env("SUMMARIZE_BATCH_MAX_REQUESTS", 50_000, minimum=1)
+    batch_max_bytes: int = env("SUMMARIZE_BATCH_MAX_BYTES", 200 * 1024 * 1024, minimum=4096)
+
     key_prefix: str = env("SUMMARIZE_KEY_PREFIX", "sumz")
     #: the Celery queue; kombu keeps it under the key prefix, so deployments never share one
     queue: str = env("SUMMARIZE_QUEUE", "summarize")

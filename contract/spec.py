@@ -32,6 +32,8 @@ class BatchSpec:
     #: USD per million tokens, [input, output], of the batch's models, as known at submit (a model
     #: missing here has an unknown price: its cost is null, never 0)
     prices: dict[str, list[float]] | None = None
+    #: online (a request per job) or batch (the provider's Batch API: half the price, within 24 h)
+    mode: str = "online"
 
     def __post_init__(self) -> None:
         if self.max_words < 1:
@@ -46,6 +48,8 @@ class BatchSpec:
             raise ConfigError(f"the prompt is {len(self.prompt)} characters; at most {MAX_PROMPT_CHARS} are taken")
         if self.json_schema is not None:
             check_schema(self.json_schema)
+        if self.mode not in ("online", "batch"):
+            raise ConfigError(f"mode {self.mode!r} must be online or batch")
 
     @property
     def step(self) -> int:

@@ -238,7 +238,28 @@ class JobStore:
         out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
         if out["done"] + out["failed"] + out["cancelled"] >= out["total"] and out["state"] == "running":
             out["state"] = "finished"
+        if spec.mode == "batch":
+            out["packs"] = self.packs(batch_id)
         return out
+
+    def packs(self, batch_id: str) -> list[dict[str, Any]]:
+        """Batch mode: each provider batch of the batch: pack id, provider batch id and status, request counts."""
+        out = []
+        for raw in self.r.smembers(self.keys.packs(batch_id)):  # type: ignore[union-attr]
+            info = {text(k): text(v) for k, v in self.r.hgetall(self.keys.pack(text(raw))).items()}  # type: ignore[union-attr]
+            if info:
+                out.append(
+                    {
+                        "pack": text(raw),
+                        "provider_batch": info.get("provider_batch"),
+                        "state": info.get("state"),
+                        "status": info.get("status"),
+                        "lines": int(info.get("lines", 0)),
+                        "request_counts": json.loads(info["counts"]) if info.get("counts") else None,
+                        "errors": json.loads(info["errors"]) if info.get("errors") else None,
+                    }
+                )
+        return sorted(out, key=lambda p: str(p["pack"]))
 
     def results(self, batch_id: str, start: int = 0, chunk: int = 1000) -> Iterator[JobResult]:
         """Every job of the batch in input order. Paged by position in the ids list, which only grows, so

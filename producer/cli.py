@@ -218,6 +218,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         temperature=args.temperature,
         fallback_model=args.fallback_model,
         no_cache=args.no_cache or None,
+        mode=args.mode,
         price_in=args.price_in,
         price_out=args.price_out,
         budget_usd=args.budget_usd,
@@ -392,6 +393,12 @@ def _add_submit(sub: Any) -> None:
         "--no-cache", action="store_true", help="fresh calls: no answer from the result cache, none stored in it"
     )
     s.add_argument(
+        "--mode",
+        choices=["online", "batch"],
+        default="online",
+        help="batch: through the provider's Batch API (half the price, results within 24 h); default online",
+    )
+    s.add_argument(
         "--price-in",
         type=float,
         metavar="USD",
@@ -488,6 +495,22 @@ def _add_llm_serve(sub: Any) -> None:
     ls.set_defaults(func=cmd_llm_serve)
 
 
+def _add_exporter(sub: Any) -> None:
+    ex = sub.add_parser(
+        "exporter",
+        help="Prometheus metrics of what Redis holds (queue, backlog, unfinished batches), read on each scrape",
+    )
+    ex.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    ex.add_argument("--port", type=int, default=9809, help="port of /metrics (default 9809)")
+
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        from .exporter import serve
+
+        return serve(settings, args.host, args.port)
+
+    ex.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="summarize", description="Bulk article summarization through any OpenAI-compatible LLM, on Celery + Redis."
@@ -497,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reading(sub)
     _add_control(sub)
     _add_llm_serve(sub)
+    _add_exporter(sub)
     return p
 
 

@@ -113,8 +113,15 @@ def _short(value: Any) -> str:
 
 
 def status_notes(status: dict[str, Any]) -> list[str]:
-    """Lines under the table, whole (scripts grep them): a halt and what to do, failed jobs."""
+    """Lines under the table, whole (scripts grep them): provider batches, a halt and what to do, failed jobs."""
     lines = []
+    for p in status.get("packs", []):
+        counts = p.get("request_counts") or {}
+        lines.append(
+            f"  provider batch {p['provider_batch'] or '(not created yet)'}: {p['status'] or p['state']}, "
+            f"{p['lines']} requests, {counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed"
+            + (f"; errors: {_short(p['errors'])}" if p.get("errors") else "")
+        )
     if status.get("halted"):
         lines += [f"HALTED: {status['halted']}", f"  fix the cause, then: summarize retry {status['batch']}"]
     lines += [f"  failed {f['id']}: {f['error_type']}: {f['error']}" for f in status.get("failed_jobs", [])]

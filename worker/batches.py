@@ -50,15 +50,8 @@ class Batches:
         return spec
 
     def fingerprint(self, batch_id: str, spec: BatchSpec) -> str:
-        """What shapes the batch's answers, hashed: model, base URL, the instructions as sent, schema, max
-        words, temperature. Identical articles under the same fingerprint share one answer ('' for a
-        batch that wants fresh calls)."""
-        if spec.no_cache:
-            return ""
         if batch_id not in self._fingerprints:
-            shape = [spec.model, self.base_url, system_prompt(spec), spec.json_schema, spec.max_words, spec.temperature]
-            raw = json.dumps(shape, sort_keys=True, ensure_ascii=False).encode("utf-8")
-            self._fingerprints[batch_id] = hashlib.sha1(raw, usedforsecurity=False).hexdigest()
+            self._fingerprints[batch_id] = fingerprint(spec, self.base_url)
         return self._fingerprints[batch_id]
 
     async def state(self, batch_id: str) -> BatchState:
@@ -92,3 +85,19 @@ class Batches:
             raise BatchPaused(f"batch {batch_id} is paused")
         if st.state == "cancelled":
             raise BatchCancelled(f"batch {batch_id} was cancelled")
+
+
+def fingerprint(spec: BatchSpec, base_url: str) -> str:
+    """What shapes a batch's answers, hashed: model, base URL, the instructions as sent, schema, max words,
+    temperature. Identical articles under the same fingerprint share one answer ('' for a batch that
+    wants fresh calls)."""
+    if spec.no_cache:
+        return ""
+    shape = [spec.model, base_url, system_prompt(spec), spec.json_schema, spec.max_words, spec.temperature]
+    raw = json.dumps(shape, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return hashlib.sha1(raw, usedforsecurity=False).hexdigest()
+
+
+def cache_key(fp: str, digest: str) -> str:
+    """The result-cache key of an article (the same as contract/lua/_lib.lua cache_key)."""
+    return hashlib.sha1((fp + digest).encode("utf-8"), usedforsecurity=False).hexdigest()[:24] if fp else ""

@@ -111,7 +111,7 @@ class Engine:
         self.slots = asyncio.Semaphore(s.concurrency)
         self.writer = Writer(self.store, self._publish)
         self.writer.start()
-        self.housekeeper = Housekeeper(self.store, self.leases, self.limiter, self.stop, self._publish)
+        self.housekeeper = Housekeeper(self.store, self.leases, self.limiter, self.stop, self._publish, self._send)
         await self.housekeeper.tick()  # limits in force before the first job, and leases of a restart reaped
         self.housekeeper.start()
 
@@ -126,6 +126,13 @@ class Engine:
         # kombu's producer is synchronous: publish off the loop.
         await asyncio.get_running_loop().run_in_executor(None, publish, self.app, self.settings, messages)
 
+    async def _send(self, tasks: list[tuple[str, str]]) -> None:
+        def send() -> None:
+            for name, arg in tasks:
+                self.app.send_task(name, args=(arg,), queue=self.settings.queue)
+
+        await asyncio.get_running_loop().run_in_executor(None, send)
+
     async def process(self, batch_id: str, job_ids: list[str], step: int) -> Report:
         report = Report()
         try:
@@ -134,10 +141,10 @@ class Engine:
             report.outcomes["skipped-missing"] += len(job_ids)
             return report
         claimed = await self.store.claim(
-            batch_id, job_ids, step, uuid.uuid4().hex, self.batches.fingerprint(batch_id, spec)
+            batch_id, job_ids, step, uuid.uuid4().hex, self.batches.fingerprint(batch_id, spec), spec.mode == "batch"
         )
         report.outcomes.update(
-            why if why in ("cached", "waiting") else f"skipped-{why}" for why in claimed.skipped.values()
+            why if why in ("cached", "waiting", "packing") else f"skipped-{why}" for why in claimed.skipped.values()
         )
         cached = sum(1 for why in claimed.skipped.values() if why == "cached")
         if cached:

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 from contract.job import ClaimedJob
+from contract.messaging import PACK_TASK, POLL_TASK
 from contract.store import Message
 
 from . import metrics
@@ -58,8 +59,11 @@ class Housekeeper:
         limiter: RateLimiter,
         stop: asyncio.Event,
         publish: Callable[[list[Message]], Awaitable[None]],
+        send: Callable[[list[tuple[str, str]]], Awaitable[None]],
     ) -> None:
         self.store, self.leases, self.limiter, self.stop, self.publish = store, leases, limiter, stop, publish
+        #: (task name, argument) pairs to publish as Celery tasks
+        self.send = send
         self.owner = f"{socket.gethostname()}:{threading.get_native_id()}"
         s = store.settings
         self.period = max(0.05, min(s.lease_seconds / 3, s.reap_interval))
@@ -95,6 +99,13 @@ class Housekeeper:
                     reaped.due,
                     reaped.republished,
                 )
+            await self.batch_mode()
+
+    async def batch_mode(self) -> None:
+        """Publish the batch-mode work that is due: packing batches, moving packs on (Flower shows them)."""
+        batches, packs = await self.store.packs_due()
+        if batches or packs:
+            await self.send([(PACK_TASK, b) for b in batches] + [(POLL_TASK, p) for p in packs])
 
     async def renew(self) -> None:
         held = self.leases.snapshot()

@@ -78,7 +78,9 @@ class WorkerStore:
     async def script(self, name: str, **params: Any) -> Any:
         return await self._scripts[name](args=scripts.load(name).args(self.keys, **params))
 
-    async def claim(self, batch_id: str, job_ids: list[str], step: int, token: str, cache_fp: str = "") -> Claimed:
+    async def claim(
+        self, batch_id: str, job_ids: list[str], step: int, token: str, cache_fp: str = "", to_pack: bool = False
+    ) -> Claimed:
         state, now_ms, rows = await self.script(
             "claim",
             batch=batch_id,
@@ -88,6 +90,7 @@ class WorkerStore:
             lease_ms=int(self.settings.lease_seconds * 1000),
             cache_fp=cache_fp if self.settings.cache_ttl else "",
             cache_ttl=self.settings.cache_ttl,
+            to_pack="1" if to_pack else "0",
         )
         claimed = Claimed(text(state), [], {})
         for row in rows:
@@ -128,6 +131,17 @@ class WorkerStore:
             limit=limit,
         )
         return Reaped([(int(step), text(m)) for step, m in messages], int(reclaimed), int(due), int(republished))
+
+    async def packs_due(self) -> tuple[list[str], list[str]]:
+        """(Batch mode) batches to pack now, and packs to move on; pushed a lease ahead."""
+        s = self.settings
+        batches, packs = await self.script(
+            "pack_due",
+            linger_ms=int(s.batch_linger * 1000),
+            max=s.batch_max_requests,
+            lease_ms=int(max(s.lease_seconds, 30) * 1000),
+        )
+        return [text(b) for b in batches], [text(p) for p in packs]
 
     async def try_reaper_lock(self, owner: str) -> bool:
         return bool(

@@ -24,9 +24,10 @@ local function split(s, sep)
   end
 end
 
--- A status's public counter: deferred, waiting and parked jobs count as queued.
+-- A status's public counter: deferred, waiting, parked and packing jobs count as queued.
 local function bucket(s)
   if s == 'running' or s == 'done' or s == 'failed' or s == 'cancelled' then return s end
+  if s == 'packed' then return 'running' end  -- sent in a provider batch (batch mode)
   return 'queued'
 end
 
@@ -186,4 +187,15 @@ local function land(b, id, f, now, per, messages)
   redis.call('DEL', L.waiters .. key)
   redis.call('HDEL', jkey(b, id), 'fk')
   for _, wb in ipairs(order) do enqueue_messages(wb, again[wb], per, now, messages) end
+end
+
+-- ---- batch mode -----------------------------------------------------------------------------------
+
+-- A job waits for a pack (a provider batch) of its batch: in the batch's packing set, and the batch in
+-- the set of batches to pack (scored by when it first had something to pack).
+local function to_packing(b, id, now)
+  redis.call('HSET', jkey(b, id), 's', 'packing')
+  redis.call('HDEL', jkey(b, id), 'tk', 'l')
+  redis.call('ZADD', part(b, 'packing'), 'NX', now, id)
+  redis.call('ZADD', L.packing, 'NX', now, b)
 end

@@ -11,6 +11,7 @@
 -- ARGV[7] cache_fp: fingerprint of what shapes the batch's answers (model, base URL, prompt, schema,
 --         words, temperature), '' when the batch does not use the cache
 -- ARGV[8] cache_ttl: seconds a cached answer is looked up for
+-- ARGV[9] to_pack: '1' for a batch-mode batch: its jobs wait for a provider batch instead of running
 --
 -- With a cache fingerprint, a job whose answer is cached is done at once (0 calls), and a job whose twin
 -- is being summarized right now waits for it (status waiting: no slot, no call) instead of calling.
@@ -18,10 +19,10 @@
 -- unusable, deferrals, first_failure_ms, prompt_tokens, completion_tokens, partials (flat field/value
 -- list of the parts of a long article summarized by earlier runs), cache key ('' for none), cost so far
 -- (USD, '-1' when a price was unknown)} or
--- {id, why} where why is done, failed, cancelled, cached, waiting, busy (another run holds it),
+-- {id, why} where why is done, failed, cancelled, cached, waiting, packing, busy (another run holds it),
 -- early (deferred, not due), paused, missing.
 local b, step, msg, token, lease = ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
-local fp, cache_ttl = ARGV[7], tonumber(ARGV[8])
+local fp, cache_ttl, to_pack = ARGV[7], tonumber(ARGV[8]), ARGV[9] == '1'
 local now = now_ms()
 local orphans = L.orphans .. step
 -- The message arrived: it is not lost. Its queued time is how far the queue has come.
@@ -44,6 +45,10 @@ local function take(id, s)
       finalize_cached(b, id, s, f, now)
       return {id, 'cached'}
     end
+    if to_pack and redis.call('HGET', jk, 'online') ~= '1' then
+      to_packing(b, id, now)  -- twins of one pack share its line (worker/batchmode.py)
+      return {id, 'packing'}
+    end
     local leader = redis.call('GET', L.flight .. key)
     if leader and leader ~= m then
       redis.call('HSET', jk, 's', 'waiting', 'fk', key)
@@ -53,6 +58,10 @@ local function take(id, s)
     end
     redis.call('SET', L.flight .. key, m, 'PX', lease)
     redis.call('HSET', jk, 'fk', key)
+  end
+  if to_pack and redis.call('HGET', jk, 'online') ~= '1' then
+    to_packing(b, id, now)
+    return {id, 'packing'}
   end
   move(b, s, 'running')
   redis.call('HSET', jk, 's', 'running', 'tk', token, 'l', now + lease)

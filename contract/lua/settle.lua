@@ -15,6 +15,8 @@
 --                   counts go to the job so its final record sums every call
 --           park:   the batch was paused: the job waits, holding nothing, until it is resumed
 --           cancel: the batch was cancelled before this run's next call
+--           repack: (batch mode) extra = {online (0/1), error_type ('' when it was no failure),
+--                   error}: the line goes into a later pack, or online
 --           spend:  extra = {held_usd, held_tokens, spent_usd, spent_tokens}: a call's budget reservation
 --                   replaced by what it really cost (no job change)
 --         cost_usd is -1 when a call's price was unknown: the job's cost is then null, never 0.
@@ -47,9 +49,10 @@ local function add_counts(jk, op)
   end
 end
 
+-- The run (or the pack, in batch mode) holding the job is the one settling it.
 local function holds(b, id, token)
   local h = redis.call('HMGET', jkey(b, id), 's', 'tk')
-  return h[1] == 'running' and h[2] == token
+  return (h[1] == 'running' or h[1] == 'packed') and h[2] == token, h[1]
 end
 
 local function remember(b, id, op, record)
@@ -83,13 +86,37 @@ local function done(b, id, op)
 end
 
 local function fail(b, id, op)
-  if not holds(b, id, op[4]) then return 0 end
+  local ok, s = holds(b, id, op[4])
+  if not ok then return 0 end
   local record, halt = op[10][1], op[10][2]
   if halt ~= '' and redis.call('HGET', bkey(b), 'state') == 'running' then
     redis.call('HSET', bkey(b), 'state', 'halted', 'halt', halt)
   end
   land(b, id, nil, now, per, messages)
-  finalize(b, id, 'running', 'failed', record, true, now)
+  finalize(b, id, s, 'failed', record, true, now)
+  return 1
+end
+
+-- Batch mode: a line that came back as an error, unusable, or never ran (expired, a failed batch) goes
+-- into a later pack, or (extra[1] == 1) online.
+local function repack(b, id, op)
+  local ok, s = holds(b, id, op[4])
+  if not ok then return 0 end
+  local jk, x = jkey(b, id), op[10]
+  add_counts(jk, op)
+  if x[2] ~= '' then  -- '' : no failure, only no room in that pack
+    redis.call('HSET', jk, 'e', x[2], 'em', string.sub(x[3], 1, 200))
+    redis.call('HINCRBY', jk, 'bx', 1)
+  end
+  if x[1] == 1 then
+    move(b, s, 'queued')
+    redis.call('HSET', jk, 's', 'queued', 'online', '1')
+    redis.call('HDEL', jk, 'tk', 'l')
+    enqueue_messages(b, {id}, per, now, messages)
+  else
+    move(b, s, 'packing')
+    to_packing(b, id, now)
+  end
   return 1
 end
 
@@ -131,10 +158,11 @@ local function park(b, id, op)
 end
 
 local function cancel(b, id, op)
-  if not holds(b, id, op[4]) then return 0 end
+  local ok, s = holds(b, id, op[4])
+  if not ok then return 0 end
   add_counts(jkey(b, id), op)
   land(b, id, nil, now, per, messages)
-  finalize(b, id, 'running', 'cancelled', lua_final(b, id, 'cancelled', 'the batch was cancelled', 'Cancelled', now),
+  finalize(b, id, s, 'cancelled', lua_final(b, id, 'cancelled', 'the batch was cancelled', 'Cancelled', now),
     false, now)
   return 1
 end
@@ -149,7 +177,7 @@ local function spend(b, id, op)
 end
 
 local kinds = {done = done, fail = fail, defer = defer, part = keep_part, park = park, cancel = cancel,
-  spend = spend}
+  spend = spend, repack = repack}
 for i, op in ipairs(ops) do
   local b, id = op[2], op[3]
   bill(b, op)

@@ -1,0 +1,26 @@
+-- pack_due.lua: (batch mode, the reaper) what needs a worker now: batches to pack (the oldest waiting
+-- job waited `linger`, or a full pack is waiting) and packs to move on (due to be polled, or left half
+-- done by a worker that died). Each is pushed a lease ahead so the next tick does not publish it again.
+--
+-- ARGV[1] layout: key names (Keys.layout)
+-- ARGV[2] linger_ms: SUMMARIZE_BATCH_LINGER in ms
+-- ARGV[3] max: jobs in a full pack (SUMMARIZE_BATCH_MAX_REQUESTS)
+-- ARGV[4] lease_ms: how long until a published one is looked at again
+--
+-- Returns {batch ids to pack, pack ids to move on}.
+local linger, max, lease = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = now_ms()
+local batches, packs = {}, {}
+local waiting = redis.call('ZRANGE', L.packing, 0, 99, 'WITHSCORES')
+for i = 1, #waiting, 2 do
+  local b, since = waiting[i], tonumber(waiting[i + 1])
+  if since <= now - linger or redis.call('ZCARD', part(b, 'packing')) >= max then
+    batches[#batches + 1] = b
+    redis.call('ZADD', L.packing, 'XX', now + lease, b)
+  end
+end
+for _, pk in ipairs(redis.call('ZRANGEBYSCORE', L.packs_due, '-inf', now, 'LIMIT', 0, 100)) do
+  packs[#packs + 1] = pk
+  redis.call('ZADD', L.packs_due, 'XX', now + lease, pk)
+end
+return {batches, packs}
