@@ -40,6 +40,8 @@ FAST = {
     "SUMMARIZE_CONCURRENCY": "32",
     # The input tests check the limit at a size that is quick to write.
     "SUMMARIZE_MAX_ARTICLE_BYTES": "262144",
+    # No /metrics from the many test workers (tests/test_metrics.py gives its worker a port).
+    "SUMMARIZE_METRICS_PORT": "0",
 }
 
 

@@ -40,6 +40,7 @@ CANONICAL = {
     "flower": "celery -A worker flower",
     "llm": "summarize llm-serve",
     "producer": "summarize submit",
+    "exporter": "summarize exporter",
 }
 
 # The full command lines, exactly.
@@ -50,14 +51,16 @@ EXPECTED_COMMANDS = {
     "worker": ["celery", "-A", "worker", "worker", "--loglevel=INFO"],
     "flower": ["celery", "-A", "worker", "flower", "--port=5555"],
     "producer": ["summarize", "submit", "/app/samples/articles.jsonl", "--wait"],
+    "exporter": ["summarize", "exporter", "--host", "0.0.0.0", "--port", "9809"],
 }
 
-APP_SERVICES = ("worker", "flower", "producer")
+APP_SERVICES = ("worker", "flower", "exporter", "producer")
 PYTHON_SERVICES = ("llm", *APP_SERVICES)
-LONG_RUNNING = ("redis", "llm", "worker", "flower", "prometheus", "grafana")
+LONG_RUNNING = ("redis", "llm", "worker", "flower", "exporter", "prometheus", "grafana")
 PROFILES = ("--profile", "producer", "--profile", "monitoring-ui")
 IMAGE = "bulk-summarize:latest"
 METRICS_PORT = 9808
+EXPORTER_PORT = 9809
 
 # Variables the file reads, dropped from the environment docker-compose sees.
 COMPOSE_VARS = ("REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "OPENAI_BASE_URL", "OPENAI_API_KEY",
@@ -174,7 +177,7 @@ def test_config_validates_with_and_without_profiles(tmp_env_dir: Path) -> None:
 def test_producer_and_grafana_are_only_in_their_profiles(tmp_env_dir: Path, config: dict[str, Any]) -> None:
     default = _compose("config", "--services", tmp=tmp_env_dir).split()
     with_profile = _compose("--profile", "producer", "config", "--services", tmp=tmp_env_dir).split()
-    assert set(default) >= {"redis", "llm", "worker", "flower", "prometheus"}
+    assert set(default) >= {"redis", "llm", "worker", "flower", "exporter", "prometheus"}
     assert "producer" in with_profile
     assert _compose("config", "--profiles", tmp=tmp_env_dir).split() == ["monitoring-ui", "producer"]
     # Grafana cannot be built here: `up` without its profile must never need its image.
@@ -190,7 +193,8 @@ def test_producer_and_grafana_are_only_in_their_profiles(tmp_env_dir: Path, conf
 # (2) services
 
 def test_services_exist(config: dict[str, Any]) -> None:
-    assert set(config["services"]) == {"redis", "llm", "worker", "flower", "prometheus", "grafana", "producer"}
+    assert set(config["services"]) == {
+        "redis", "llm", "worker", "flower", "exporter", "prometheus", "grafana", "producer"}
 
 
 def test_worker_can_scale(config: dict[str, Any]) -> None:
@@ -323,7 +327,7 @@ def test_prometheus_service(config: dict[str, Any]) -> None:
     assert "9090" in published
 
 
-def test_prometheus_scrapes_every_worker_replica_and_flower(
+def test_prometheus_scrapes_every_worker_replica_the_exporter_and_flower(
     config: dict[str, Any], prometheus_config: dict[str, Any]
 ) -> None:
     jobs = {job["job_name"]: job for job in prometheus_config["scrape_configs"]}
@@ -338,6 +342,13 @@ def test_prometheus_scrapes_every_worker_replica_and_flower(
     assert flower.get("metrics_path", "/metrics") == "/metrics"
     assert flower["static_configs"] == [{"targets": ["flower:5555"]}]
     assert "basic_auth" not in flower, "Flower serves /metrics without auth; no password in this file"
+    # one exporter (what Redis holds), scraped by its service name; nothing published on the host
+    exporter = config["services"]["exporter"]
+    assert jobs["exporter"]["static_configs"] == [{"targets": [f"exporter:{EXPORTER_PORT}"]}]
+    assert jobs["exporter"].get("metrics_path", "/metrics") == "/metrics"
+    assert str(EXPORTER_PORT) in [str(p) for p in exporter.get("expose", [])]
+    assert not exporter.get("ports"), "the exporter is for Prometheus on the compose network only"
+    assert "deploy" not in exporter or exporter["deploy"].get("replicas", 1) == 1
 
 
 def test_grafana_provisioning(config: dict[str, Any]) -> None:
@@ -360,6 +371,23 @@ def test_grafana_provisioning(config: dict[str, Any]) -> None:
     assert (GRAFANA / "dashboards" / "README.md").is_file()
     for dashboard in (GRAFANA / "dashboards").glob("*.json"):
         assert isinstance(json.loads(dashboard.read_text(encoding="utf-8")), dict), dashboard
+
+
+def test_dashboard_kept_in_the_repo() -> None:
+    """deploy/grafana/dashboards/summarize.json: every query on the provisioned datasource (its queries are
+    run against a real Prometheus by tests/test_metrics.py)."""
+    datasources = _load_yaml((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    uid = datasources["datasources"][0]["uid"]
+    dashboard = json.loads((GRAFANA / "dashboards" / "summarize.json").read_text(encoding="utf-8"))
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels), "panel ids must be unique"
+    targets = [t for p in panels for t in p.get("targets", [])]
+    assert len(targets) >= 10
+    for panel in panels:
+        if panel["type"] != "row":
+            assert panel["datasource"] == {"type": "prometheus", "uid": uid}, panel["title"]
+    for t in targets:
+        assert t["datasource"]["uid"] == uid and t["expr"].strip(), t
 
 
 # (3) commands: the same as the README runs by hand
