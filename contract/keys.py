@@ -115,6 +115,22 @@ class Keys:
         return f"{self.prefix}:backlog"
 
     @property
+    def admission(self) -> str:
+        """Sorted set: submits waiting for room under SUMMARIZE_MAX_QUEUED, by priority then arrival (fair
+        turns: each waits again after each chunk it is let in for)."""
+        return f"{self.prefix}:admit"
+
+    @property
+    def admission_seen(self) -> str:
+        """Hash: waiting submit -> when it last asked (one not seen for a while has gone)."""
+        return f"{self.prefix}:admit:seen"
+
+    @property
+    def admitted(self) -> str:
+        """Hash: submit -> `jobs:until_ms`, room let in for a chunk not stored yet (gone once it is)."""
+        return f"{self.prefix}:admitted"
+
+    @property
     def batches(self) -> str:
         """Sorted set of batch ids, scored by creation time (ms)."""
         return f"{self.prefix}:batches"
@@ -229,6 +245,9 @@ class Keys:
             "orphans": self.orphans(0)[:-1],
             "hw": self.watermark,
             "backlog": self.backlog,
+            "admission": self.admission,
+            "admitted": self.admitted,
+            "admission_seen": self.admission_seen,
             "cache": self.cache(0)[:-1],
             "flight": self.flight(""),
             "waiters": self.waiters(""),

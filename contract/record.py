@@ -13,9 +13,10 @@ The final record is a msgpack array (Lua reads and writes it with cmsgpack); its
 from __future__ import annotations
 
 import hashlib
+import json
 import unicodedata
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -25,10 +26,12 @@ _RAW, _ZSTD, _ZSTD_DICT = b"r", b"s", b"d"
 #: below this many bytes compression doesn't pay for its frame header
 _MIN_COMPRESS = 32
 _DICT = zstandard.ZstdCompressionDict(
-    (Path(__file__).resolve().parent / "data" / "news.zdict").read_bytes(), dict_type=zstandard.DICT_TYPE_FULLDICT)
+    (Path(__file__).resolve().parent / "data" / "news.zdict").read_bytes(), dict_type=zstandard.DICT_TYPE_FULLDICT
+)
 # Without the frame's checksum, content size and dictionary id (the tag says which dictionary): 8 bytes less.
-_params = {"write_checksum": False, "write_content_size": False, "write_dict_id": False}
-_compressor = zstandard.ZstdCompressor(level=3, dict_data=_DICT, **_params)
+_compressor = zstandard.ZstdCompressor(
+    level=3, dict_data=_DICT, write_checksum=False, write_content_size=False, write_dict_id=False
+)
 _decompressor = zstandard.ZstdDecompressor(dict_data=_DICT)
 _plain_decompressor = zstandard.ZstdDecompressor()
 
@@ -166,6 +169,33 @@ class Final:
 # ---- the public row ---------------------------------------------------------------------------------
 
 
+def public_row(job_id: str, blob: bytes, metadata: dict[str, Any], structured: bool = False) -> dict[str, Any]:
+    """The row `summarize results` prints for a finished job, straight from its packed record (the
+    export path: no objects in between, tens of thousands of rows a second)."""
+    f = unpack(blob)
+    f += [None] * (15 - len(f))
+    status = _s(f[0])
+    pt, ct = f[7] or 0, f[8] or 0
+    summary = decompress(f[3]) if f[3] else None
+    return {
+        "id": job_id,
+        "status": status,
+        "summary": summary,
+        "data": json.loads(summary) if structured and summary and status == DONE else None,
+        "error": _s(f[4]) or None,
+        "error_type": _s(f[5]) or None,
+        "model": _s(f[6]) or None,
+        "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+        if pt or ct or status == DONE
+        else None,
+        "cost_usd": None if f[14] is None or f[14] < 0 else float(f[14]),
+        "cached": bool(f[10]),
+        "chunks": f[11] or 0,
+        "attempts": f[9] or 0,
+        "metadata": metadata,
+    }
+
+
 @dataclass(frozen=True)
 class JobResult:
     """One line of `summarize results`: stable public field names."""
@@ -209,6 +239,10 @@ class JobResult:
             chunks=f.chunks,
             data=data,
         )
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> JobResult:
+        return cls(**{k: v for k, v in row.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return {

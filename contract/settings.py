@@ -97,6 +97,9 @@ class Settings:
     max_article_bytes: int = env("SUMMARIZE_MAX_ARTICLE_BYTES", 8 * 1024 * 1024, minimum=16)
     max_summary_chars: int = env("SUMMARIZE_MAX_SUMMARY_CHARS", 4000, minimum=16)
 
+    #: unfinished jobs of every batch together that submits may store (~2.2 KB each queued): beyond it a
+    #: submit waits for room, so a file of any size runs through a small Redis (0: no bound)
+    max_queued: int = env("SUMMARIZE_MAX_QUEUED", 1_000_000)
     #: LLM requests in flight per worker process (coroutines on one event loop)
     concurrency: int = env("SUMMARIZE_CONCURRENCY", 200, minimum=1)
     #: jobs of one batch carried by one Celery message: divides the broker's per-message cost

@@ -10,13 +10,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import orjson
 import redis
 
 from . import scripts
 from .errors import BatchNotFound, ConfigError
 from .job import COUNTERS
 from .keys import Keys
-from .record import Article, Final, JobResult, pack, unpack
+from .record import Article, Final, JobResult, pack, public_row, unpack
 from .settings import Settings
 from .spec import BatchSpec
 
@@ -89,7 +90,12 @@ class JobStore:
             )
         return int(index)
 
-    def create_jobs(self, batch_id: str, jobs: Sequence[NewJob]) -> Created:
+    def admit(self, submit_id: str, jobs: int, step: int) -> tuple[bool, int, int]:
+        """Ask for room for a chunk under SUMMARIZE_MAX_QUEUED: (let in, backlog, place in line)."""
+        reply = self.run("admit", submit=submit_id, jobs=jobs, max=self.settings.max_queued, step=step)
+        return (True, 0, 0) if int(reply[0]) == 1 else (False, int(reply[1]), int(reply[2] or 0))
+
+    def create_jobs(self, batch_id: str, jobs: Sequence[NewJob], admit: str = "") -> Created:
         """Store a chunk in one script call; returns what was created and the messages to publish."""
         out = Created()
         if not jobs:
@@ -104,7 +110,7 @@ class JobStore:
             for j in jobs
         ]
         results, messages = self.run(
-            "create", batch=batch_id, per_message=self.settings.jobs_per_message, jobs=pack(payload)
+            "create", batch=batch_id, per_message=self.settings.jobs_per_message, admit=admit, jobs=pack(payload)
         )
         for job, row in zip(jobs, results, strict=True):
             if row[0] == 1:
@@ -185,6 +191,35 @@ class JobStore:
             start += chunk
         return total
 
+    def purge(self, batch_id: str, force: bool = False, chunk: int = 1000) -> int:
+        """Remove the batch and its jobs from Redis (results exported first). Refuses, naming a job, while
+        one is unfinished, unless `force`. Returns how many jobs it removed."""
+        status = self.status(batch_id)
+        unfinished = status["total"] - status["done"] - status["failed"] - status["cancelled"]
+        if unfinished and not force:
+            raise ConfigError(
+                f"batch {batch_id!r} has {unfinished} unfinished job(s): wait for it, cancel it, or purge with --force"
+            )
+        removed, start = 0, 0
+        while raw := self.r.lrange(self.keys.batch_ids(batch_id), start, start + chunk - 1):
+            removed += self._purge(batch_id, [text(i) for i in raw], force, last=False)  # type: ignore[union-attr]
+            start += chunk
+        self._purge(batch_id, [], force, last=True)
+        return removed
+
+    def _purge(self, batch_id: str, ids: list[str], force: bool, last: bool) -> int:
+        try:
+            return int(
+                self.run("purge", batch=batch_id, ids=pack(ids), force="1" if force else "0", last="1" if last else "0")
+            )
+        except redis.ResponseError as exc:
+            if "UNFINISHED" in str(exc):
+                raise ConfigError(
+                    f"batch {batch_id!r}: {str(exc).split('UNFINISHED', 1)[1].strip()}; purge with "
+                    "--force to remove it anyway"
+                ) from None
+            raise
+
     def retry_failed(self, batch_id: str, chunk: int = 500) -> tuple[list[Message], int]:
         """Requeue the batch's failed jobs, streaming the dead-letter set; returns messages and count."""
         self.require_batch(batch_id)
@@ -261,9 +296,14 @@ class JobStore:
                 )
         return sorted(out, key=lambda p: str(p["pack"]))
 
-    def results(self, batch_id: str, start: int = 0, chunk: int = 1000) -> Iterator[JobResult]:
-        """Every job of the batch in input order. Paged by position in the ids list, which only grows, so
-        a batch extended while it is read is neither skipped nor repeated."""
+    def results(self, batch_id: str, start: int = 0, chunk: int = 2000) -> Iterator[JobResult]:
+        """Every job of the batch in input order (see rows)."""
+        for row in self.rows(batch_id, start, chunk):
+            yield JobResult.from_row(row)
+
+    def rows(self, batch_id: str, start: int = 0, chunk: int = 2000) -> Iterator[dict[str, Any]]:
+        """Every job of the batch in input order, as public row dicts. Paged by position in the ids list,
+        which only grows, so a batch extended while it is read is neither skipped nor repeated."""
         structured = self.spec(batch_id).json_schema is not None
         ids_key = self.keys.batch_ids(batch_id)
         while True:
@@ -295,7 +335,7 @@ class JobStore:
             entries: list[tuple[bytes, dict[bytes, bytes]]] = reply[0][1] if reply else []  # type: ignore[index,assignment]
             if entries:
                 rows = self._rows(batch_id, [fields[b"id"] for _, fields in entries], structured)
-                yield [(text(position), row) for (position, _), row in zip(entries, rows, strict=True)]
+                yield [(text(position), JobResult.from_row(r)) for (position, _), r in zip(entries, rows, strict=True)]
                 after = text(entries[-1][0])
             elif over or not stop_when_over:
                 return
@@ -304,7 +344,7 @@ class JobStore:
         h = self.require_batch(batch_id)
         return sum(int(h.get(k, 0)) for k in ("done", "failed", "cancelled")) >= int(h.get("total", 0))
 
-    def _rows(self, batch_id: str, raw_ids: list[bytes], structured: bool = False) -> Iterator[JobResult]:
+    def _rows(self, batch_id: str, raw_ids: list[bytes], structured: bool = False) -> Iterator[dict[str, Any]]:
         with self.r.pipeline(transaction=False) as p:
             p.hmget(self.keys.batch_out(batch_id), raw_ids)
             p.hmget(self.keys.batch_meta(batch_id), raw_ids)
@@ -314,14 +354,12 @@ class JobStore:
         pending = [i for i, f in enumerate(finals) if f is None]
         states = self._unfinished_states(batch_id, [raw_ids[i] for i in pending]) if pending else {}
         for raw_id, final, meta in zip(raw_ids, finals, metas, strict=True):
-            job_id = text(raw_id)
-            metadata = json.loads(meta) if meta else {}
+            job_id = raw_id.decode("utf-8")
+            metadata = orjson.loads(meta) if meta else {}
             if final is not None:
-                f = Final.unpack(final)
-                data = json.loads(f.summary) if structured and f.summary and f.status == "done" else None
-                yield JobResult.from_final(job_id, f, metadata, data)
+                yield public_row(job_id, final, metadata, structured)
             else:
-                yield JobResult(job_id, states.get(job_id, "missing"), None, None, None, None, 0, metadata)
+                yield JobResult(job_id, states.get(job_id, "missing"), None, None, None, None, 0, metadata).to_dict()
 
     def _unfinished_states(self, batch_id: str, raw_ids: list[bytes]) -> dict[str, str]:
         with self.r.pipeline(transaction=False) as p:

@@ -97,6 +97,11 @@ class Batch:
             publish(self.client.celery, self.client.settings, messages)
         return state
 
+    def purge(self, force: bool = False) -> int:
+        """Remove the batch from Redis (export its results first); refuses while jobs are unfinished unless
+        `force`. Returns how many jobs it removed."""
+        return self.client.store.purge(self.id, force)
+
     def cancel(self) -> int:
         """No further calls; every job that has not started ends 'cancelled'. Returns how many ended now."""
         self.client.store.control(self.id, "cancel")
@@ -231,6 +236,8 @@ class Client:
             skip_invalid,
             on_chunk=bar.advance if bar else None,
             should_stop=should_stop,
+            step=spec.step,
+            on_wait=bar.note if bar else None,
         )
         report = enqueuer.run(source.records(), Resolver(checked))
         if bar:

@@ -18,6 +18,8 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
+import orjson
+
 from contract.errors import ConfigError, SummarizeError
 from contract.keys import PRIORITIES
 from contract.record import JobResult
@@ -62,20 +64,22 @@ class RowWriter:
             if header:
                 self._csv.writeheader()
 
-    def write(self, r: JobResult) -> None:
+    def write(self, r: JobResult | dict[str, Any]) -> None:
+        """One row: a JobResult, or its dict form (the export path builds those straight from Redis)."""
+        row = r.to_dict() if isinstance(r, JobResult) else r
         if self._csv is None:
-            self.out.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+            self.out.write(orjson.dumps(row).decode("utf-8") + "\n")
         else:
-            self._csv.writerow(self._flat(r))
+            self._csv.writerow(self._flat(row))
         self.pending += 1
         self.written += 1
 
-    def _flat(self, r: JobResult) -> dict[str, Any]:
-        row = r.to_dict()
+    def _flat(self, row: dict[str, Any]) -> dict[str, Any]:
+        row = dict(row)
         usage = row.pop("usage") or {}
         row.update({k: usage.get(k, "") for k in ("prompt_tokens", "completion_tokens", "total_tokens")})
-        row["metadata"] = json.dumps(r.metadata, ensure_ascii=False)
-        data = r.data if isinstance(r.data, dict) else {}
+        data = row["data"] if isinstance(row.get("data"), dict) else {}
+        row["metadata"] = json.dumps(row.get("metadata") or {}, ensure_ascii=False)
         for name in self.data_fields:
             value = data.get(name)
             row[f"data.{name}"] = (
@@ -133,7 +137,9 @@ def data_fields(batch: Batch) -> list[str]:
     return list(props) if isinstance(props, dict) else []
 
 
-def write_results(results: Iterable[JobResult], out: IO[str], fmt: str, fields: Sequence[str] = ()) -> int:
+def write_results(
+    results: Iterable[JobResult | dict[str, Any]], out: IO[str], fmt: str, fields: Sequence[str] = ()
+) -> int:
     writer = RowWriter(out, fmt, data_fields=fields)
     for r in results:
         writer.write(r)
@@ -152,7 +158,7 @@ def output(path: str | None) -> Iterator[IO[str]]:
 
 def export(batch: Batch, path: str | None, fmt: str) -> int:
     with output(path) as out:
-        n = write_results(batch.results(), out, fmt, data_fields(batch))
+        n = write_results(batch.client.store.rows(batch.id), out, fmt, data_fields(batch))
     if path not in (None, "-"):
         print(f"wrote {n} result(s) to {path}", file=sys.stderr)
     return n
@@ -333,6 +339,12 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
+    n = _client(settings).batch(args.batch).purge(force=args.force)
+    print(f"batch {args.batch}: removed from Redis ({n} job(s))", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     n = _client(settings).batch(args.batch).retry()
     print(f"requeued {n} failed job(s) of batch {args.batch}", file=sys.stderr)
@@ -472,6 +484,10 @@ def _add_control(sub: Any) -> None:
     ca = sub.add_parser("cancel", help="no further calls; jobs that have not started end 'cancelled'")
     ca.add_argument("batch")
     ca.set_defaults(func=cmd_cancel)
+    pu = sub.add_parser("purge", help="remove a batch and its jobs from Redis, once its results are exported")
+    pu.add_argument("batch")
+    pu.add_argument("--force", action="store_true", help="also when jobs are unfinished (they are dropped)")
+    pu.set_defaults(func=cmd_purge)
 
 
 def _add_llm_serve(sub: Any) -> None:

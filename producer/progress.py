@@ -30,6 +30,7 @@ class ProgressBar:
         self.label, self.total = label, max(total, 0)
         self.stream = stream or sys.stderr
         self.done, self.detail = 0, ""
+        self._last_detail = ""
         self.started = time.monotonic()
         self._last_line = 0.0
         self._bar: Progress | None = None
@@ -49,7 +50,11 @@ class ProgressBar:
             self._bar.start()
 
     def advance(self, n: int) -> None:
-        self.update(self.done + n)
+        self.update(self.done + n, self.detail)
+
+    def note(self, detail: str) -> None:
+        """A word on the progress line (e.g. why it is waiting)."""
+        self.update(self.done, detail)
 
     def update(self, done: int, detail: str = "") -> None:
         self.done, self.detail = done, detail
@@ -58,7 +63,8 @@ class ProgressBar:
             self._bar.update(self._task, completed=done, rate=rate, detail=detail)
             return
         now = time.monotonic()
-        if now - self._last_line >= PLAIN_EVERY or done >= self.total:
+        changed, self._last_detail = detail != self._last_detail, detail
+        if now - self._last_line >= PLAIN_EVERY or done >= self.total or (changed and detail):
             self._last_line = now
             eta = (self.total - done) / rate if rate > 0 else 0.0
             self.stream.write(

@@ -10,6 +10,8 @@ in the batch with the same text are skipped.
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -23,6 +25,8 @@ from contract.store import JobStore, NewJob, batched
 from .reader import Record, id_hash
 
 CHUNK = 500
+#: seconds between two asks for room under SUMMARIZE_MAX_QUEUED
+ROOM_POLL = 0.5
 #: how many bad records an error message lists before it only counts them
 MAX_LISTED_ERRORS = 100
 
@@ -198,11 +202,17 @@ class Enqueuer:
     skip_invalid: bool
     on_chunk: Callable[[int], None] | None = None
     should_stop: Callable[[], bool] = lambda: False
+    #: the batch's priority step: waiting for room, higher priorities go first
+    step: int = 3
+    #: told how long the line is while it waits for room (the progress line says so)
+    on_wait: Callable[[str], None] | None = None
 
     def run(self, records: Iterator[Record], resolver: Resolver) -> SubmitReport:
         report = SubmitReport(self.batch_id)
-        for chunk in batched(records, CHUNK):
-            if self.should_stop():
+        bound = self.store.settings.max_queued
+        submit_id = uuid.uuid4().hex
+        for chunk in batched(records, min(CHUNK, bound) if bound else CHUNK):
+            if self.should_stop() or (bound and not self._wait_for_room(submit_id, len(chunk))):
                 report.interrupted = True
                 break
             jobs = []
@@ -212,13 +222,33 @@ class Enqueuer:
                     if not self.skip_invalid:
                         continue
                 jobs.append(to_job(rec, self.source_index))
-            created = self.store.create_jobs(self.batch_id, jobs)
+            created = self.store.create_jobs(self.batch_id, jobs, admit=submit_id if bound else "")
             publish(self.app, self.store.settings, created.messages)
             self._account(report, jobs, created.created, created.existing)
             report.records += len(chunk)
             if self.on_chunk:
                 self.on_chunk(len(chunk))
         return report
+
+    def _wait_for_room(self, submit_id: str, jobs: int) -> bool:
+        """Block until SUMMARIZE_MAX_QUEUED lets this chunk in; False when the submit is stopped meanwhile."""
+        waited = False
+        while True:
+            ok, backlog, place = self.store.admit(submit_id, jobs, self.step)
+            if ok:
+                if waited and self.on_wait:
+                    self.on_wait("")
+                return True
+            if self.on_wait:
+                self.on_wait(
+                    f"waiting for room: {backlog} unfinished of SUMMARIZE_MAX_QUEUED "
+                    f"{self.store.settings.max_queued}" + (f", {place} submit(s) ahead" if place else "")
+                )
+            waited = True
+            for _ in range(5):  # a stop is seen within a tenth of a second
+                if self.should_stop():
+                    return False
+                time.sleep(ROOM_POLL / 5)
 
     def _account(
         self, report: SubmitReport, jobs: list[NewJob], created: list[str], existing: list[tuple[NewJob, str, str]]

@@ -143,7 +143,7 @@ class Packs:
             self.store.run(
                 "pack_state",
                 pack=pack_id,
-                **{"from": frm},
+                expect=frm,
                 to=to,
                 due_ms=-1 if due_s < 0 else int(due_s * 1000),
                 fields=pack(fields),

@@ -5,13 +5,15 @@
 -- ARGV[1] layout: key names (Keys.layout)
 -- ARGV[2] batch: batch id
 -- ARGV[3] per_message: jobs per Celery message
--- ARGV[4] jobs: msgpack array of {id, article (packed Article, '' for an invalid record), metadata JSON
+-- ARGV[4] admit: the submit's id when SUMMARIZE_MAX_QUEUED let this chunk in (its held room is now the
+--         jobs themselves), '' otherwise
+-- ARGV[5] jobs: msgpack array of {id, article (packed Article, '' for an invalid record), metadata JSON
 --         ('' for none), final record ('' for a valid record; the packed failed Final of an invalid one)}
 --
 -- Returns {results, messages}: results[i] = {1} created, or {0, digest, origin} already there;
 -- messages = {step, member} pairs for the caller to publish.
-local b, per = ARGV[2], tonumber(ARGV[3])
-local jobs = cmsgpack.unpack(ARGV[4])
+local b, per, admit = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local jobs = cmsgpack.unpack(ARGV[5])
 local now = now_ms()
 local results, queued_ids, failed = {}, {}, 0
 local out, ids, meta, dead = part(b, 'out'), part(b, 'ids'), part(b, 'meta'), part(b, 'dead')
@@ -48,6 +50,7 @@ if created > 0 then
   redis.call('HINCRBY', bkey(b), 'failed', failed)
   redis.call('INCRBY', L.backlog, #queued_ids)
 end
+if admit ~= '' then redis.call('HDEL', L.admitted, admit) end
 local messages = {}
 enqueue_messages(b, queued_ids, per, now, messages)
 if #queued_ids == 0 and failed > 0 then maybe_finish(b, now) end

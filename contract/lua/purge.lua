@@ -1,0 +1,36 @@
+-- purge.lua: remove a batch from Redis after its results were exported: a chunk of its jobs per call
+-- (the caller walks its ids list), then, with `last`, the batch's own keys and packs.
+--
+-- ARGV[1] layout: key names (Keys.layout)
+-- ARGV[2] batch: batch id
+-- ARGV[3] ids: msgpack array of job ids
+-- ARGV[4] force: '1' removes unfinished jobs too (they are counted out of the backlog); else such a job
+--         stops the purge with an error naming it
+-- ARGV[5] last: '1' on the final call: the batch's keys go too
+--
+-- Returns how many jobs it removed.
+local b, force, last = ARGV[2], ARGV[4] == '1', ARGV[5] == '1'
+local n = 0
+for _, id in ipairs(cmsgpack.unpack(ARGV[3])) do
+  local s = status_of(b, id)
+  if s then
+    local final = s == 'done' or s == 'failed' or s == 'cancelled'
+    if not final then
+      if not force then return redis.error_reply('UNFINISHED ' .. id .. ' is ' .. s) end
+      redis.call('DECR', L.backlog)
+      redis.call('ZREM', L.due, member(b, id))
+    end
+    redis.call('DEL', jkey(b, id), tkey(b, id), pkey(b, id))
+    n = n + 1
+  end
+end
+if last then
+  for _, pk in ipairs(redis.call('SMEMBERS', part(b, 'packs'))) do
+    redis.call('DEL', L.pack .. pk, L.pack .. pk .. L.pack_parts.jobs, L.pack .. pk .. L.pack_parts.twins)
+    redis.call('ZREM', L.packs_due, pk)
+  end
+  for _, k in ipairs(batch_keys(b)) do redis.call('DEL', k) end
+  redis.call('ZREM', L.batches, b)
+  redis.call('ZREM', L.packing, b)
+end
+return n
