@@ -21,6 +21,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +36,10 @@ SAMPLES = ROOT / "samples" / "articles.jsonl"
 PROJECT_PREFIX = "bulksum-composetest-"
 WORKERS = 3
 METRICS_PORT = 9808
+EXPORTER_PORT = 9809
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "summarize.json"
+# What Grafana puts in place of its global variables (compose's Prometheus scrapes every 15 s).
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
 # Base images compose.yaml and the Dockerfile need; scripts/standin-images.sh makes them here.
 BASE_IMAGES = ("python:3.11-slim", "redis:7", "prom/prometheus:v2.42.0")
 IMAGE_LABEL = "org.opencontainers.image.title=bulk-summarize"
@@ -224,7 +229,7 @@ def _healthy(s: Stack) -> bool:
     ok = all(state == ("running", "healthy") for state in states("redis") + states("llm"))
     workers = states("worker")
     ok = ok and len(workers) == WORKERS and all(status == "running" for status, _ in workers)
-    return ok and all(status == "running" for service in ("flower", "prometheus")
+    return ok and all(status == "running" for service in ("flower", "exporter", "prometheus")
                       for status, _ in states(service))
 
 
@@ -244,7 +249,8 @@ def test_image_built_once_and_nothing_pulled(stack: Stack) -> None:
     built = re.findall(r"^Building (\S+)\s*$", out, re.MULTILINE)  # docker-compose 1.29's wording
     if built or stack.compose[-1].endswith("docker-compose"):
         assert built == ["llm"], f"expected one build, by the llm service: {built}"
-    images = {c["Config"]["Image"] for service in ("llm", "worker", "flower") for c in stack.containers(service)}
+    images = {c["Config"]["Image"] for service in ("llm", "worker", "flower", "exporter")
+              for c in stack.containers(service)}
     assert images == {"bulk-summarize:latest"}, images
     assert len(stack.containers("worker")) == WORKERS
 
@@ -259,7 +265,7 @@ def test_grafana_needs_its_profile(stack: Stack) -> None:
 
 
 def test_python_services_run_under_an_init(stack: Stack) -> None:
-    for service in ("llm", "worker", "flower"):
+    for service in ("llm", "worker", "flower", "exporter"):
         for container in stack.containers(service):
             assert container["HostConfig"].get("Init") is True, (service, container["Name"])
 
@@ -343,19 +349,8 @@ def test_prometheus_discovers_every_worker_replica(stack: Stack) -> None:
     assert {t["labels"]["instance"] for t in workers} == {f"{ip}:{METRICS_PORT}" for ip in addresses}
 
 
-def _worker_serves_metrics() -> bool:
-    """Whether the worker code starts its Prometheus endpoint yet (the `metrics_port` setting)."""
-    return any(re.search(r"metrics_port|SUMMARIZE_METRICS_PORT", p.read_text(encoding="utf-8", errors="replace"))
-               for p in (ROOT / "worker").glob("*.py"))
-
-
 def test_prometheus_worker_targets_up(stack: Stack) -> None:
-    # MARKED: the worker's /metrics endpoint (SUMMARIZE_METRICS_PORT, default 9808) is being added to
-    # worker/ separately. Until worker/ uses the setting this is an expected failure; from then on it
-    # must pass, which needs the endpoint listening on all interfaces inside the container.
-    if not _worker_serves_metrics():
-        pytest.xfail("worker/ does not serve SUMMARIZE_METRICS_PORT metrics yet")
-
+    """Every replica serves /metrics on 0.0.0.0:9808 (SUMMARIZE_METRICS_PORT) and Prometheus scrapes it."""
     def all_up() -> bool:
         workers = _by_job(stack.targets(), "worker")
         assert len(workers) == WORKERS, workers
@@ -369,6 +364,52 @@ def test_prometheus_worker_targets_up(stack: Stack) -> None:
                           f"import socket; socket.create_connection(('127.0.0.1', {METRICS_PORT}), 2)", check=False)
         inside = "listening on 127.0.0.1 only?" if probe.returncode == 0 else "nothing listens inside the container"
         pytest.fail(f"worker targets not all up ({inside}): {errors}")
+
+
+def test_prometheus_scrapes_the_exporter(stack: Stack) -> None:
+    def exporter_up() -> bool:
+        exporter = _by_job(stack.targets(), "exporter")
+        assert len(exporter) == 1, exporter
+        assert exporter[0]["labels"]["instance"] == f"exporter:{EXPORTER_PORT}", exporter
+        return bool(exporter[0]["health"] == "up")
+
+    try:
+        _wait_for("Prometheus' exporter target to be up", exporter_up, timeout=90, interval=2)
+    except pytest.fail.Exception:
+        logs = stack.run("logs", "--no-color", "--tail=30", "exporter", check=False)
+        pytest.fail(f"exporter target not up: {_by_job(stack.targets(), 'exporter')}\n{stack._masked(logs.stdout)}")
+    # it reads Redis with the stack's password, from the compose network
+    up = stack.prometheus("/api/v1/query?" + urllib.parse.urlencode({"query": "summarize_redis_up"}))
+    assert [r["value"][1] for r in up["data"]["result"]] == ["1"], up
+
+
+def _query(stack: Stack, expr: str) -> Any:
+    return stack.prometheus("/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+
+
+def test_prometheus_counts_the_samples_done(stack: Stack, batch_id: str) -> None:
+    """The workers' job counters, summed by Prometheus over the replicas, count every sample summarized."""
+    expected = len(_sample_ids())
+
+    def done() -> float:
+        result = _query(stack, 'sum(summarize_jobs_total{outcome="done"})')["data"]["result"]
+        return float(result[0]["value"][1]) if result else 0.0
+
+    counted = _wait_for(f"{expected} jobs done in Prometheus", lambda: done() >= expected, timeout=60, interval=3)
+    assert counted and done() == expected, done()
+    backlog = _query(stack, "summarize_backlog_jobs")["data"]["result"]
+    assert [r["value"][1] for r in backlog] == ["0"], backlog
+
+
+def test_every_dashboard_query_runs_on_the_stack(stack: Stack, batch_id: str) -> None:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    assert exprs
+    for expr in exprs:
+        for variable, value in GRAFANA_VARIABLES.items():
+            expr = expr.replace(variable, value)
+        answer = _query(stack, expr)
+        assert answer["status"] == "success", (expr, answer)
 
 
 # (5) stopping: well inside the grace periods (10 s llm, 60 s worker). Destructive: keep these last.
