@@ -10,16 +10,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin app
 WORKDIR /app
 
-# The dependencies first, read from pyproject.toml alone, so editing the code (or README.md) does not
+# The pinned dependencies first (requirements.lock, `make lock`), so editing the code (or README.md) does not
 # reinstall them; setuptools for the no-isolation install of the package below.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt "setuptools>=68" \
-    && rm /tmp/requirements.txt
+COPY requirements.lock ./
+RUN pip install --no-cache-dir -r requirements.lock "setuptools>=68"
 
 # The package: pyproject.toml needs README.md (its `readme`) and the four packages it lists.
-COPY README.md ./
+COPY pyproject.toml README.md ./
 COPY contract/ contract/
 COPY worker/ worker/
 COPY producer/ producer/

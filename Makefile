@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: bootstrap demo up test test-compose bench lint clean
+.PHONY: bootstrap demo up test test-compose bench lint lock clean
 
 bootstrap:
 	@VENV=$(VENV) bash scripts/bootstrap.sh
@@ -15,9 +15,10 @@ demo: bootstrap
 up: bootstrap
 	$(BIN)/python scripts/demo.py --up
 
-## test: the whole suite against real redis-server, Celery workers and HTTP LLM servers
+## test: the whole suite against real redis-server, Celery workers and HTTP LLM servers; prints coverage
+## of the product code (worker and server subprocesses included: [tool.coverage.run] in pyproject.toml)
 test: bootstrap
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --cov --cov-report=term:skip-covered
 
 ## test-compose: compose.yaml for real: Docker's engine (installed and started if missing), stand-in base
 ## images (scripts/standin-images.sh: Docker Hub is not needed), `up --build --scale worker=3`, submit,
@@ -30,9 +31,16 @@ test-compose: bootstrap
 bench: bootstrap
 	$(BIN)/python -m bench
 
+## lint: formatting, ruff's rules with the complexity gate (C901 <= 12 on product code), mypy --strict over the whole tree
 lint: bootstrap
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+## lock: re-resolve pyproject.toml's dependencies into the pinned requirements*.lock that bootstrap and the image install
+lock: bootstrap
+	$(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
+	$(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links --extra dev -o requirements-dev.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

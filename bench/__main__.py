@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import curator_compare, memory, overhead, peer_compare, ratelimit, submit, throughput
+from . import curator_compare, memory, overhead, peer_compare, ratelimit, redis_memory, submit, throughput
 from .common import Ctx, Figure, fmt, log, machine_info
 
 BENCHMARKS: dict[str, tuple[str, Callable[[Ctx], None]]] = {
@@ -27,6 +27,10 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Ctx], None]]] = {
     "curator": (
         "jobs/s and CPU per job of one worker vs Bespoke Curator's online mode, 200 in flight @ 0.5 s",
         curator_compare.run,
+    ),
+    "redis": (
+        "Redis bytes per queued and finished job at 100k news articles of ~4 KB; export and purge",
+        redis_memory.run,
     ),
 }
 RESULTS = Path(__file__).resolve().parent / "results.md"

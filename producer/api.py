@@ -14,11 +14,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from contract.errors import ConfigError
 from contract.keys import BATCH_ID_RE
-from contract.messaging import make_celery, publish
 from contract.models import known_price, load_prices
 from contract.record import JobResult
 from contract.redisconn import check_reachable, make_redis
@@ -29,6 +29,16 @@ from contract.store import JobStore
 from . import reader
 from .progress import ProgressBar
 from .submit import Checker, Enqueuer, Resolver, SubmitReport, note_repeated, raise_if_invalid
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+
+def publish(client: Client, messages: list[tuple[int, str]]) -> None:
+    """Celery is imported only by what publishes: reading commands start faster without it."""
+    from contract.messaging import publish as send
+
+    send(client.celery, client.settings, messages)
 
 
 def new_batch_id() -> str:
@@ -77,7 +87,7 @@ class Batch:
     def retry(self) -> int:
         """Requeue the batch's failed jobs (the dead-letter set); returns how many."""
         messages, n = self.client.store.retry_failed(self.id)
-        publish(self.client.celery, self.client.settings, messages)
+        publish(self.client, messages)
         return n
 
     def pause(self) -> str:
@@ -94,7 +104,7 @@ class Batch:
         state, _ = self.client.store.control(self.id, "resume")
         if state == "running":
             messages, _ = self.client.store.unpark(self.id)
-            publish(self.client.celery, self.client.settings, messages)
+            publish(self.client, messages)
         return state
 
     def purge(self, force: bool = False) -> int:
@@ -116,7 +126,13 @@ class Client:
         check_reachable(self.settings)
         self.redis = make_redis(self.settings, max_connections=8)
         self.store = JobStore(make_redis(self.settings, max_connections=8, decode=False), self.settings)
-        self.celery = make_celery(self.settings, "producer")
+
+    @cached_property
+    def celery(self) -> Celery:
+        """The broker connection, made when something is published (reading commands never need it)."""
+        from contract.messaging import make_celery
+
+        return make_celery(self.settings, "producer")
 
     def batch(self, batch_id: str) -> Batch:
         self.store.require_batch(batch_id)
@@ -230,7 +246,7 @@ class Client:
         bar = ProgressBar(f"submit {batch_id}", checked.records) if progress else None
         enqueuer = Enqueuer(
             self.store,
-            self.celery,
+            lambda messages: publish(self, messages),
             batch_id,
             index,
             skip_invalid,
@@ -247,7 +263,8 @@ class Client:
     def close(self) -> None:
         self.redis.close()
         self.store.r.close()
-        self.celery.close()
+        if "celery" in self.__dict__:
+            self.celery.close()
 
 
 def submit(items: Iterable[str | dict[str, Any]], **kwargs: Any) -> Batch:

@@ -8,18 +8,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
+if TYPE_CHECKING:  # rich costs its import time: only a terminal pays for it
+    from rich.progress import Progress
+    from rich.table import Table
 
 #: seconds between plain progress lines when stderr is not a terminal
 PLAIN_EVERY = 5.0
@@ -35,6 +28,16 @@ class ProgressBar:
         self._last_line = 0.0
         self._bar: Progress | None = None
         if self.stream.isatty():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
             self._bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -79,6 +82,8 @@ class ProgressBar:
 
 def status_table(status: dict[str, Any]) -> Table:
     """`summarize status` for people: one row per figure."""
+    from rich.table import Table
+
     table = Table(title=f"batch {status['batch']}", show_header=False, title_justify="left", box=None)
     table.add_column(style="bold", no_wrap=True)
     table.add_column(no_wrap=True)
@@ -135,6 +140,8 @@ def status_notes(status: dict[str, Any]) -> list[str]:
 
 
 def print_table(table: Table, stream: TextIO | None = None) -> None:
+    from rich.console import Console
+
     out = stream or sys.stdout
     # Piped, a line is never wrapped: scripts read it whole.
     Console(file=out, width=None if out.isatty() else 10_000).print(table)

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import numpy
-
 from contract.errors import InputError
 
 MAX_ID_CHARS = 200
@@ -205,7 +203,7 @@ class IdIndex:
     """
 
     def __init__(self) -> None:
-        self._chunks: list[numpy.ndarray[Any, Any]] = []
+        self._chunks: list[Any] = []  # numpy arrays of uint64
         self._current: list[int] = []
 
     def add(self, job_id: str) -> None:
@@ -214,12 +212,16 @@ class IdIndex:
             self._flush()
 
     def _flush(self) -> None:
+        import numpy  # only a submit pays for it
+
         if self._current:
             self._chunks.append(numpy.array(self._current, dtype=numpy.uint64))
             self._current = []
 
     def repeated(self) -> set[int]:
         """Hashes of ids seen more than once."""
+        import numpy
+
         self._flush()
         if not self._chunks:
             return set()

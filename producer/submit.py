@@ -15,12 +15,9 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from celery import Celery
-
 from contract.errors import InputError, InvalidInput
-from contract.messaging import publish
 from contract.record import Article, digest
-from contract.store import JobStore, NewJob, batched
+from contract.store import JobStore, Message, NewJob, batched
 
 from .reader import Record, id_hash
 
@@ -196,7 +193,8 @@ class Enqueuer:
     """Pass 2: store and publish chunk by chunk."""
 
     store: JobStore
-    app: Celery
+    #: publishes the messages a chunk's script grouped (contract.messaging.publish, bound to the broker)
+    publish: Callable[[list[Message]], None]
     batch_id: str
     source_index: int
     skip_invalid: bool
@@ -223,7 +221,7 @@ class Enqueuer:
                         continue
                 jobs.append(to_job(rec, self.source_index))
             created = self.store.create_jobs(self.batch_id, jobs, admit=submit_id if bound else "")
-            publish(self.app, self.store.settings, created.messages)
+            self.publish(created.messages)
             self._account(report, jobs, created.created, created.existing)
             report.records += len(chunk)
             if self.on_chunk:

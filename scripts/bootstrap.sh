@@ -21,6 +21,8 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 [ -x /usr/bin/prometheus ] || need_apt+=(prometheus)
+# libfaketime: tests/test_reliability.py runs a worker whose wall clock is 90 s ahead of everyone else's
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || [ "$(uname -m)" != x86_64 ] || need_apt+=(faketime)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: installing ${need_apt[*]} with apt-get" >&2
   apt_install "${need_apt[@]}"
@@ -42,10 +44,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "bootstrap: creating $VENV" >&2
   python3 -m venv "$VENV"
 fi
+# The pinned versions of requirements-dev.lock (`make lock` refreshes it from pyproject.toml), then the
+# package itself without resolving anything again.
 stamp="$VENV/.installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "bootstrap: installing the package and dev tools into $VENV" >&2
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements-dev.lock -nt "$stamp" ]; then
+  echo "bootstrap: installing requirements-dev.lock and the package into $VENV" >&2
   "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip >/dev/null
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements-dev.lock
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e .
   touch "$stamp"
 fi

@@ -45,8 +45,17 @@ CANONICAL = {
 
 # The full command lines, exactly.
 EXPECTED_COMMANDS = {
-    "redis": ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec",
-              "--maxmemory-policy", "noeviction", "--requirepass", "change-me"],
+    "redis": [
+        "redis-server",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--maxmemory-policy",
+        "noeviction",
+        "--requirepass",
+        "change-me",
+    ],
     "llm": ["summarize", "llm-serve", "--host", "0.0.0.0", "--port", "8765"],
     "worker": ["celery", "-A", "worker", "worker", "--loglevel=INFO"],
     "flower": ["celery", "-A", "worker", "flower", "--port=5555"],
@@ -63,9 +72,20 @@ METRICS_PORT = 9808
 EXPORTER_PORT = 9809
 
 # Variables the file reads, dropped from the environment docker-compose sees.
-COMPOSE_VARS = ("REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "OPENAI_BASE_URL", "OPENAI_API_KEY",
-                "SUMMARIZE_MODEL", "SUMMARIZE_RPM", "SUMMARIZE_TPM", "FLOWER_PORT", "PROMETHEUS_PORT",
-                "GRAFANA_PORT", "GRAFANA_ADMIN_USER", "GRAFANA_ADMIN_PASSWORD")
+COMPOSE_VARS = (
+    "REDIS_PASSWORD",
+    "FLOWER_BASIC_AUTH",
+    "OPENAI_BASE_URL",
+    "OPENAI_API_KEY",
+    "SUMMARIZE_MODEL",
+    "SUMMARIZE_RPM",
+    "SUMMARIZE_TPM",
+    "FLOWER_PORT",
+    "PROMETHEUS_PORT",
+    "GRAFANA_PORT",
+    "GRAFANA_ADMIN_USER",
+    "GRAFANA_ADMIN_PASSWORD",
+)
 # The only secret values the file may spell out: documented placeholders (and "no key").
 ALLOWED_SECRET_DEFAULTS = {"", "change-me", "admin:change-me"}
 SECRETISH = re.compile(r"PASS|SECRET|TOKEN|KEY|AUTH|CREDENTIAL", re.IGNORECASE)
@@ -76,12 +96,23 @@ def _compose(*args: str, env: dict[str, str] | None = None, tmp: Path) -> str:
     assert DOCKER_COMPOSE is not None
     env_file = tmp / "empty.env"
     env_file.write_text("")
-    run_env = {k: v for k, v in os.environ.items()
-               if k not in COMPOSE_VARS and k not in ("PYTHONPATH", "PYTHONHOME", "COMPOSE_FILE",
-                                                    "COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME")}
+    run_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in COMPOSE_VARS
+        and k not in ("PYTHONPATH", "PYTHONHOME", "COMPOSE_FILE", "COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME")
+    }
     run_env.update(env or {})
-    cmd = [DOCKER_COMPOSE, "--env-file", str(env_file), "-f", str(COMPOSE_FILE),
-           "--project-directory", str(ROOT), *args]
+    cmd = [
+        DOCKER_COMPOSE,
+        "--env-file",
+        str(env_file),
+        "-f",
+        str(COMPOSE_FILE),
+        "--project-directory",
+        str(ROOT),
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=run_env, timeout=60, check=False)
     assert proc.returncode == 0, f"{shlex.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
     return proc.stdout
@@ -103,7 +134,11 @@ def _load_yaml(text: str) -> Any:
     interpreter = shlex.split(first[2:])
     out = subprocess.run(
         [*interpreter, "-c", "import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)"],
-        input=text, capture_output=True, text=True, check=True, timeout=60,
+        input=text,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
         env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")},
     ).stdout
     return json.loads(out)
@@ -167,6 +202,7 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
 
 # (1) validity
 
+
 def test_config_validates_with_and_without_profiles(tmp_env_dir: Path) -> None:
     assert _compose("config", "-q", tmp=tmp_env_dir) == ""
     assert _compose("--profile", "producer", "config", "-q", tmp=tmp_env_dir) == ""
@@ -192,9 +228,18 @@ def test_producer_and_grafana_are_only_in_their_profiles(tmp_env_dir: Path, conf
 
 # (2) services
 
+
 def test_services_exist(config: dict[str, Any]) -> None:
     assert set(config["services"]) == {
-        "redis", "llm", "worker", "flower", "exporter", "prometheus", "grafana", "producer"}
+        "redis",
+        "llm",
+        "worker",
+        "flower",
+        "exporter",
+        "prometheus",
+        "grafana",
+        "producer",
+    }
 
 
 def test_worker_can_scale(config: dict[str, Any]) -> None:
@@ -205,10 +250,10 @@ def test_worker_can_scale(config: dict[str, Any]) -> None:
 
 def test_flower_published_on_5555_with_basic_auth(config: dict[str, Any]) -> None:
     flower = config["services"]["flower"]
-    published = {str(p.get("published")) if isinstance(p, dict) else str(p).split(":")[-2]
-                 for p in flower.get("ports", [])}
-    targets = {str(p.get("target")) if isinstance(p, dict) else str(p).split(":")[-1]
-               for p in flower.get("ports", [])}
+    published = {
+        str(p.get("published")) if isinstance(p, dict) else str(p).split(":")[-2] for p in flower.get("ports", [])
+    }
+    targets = {str(p.get("target")) if isinstance(p, dict) else str(p).split(":")[-1] for p in flower.get("ports", [])}
     assert "5555" in published and "5555" in targets
     assert _environment(flower)["FLOWER_BASIC_AUTH"] == "admin:change-me"
 
@@ -219,8 +264,10 @@ def test_redis_durable_and_password_protected(config: dict[str, Any]) -> None:
     cmd = _command(redis)
     assert cmd[cmd.index("--appendonly") + 1] == "yes"
     assert cmd[cmd.index("--requirepass") + 1] == "change-me"
-    mounts = [v if isinstance(v, dict) else dict(zip(("source", "target"), str(v).split(":"), strict=False))
-              for v in redis.get("volumes", [])]
+    mounts = [
+        v if isinstance(v, dict) else dict(zip(("source", "target"), str(v).split(":"), strict=False))
+        for v in redis.get("volumes", [])
+    ]
     assert any(m.get("source") == "redis-data" and m.get("target") == "/data" for m in mounts), mounts
     assert "redis-data" in config.get("volumes", {})
     # The healthcheck authenticates through REDISCLI_AUTH, never `-a <password>` on a command line.
@@ -310,8 +357,11 @@ def test_base_images_have_stand_ins(config: dict[str, Any]) -> None:
     made = set(re.findall(r"^(?:PYTHON|REDIS|PROMETHEUS)_TAG=(\S+)$", script, re.MULTILINE))
     base = re.search(r"^FROM\s+(\S+)", DOCKERFILE.read_text(encoding="utf-8"), re.MULTILINE)
     assert base is not None
-    needed = {base.group(1)} | {service["image"] for name, service in config["services"].items()
-                                if name not in PYTHON_SERVICES and not service.get("profiles")}
+    needed = {base.group(1)} | {
+        service["image"]
+        for name, service in config["services"].items()
+        if name not in PYTHON_SERVICES and not service.get("profiles")
+    }
     assert needed == made, f"compose/Dockerfile need {sorted(needed)}, the stand-in script makes {sorted(made)}"
 
 
@@ -322,8 +372,9 @@ def test_prometheus_service(config: dict[str, Any]) -> None:
     assert Path(mounts["/etc/prometheus/prometheus.yml"]).resolve() == PROMETHEUS_CONFIG, mounts
     assert mounts["/prometheus"] == "prometheus-data", mounts
     assert "prometheus-data" in config.get("volumes", {})
-    published = {str(p.get("published")) if isinstance(p, dict) else str(p).split(":")[-2]
-                 for p in prometheus.get("ports", [])}
+    published = {
+        str(p.get("published")) if isinstance(p, dict) else str(p).split(":")[-2] for p in prometheus.get("ports", [])
+    }
     assert "9090" in published
 
 
@@ -334,7 +385,8 @@ def test_prometheus_scrapes_every_worker_replica_the_exporter_and_flower(
     worker = jobs["worker"]
     # Docker's embedded DNS: one A record per replica of the `worker` service
     assert worker["dns_sd_configs"] == [
-        {"names": ["worker"], "type": "A", "port": METRICS_PORT, "refresh_interval": "15s"}]
+        {"names": ["worker"], "type": "A", "port": METRICS_PORT, "refresh_interval": "15s"}
+    ]
     assert worker.get("metrics_path", "/metrics") == "/metrics"
     env = _environment(config["services"]["worker"])
     assert env["SUMMARIZE_METRICS_PORT"] == str(METRICS_PORT)
@@ -392,6 +444,7 @@ def test_dashboard_kept_in_the_repo() -> None:
 
 # (3) commands: the same as the README runs by hand
 
+
 @pytest.mark.parametrize("service", sorted(EXPECTED_COMMANDS))
 def test_command_exact(config: dict[str, Any], service: str) -> None:
     assert _command(config["services"][service]) == EXPECTED_COMMANDS[service]
@@ -410,6 +463,7 @@ def test_readme_shows_canonical_command(service: str, canonical: str) -> None:
 
 
 # (4) no secrets in the file
+
 
 def test_secret_defaults_are_documented_placeholders() -> None:
     text = COMPOSE_FILE.read_text(encoding="utf-8")
@@ -436,9 +490,14 @@ def test_secret_settings_come_from_variables(raw_config: dict[str, Any]) -> None
 
 def test_every_placeholder_is_replaced_by_the_environment(tmp_env_dir: Path) -> None:
     """With the variables set, no `change-me` is left: every secret site reads its variable."""
-    env = {"REDIS_PASSWORD": "pw-from-env-0123", "FLOWER_BASIC_AUTH": "ops:flower-from-env",
-           "OPENAI_API_KEY": "key-from-env", "GRAFANA_ADMIN_PASSWORD": "grafana-from-env",
-           "FLOWER_PORT": "15555", "PROMETHEUS_PORT": "19090"}
+    env = {
+        "REDIS_PASSWORD": "pw-from-env-0123",
+        "FLOWER_BASIC_AUTH": "ops:flower-from-env",
+        "OPENAI_API_KEY": "key-from-env",
+        "GRAFANA_ADMIN_PASSWORD": "grafana-from-env",
+        "FLOWER_PORT": "15555",
+        "PROMETHEUS_PORT": "19090",
+    }
     out = _compose(*PROFILES, "config", env=env, tmp=tmp_env_dir)
     assert "change-me" not in out
     services = _load_yaml(out)["services"]

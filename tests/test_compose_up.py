@@ -53,9 +53,11 @@ pytestmark = pytest.mark.timeout(1200)
 
 def _compose_command() -> list[str]:
     """Docker Compose v2 (`docker compose`) if the CLI has it, else docker-compose 1.29."""
-    if shutil.which("docker") and subprocess.run(
-        ["docker", "compose", "version"], capture_output=True, check=False, timeout=30
-    ).returncode == 0:
+    if (
+        shutil.which("docker")
+        and subprocess.run(["docker", "compose", "version"], capture_output=True, check=False, timeout=30).returncode
+        == 0
+    ):
         return ["docker", "compose"]
     legacy = shutil.which("docker-compose")
     if legacy is None:
@@ -101,14 +103,26 @@ class Stack:
     timings: dict[str, float] = field(default_factory=dict)
 
     def run(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = [*self.compose, "-p", self.project, "-f", str(COMPOSE_FILE), "--project-directory", str(ROOT),
-               "--env-file", str(self.env_file), *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=timeout, check=False,
-                              stdin=subprocess.DEVNULL)
+        cmd = [
+            *self.compose,
+            "-p",
+            self.project,
+            "-f",
+            str(COMPOSE_FILE),
+            "--project-directory",
+            str(ROOT),
+            "--env-file",
+            str(self.env_file),
+            *args,
+        ]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=self.env, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+        )
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"`{' '.join(args)}` exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
-                f"--- stderr\n{self._masked(proc.stderr[-4000:])}")
+                f"--- stderr\n{self._masked(proc.stderr[-4000:])}"
+            )
         return proc
 
     def _masked(self, text: str) -> str:
@@ -157,15 +171,42 @@ def _wait_for(what: str, check: Any, timeout: float, interval: float = 1.0) -> A
 def _down_leftovers(compose: list[str], env: dict[str, str]) -> None:
     """Projects of an earlier run that was killed before its own `down -v`."""
     out = subprocess.run(
-        ["docker", "ps", "-a", "--filter", "label=com.docker.compose.project",
-         "--format", '{{.Label "com.docker.compose.project"}}'],
-        capture_output=True, text=True, check=False, timeout=60,
+        [
+            "docker",
+            "ps",
+            "-a",
+            "--filter",
+            "label=com.docker.compose.project",
+            "--format",
+            '{{.Label "com.docker.compose.project"}}',
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     ).stdout.split()
     for project in sorted(set(out)):
         if project.startswith(PROJECT_PREFIX):
-            subprocess.run([*compose, "-p", project, "-f", str(COMPOSE_FILE), "--project-directory", str(ROOT),
-                            "down", "-v", "--remove-orphans", "-t", "5"],
-                           capture_output=True, env=env, check=False, timeout=300)
+            subprocess.run(
+                [
+                    *compose,
+                    "-p",
+                    project,
+                    "-f",
+                    str(COMPOSE_FILE),
+                    "--project-directory",
+                    str(ROOT),
+                    "down",
+                    "-v",
+                    "--remove-orphans",
+                    "-t",
+                    "5",
+                ],
+                capture_output=True,
+                env=env,
+                check=False,
+                timeout=300,
+            )
 
 
 @pytest.fixture(scope="module")
@@ -188,14 +229,36 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         f"FLOWER_PORT={flower_port}\nPROMETHEUS_PORT={prometheus_port}\nGRAFANA_PORT={_free_port()}\n"
     )
     # A developer's own settings must not change the stack (nor leak into a failure message).
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("REDIS_", "FLOWER_", "OPENAI_", "SUMMARIZE_", "COMPOSE_", "GRAFANA_",
-                                "PROMETHEUS_", "DOCKER_HOST", "PYTHONPATH", "PYTHONHOME"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(
+            (
+                "REDIS_",
+                "FLOWER_",
+                "OPENAI_",
+                "SUMMARIZE_",
+                "COMPOSE_",
+                "GRAFANA_",
+                "PROMETHEUS_",
+                "DOCKER_HOST",
+                "PYTHONPATH",
+                "PYTHONHOME",
+            )
+        )
+    }
     env["DOCKER_BUILDKIT"] = "0"  # the legacy builder: this machine's CLI may have no buildx plugin
     _down_leftovers(compose, env)
-    s = Stack(project=f"{PROJECT_PREFIX}{secrets.token_hex(4)}", env_file=env_file, compose=compose, env=env,
-              redis_password=redis_password, flower_auth=flower_auth, flower_port=flower_port,
-              prometheus_port=prometheus_port)
+    s = Stack(
+        project=f"{PROJECT_PREFIX}{secrets.token_hex(4)}",
+        env_file=env_file,
+        compose=compose,
+        env=env,
+        redis_password=redis_password,
+        flower_auth=flower_auth,
+        flower_port=flower_port,
+        prometheus_port=prometheus_port,
+    )
     try:
         started = time.monotonic()
         up = s.run("up", "-d", "--build", "--scale", f"worker={WORKERS}", timeout=1500)
@@ -203,8 +266,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s.timings["up --build"] = time.monotonic() - started
         _wait_for("redis and llm to be healthy and the rest running", lambda: _healthy(s), timeout=180)
         _wait_for("Flower to answer", lambda: s.flower("/").status == 401, timeout=60)
-        _wait_for("Prometheus to be ready", lambda: _http(f"http://127.0.0.1:{prometheus_port}/-/ready").status == 200,
-                  timeout=60)
+        _wait_for(
+            "Prometheus to be ready",
+            lambda: _http(f"http://127.0.0.1:{prometheus_port}/-/ready").status == 200,
+            timeout=60,
+        )
         s.timings["healthy"] = time.monotonic() - started
         yield s
     except BaseException:
@@ -216,21 +282,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if down.returncode != 0:
             print(f"down -v failed: {s._masked(down.stderr)}")
         # images of earlier builds, untagged by this one (the Dockerfile labels every layer)
-        subprocess.run(["docker", "image", "prune", "-f", "--filter", f"label={IMAGE_LABEL}"],
-                       capture_output=True, check=False, timeout=300)
+        subprocess.run(
+            ["docker", "image", "prune", "-f", "--filter", f"label={IMAGE_LABEL}"],
+            capture_output=True,
+            check=False,
+            timeout=300,
+        )
         print(f"compose stack timings: {', '.join(f'{k} {v:.1f} s' for k, v in s.timings.items())}")
 
 
 def _healthy(s: Stack) -> bool:
     def states(service: str) -> list[tuple[str, str]]:
-        return [(c["State"]["Status"], (c["State"].get("Health") or {}).get("Status", ""))
-                for c in s.containers(service)]
+        return [
+            (c["State"]["Status"], (c["State"].get("Health") or {}).get("Status", "")) for c in s.containers(service)
+        ]
 
     ok = all(state == ("running", "healthy") for state in states("redis") + states("llm"))
     workers = states("worker")
     ok = ok and len(workers) == WORKERS and all(status == "running" for status, _ in workers)
-    return ok and all(status == "running" for service in ("flower", "exporter", "prometheus")
-                      for status, _ in states(service))
+    return ok and all(
+        status == "running" for service in ("flower", "exporter", "prometheus") for status, _ in states(service)
+    )
 
 
 def _sample_ids() -> list[str]:
@@ -243,14 +315,16 @@ def _sample_ids() -> list[str]:
 
 # (1) the image is built once, nothing is pulled
 
+
 def test_image_built_once_and_nothing_pulled(stack: Stack) -> None:
     out = stack.up_output
     assert not re.search(r"^\s*Pulling\b", out, re.MULTILINE), out[-3000:]
     built = re.findall(r"^Building (\S+)\s*$", out, re.MULTILINE)  # docker-compose 1.29's wording
     if built or stack.compose[-1].endswith("docker-compose"):
         assert built == ["llm"], f"expected one build, by the llm service: {built}"
-    images = {c["Config"]["Image"] for service in ("llm", "worker", "flower", "exporter")
-              for c in stack.containers(service)}
+    images = {
+        c["Config"]["Image"] for service in ("llm", "worker", "flower", "exporter") for c in stack.containers(service)
+    }
     assert images == {"bulk-summarize:latest"}, images
     assert len(stack.containers("worker")) == WORKERS
 
@@ -258,9 +332,20 @@ def test_image_built_once_and_nothing_pulled(stack: Stack) -> None:
 def test_grafana_needs_its_profile(stack: Stack) -> None:
     """`up` without `--profile monitoring-ui` neither starts Grafana nor needs its image (not built here)."""
     grafana = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={stack.project}",
-         "--filter", "label=com.docker.compose.service=grafana"],
-        capture_output=True, text=True, check=True, timeout=60).stdout.split()
+        [
+            "docker",
+            "ps",
+            "-aq",
+            "--filter",
+            f"label=com.docker.compose.project={stack.project}",
+            "--filter",
+            "label=com.docker.compose.service=grafana",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
     assert grafana == []
 
 
@@ -279,6 +364,7 @@ def test_redis_never_evicts(stack: Stack) -> None:
 
 
 # (2) submit through the producer profile, read the summaries back
+
 
 @pytest.fixture(scope="module")
 def batch_id(stack: Stack) -> str:
@@ -311,6 +397,7 @@ def test_every_sample_is_summarized(stack: Stack, batch_id: str) -> None:
 
 # (3) Flower: basic auth on the UI and API, /metrics open for Prometheus
 
+
 def test_flower_requires_basic_auth(stack: Stack) -> None:
     assert stack.flower("/").status == 401
     assert stack.flower("/api/workers").status == 401
@@ -324,6 +411,7 @@ def test_flower_requires_basic_auth(stack: Stack) -> None:
 
 
 # (4) Prometheus: Flower and every worker replica
+
 
 def _by_job(targets: list[dict[str, Any]], job: str) -> list[dict[str, Any]]:
     return [t for t in targets if t["labels"].get("job") == job]
@@ -344,13 +432,17 @@ def test_prometheus_discovers_every_worker_replica(stack: Stack) -> None:
         return workers if len(workers) == WORKERS else None
 
     workers = _wait_for(f"{WORKERS} worker targets (dns_sd_configs on `worker`)", three_workers, timeout=90, interval=2)
-    addresses = {c["NetworkSettings"]["Networks"][net]["IPAddress"]
-                 for c in stack.containers("worker") for net in c["NetworkSettings"]["Networks"]}
+    addresses = {
+        c["NetworkSettings"]["Networks"][net]["IPAddress"]
+        for c in stack.containers("worker")
+        for net in c["NetworkSettings"]["Networks"]
+    }
     assert {t["labels"]["instance"] for t in workers} == {f"{ip}:{METRICS_PORT}" for ip in addresses}
 
 
 def test_prometheus_worker_targets_up(stack: Stack) -> None:
     """Every replica serves /metrics on 0.0.0.0:9808 (SUMMARIZE_METRICS_PORT) and Prometheus scrapes it."""
+
     def all_up() -> bool:
         workers = _by_job(stack.targets(), "worker")
         assert len(workers) == WORKERS, workers
@@ -360,8 +452,15 @@ def test_prometheus_worker_targets_up(stack: Stack) -> None:
         _wait_for(f"all {WORKERS} worker targets to be up", all_up, timeout=90, interval=2)
     except pytest.fail.Exception:
         errors = {t["labels"]["instance"]: (t["health"], t["lastError"]) for t in _by_job(stack.targets(), "worker")}
-        probe = stack.run("exec", "-T", "worker", "python", "-c",
-                          f"import socket; socket.create_connection(('127.0.0.1', {METRICS_PORT}), 2)", check=False)
+        probe = stack.run(
+            "exec",
+            "-T",
+            "worker",
+            "python",
+            "-c",
+            f"import socket; socket.create_connection(('127.0.0.1', {METRICS_PORT}), 2)",
+            check=False,
+        )
         inside = "listening on 127.0.0.1 only?" if probe.returncode == 0 else "nothing listens inside the container"
         pytest.fail(f"worker targets not all up ({inside}): {errors}")
 
@@ -413,6 +512,7 @@ def test_every_dashboard_query_runs_on_the_stack(stack: Stack, batch_id: str) ->
 
 
 # (5) stopping: well inside the grace periods (10 s llm, 60 s worker). Destructive: keep these last.
+
 
 def test_llm_stops_promptly(stack: Stack) -> None:
     started = time.monotonic()

@@ -23,6 +23,7 @@ from typing import Any
 import redis
 from celery import Celery
 
+from contract.aioredis import make_async_redis
 from contract.errors import (
     BatchCancelled,
     BatchNotFound,
@@ -36,7 +37,6 @@ from contract.errors import (
 from contract.job import ClaimedJob
 from contract.messaging import publish
 from contract.models import Price
-from contract.redisconn import make_async_redis
 from contract.settings import Settings
 from contract.spec import BatchSpec
 from contract.store import Message

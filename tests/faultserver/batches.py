@@ -76,8 +76,16 @@ def stats(app: web.Application) -> JSONObject:
 
 def _batch_stats(batch: Batch) -> JSONObject:
     public = batch.public()
-    keys = ("id", "status", "metadata", "request_counts", "created_at", "input_file_id", "output_file_id",
-            "error_file_id")
+    keys = (
+        "id",
+        "status",
+        "metadata",
+        "request_counts",
+        "created_at",
+        "input_file_id",
+        "output_file_id",
+        "error_file_id",
+    )
     return {**{k: public[k] for k in keys}, "custom_ids": batch.custom_ids()}
 
 
@@ -132,10 +140,12 @@ async def create_batch(request: web.Request) -> web.StreamResponse:
         state.batch_creates_refused += exc.status == 429
         raise
     # Used up only by a batch that exists: a refused create must not eat the next batch's fault.
-    state.config = cfg.updated({
-        "batch_fail_next": max(cfg.batch_fail_next - 1, 0),
-        "batch_expire_next": max(cfg.batch_expire_next - 1, 0),
-    })
+    state.config = cfg.updated(
+        {
+            "batch_fail_next": max(cfg.batch_fail_next - 1, 0),
+            "batch_expire_next": max(cfg.batch_expire_next - 1, 0),
+        }
+    )
     created = batch.public()
     if cfg.batch_create_response_delay > 0:
         # The batch exists and runs; only the answer is late, as when a client dies before recording it.

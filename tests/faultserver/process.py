@@ -48,8 +48,13 @@ class FaultServer:
         self.host = host
         self.port = port or 0
         self._requested_port = port
-        self._options = {"latency": latency, "rpm": rpm, "tpm": tpm, "context-tokens": context_tokens,
-                         "batch-delay": batch_delay}
+        self._options = {
+            "latency": latency,
+            "rpm": rpm,
+            "tpm": tpm,
+            "context-tokens": context_tokens,
+            "batch-delay": batch_delay,
+        }
         self._api_key = api_key
         self._startup_timeout = startup_timeout
         self._proc: subprocess.Popen[bytes] | None = None

@@ -14,15 +14,17 @@ MAX_SYSTEM_PROMPTS = 100
 
 # Config keys by kind: the validation of each kind is written once.
 _FLOAT_KEYS = frozenset({"latency", "batch_delay", "batch_create_response_delay"})
-_INT_KEYS = frozenset({
-    "rpm",
-    "tpm",
-    "context_tokens",
-    "enqueued_token_limit",
-    "batch_expire_next",
-    "batch_fail_next",
-    "batch_create_429_next",
-})
+_INT_KEYS = frozenset(
+    {
+        "rpm",
+        "tpm",
+        "context_tokens",
+        "enqueued_token_limit",
+        "batch_expire_next",
+        "batch_fail_next",
+        "batch_create_429_next",
+    }
+)
 
 
 @dataclass(slots=True)
