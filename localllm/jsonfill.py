@@ -3,13 +3,15 @@
 Pure and dependency-free so the offline server and the test fault server give the same kind of answer:
 string fields named like a headline get the lead sentence, other strings the summary, arrays of strings
 the best sentences, numbers the summary's word count within the schema's bounds, booleans false, enums
-their first value. Every property is filled, which is what strict mode demands. Only what OpenAI's
-structured outputs accept is handled (local ``$ref``, ``anyOf``, ``enum``/``const``, bounds); ``pattern``
-and ``format`` are not generated.
+the value the text names most often (else one meaning "other", else the first). Every property is
+filled, which is what strict mode demands. Only what OpenAI's structured outputs accept is handled
+(local ``$ref``, ``anyOf``, ``enum``/``const``, bounds); ``pattern`` and ``format`` are not generated.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +22,8 @@ JSONObject = dict[str, Any]
 MAX_DEPTH = 8
 DEFAULT_ARRAY_ITEMS = 3
 _LEAD_NAMES = ("headline", "title", "lead")
+# What an enum offers for "none of these": chosen when the text names none of the values.
+_OTHER_VALUES = ("other", "unknown", "none", "n/a")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +70,7 @@ class _Filler:
             return schema["const"]
         enum = schema.get("enum")
         if isinstance(enum, list) and enum:
-            return enum[0]
+            return self._choose(enum)
         for key in ("anyOf", "oneOf", "allOf"):
             options = schema.get(key)
             if isinstance(options, list) and options:
@@ -81,6 +85,19 @@ class _Filler:
             schema = _pointer(self.root, schema["$ref"])
             seen += 1
         return schema if isinstance(schema, dict) else {}
+
+    def _choose(self, enum: list[Any]) -> Any:
+        """The value the text names most often: an honest classifier for an extractive server, nothing more."""
+        words = re.findall(r"[a-z0-9]+", " ".join((self.text.summary, *self.text.sentences)).lower())
+        counts = Counter(words)
+
+        def named(value: Any) -> int:
+            return sum(counts[w] for w in re.findall(r"[a-z0-9]+", str(value).lower())) if isinstance(value, str) else 0
+
+        best = max(enum, key=named)
+        if named(best) > 0:
+            return best
+        return next((v for v in enum if isinstance(v, str) and v.lower() in _OTHER_VALUES), enum[0])
 
     def _object(self, schema: JSONObject, name: str, depth: int) -> JSONObject:
         properties = schema.get("properties")

@@ -1,7 +1,9 @@
 """`make demo` and `make up`: the whole system on one machine, with the offline LLM unless a key is set.
 
 demo: start Redis, the local LLM server (no OPENAI_API_KEY / OPENAI_BASE_URL), a worker and Flower;
-submit samples/articles.jsonl as one batch with a progress bar; print every summary; stop everything.
+submit samples/articles.jsonl as one batch with a progress bar; print every summary; then a second batch
+with a custom prompt and a JSON Schema (samples/brief.*), priced, and its `status` (tokens, cost); then
+the first file again, answered from the result cache with no LLM call; stop everything.
 up:   the same stack, left running until Ctrl-C, for your own `summarize submit ...`.
 """
 
@@ -70,6 +72,9 @@ def main() -> int:
             r = json.loads(line)
             print(f"\n== {r['id']} [{r['status']}] ({r['model']}, {(r['usage'] or {}).get('total_tokens', 0)} tokens)")
             print(r["summary"] or f"ERROR {r['error_type']}: {r['error']}")
+        if submit.returncode == 0:
+            briefs(stack, args.input)
+            cached(stack, args.input)
         print(
             f"\ndemo: batch {batch_id}: results in {out}; Flower was at {flower}; "
             f"wall time {time.monotonic() - started:.1f}s",
@@ -80,6 +85,56 @@ def main() -> int:
         return 0
     finally:
         stack.stop()
+
+
+def briefs(stack: Stack, path: str) -> None:
+    """A batch of structured briefs: its own prompt and schema, priced so `status` shows the accounting."""
+    out = stack.workdir / "demo-briefs.jsonl"
+    samples = ROOT / "samples"
+    # The local model costs nothing; the prices are gpt-4o-mini's list prices, to show what the batch would cost.
+    batch = _summarize(
+        stack,
+        "submit",
+        path,
+        "--batch-id",
+        f"briefs-{int(time.time())}",
+        "--prompt",
+        str(samples / "brief.txt"),
+        "--json-schema",
+        str(samples / "brief.schema.json"),
+        "--max-words",
+        "60",
+        "--price-in",
+        "0.15",
+        "--price-out",
+        "0.60",
+        "--wait",
+        "-q",
+        "--out",
+        str(out),
+    )
+    print(
+        "\n== a second batch: --prompt samples/brief.txt --json-schema samples/brief.schema.json (3 of 12 rows' data)"
+    )
+    for line in out.read_text(encoding="utf-8").splitlines()[:3]:
+        r = json.loads(line)
+        print(json.dumps({"id": r["id"], "data": r.get("data"), "cost_usd": r.get("cost_usd")}, ensure_ascii=False))
+    print(_summarize(stack, "status", batch))
+
+
+def cached(stack: Stack, path: str) -> None:
+    """The first file again as a new batch: every answer comes from the result cache, no LLM call."""
+    batch = _summarize(stack, "submit", path, "--batch-id", f"again-{int(time.time())}", "--wait", "-q")
+    print("\n== the first file again, as a new batch: answered from the result cache")
+    print(_summarize(stack, "status", batch))
+
+
+def _summarize(stack: Stack, *argv: str) -> str:
+    """Runs the CLI; its last line of output (the batch id, for submit) or the whole output."""
+    run = subprocess.run([str(BIN / "summarize"), *argv], env=stack.env, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"demo: summarize {argv[0]} failed ({run.returncode}): {run.stderr.strip()[-2000:]}")
+    return run.stdout.strip().splitlines()[-1] if argv[0] == "submit" else run.stdout.rstrip()
 
 
 def _busy(port: int) -> bool:

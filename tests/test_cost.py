@@ -12,6 +12,7 @@ import pytest
 from scripts.stack import Stack
 from tests.conftest import Group, batch_id, isolated_group
 from tests.faultserver import FaultServer, article_key
+from tests.helpers import poll
 
 PRICE_IN, PRICE_OUT = 2.0, 8.0  # USD per million tokens, given per batch
 
@@ -101,9 +102,7 @@ def test_a_token_budget_pauses_the_batch_and_resume_finishes_it(stack: Stack, re
         items = arts("bud", 30)
         need = 30 * 380  # about what a request books: its prompt (~140 tokens) + max_tokens (224)
         batch = g.client().submit(items, batch_id=batch_id(), budget_tokens=need // 3)
-        deadline = time.monotonic() + 60
-        while (s := batch.status())["state"] != "paused" and time.monotonic() < deadline:
-            time.sleep(0.2)
+        poll(batch.status, lambda s: s["state"] == "paused", timeout=60, interval=0.2)
         time.sleep(1.5)  # calls in flight finish
         s = batch.status()
         assert s["state"] == "paused" and s["reason"] == "budget"
@@ -121,9 +120,7 @@ def test_a_token_budget_pauses_the_batch_and_resume_finishes_it(stack: Stack, re
 def test_pause_stops_new_calls_and_resume_goes_on(paced: Group, slowish: FaultServer) -> None:
     items = arts("pau", 60)
     batch = paced.client().submit(items, batch_id=batch_id())
-    deadline = time.monotonic() + 30
-    while batch.status()["done"] < 5 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    poll(batch.status, lambda s: s["done"] >= 5, timeout=30, interval=0.1)
     assert paced.cli("pause", batch.id).returncode == 0
     assert paced.cli("pause", batch.id).returncode == 0  # safe to repeat
     time.sleep(2.5)  # within a second every worker knows; calls in flight finish
@@ -139,9 +136,7 @@ def test_pause_stops_new_calls_and_resume_goes_on(paced: Group, slowish: FaultSe
 def test_cancel_stops_calls_within_those_in_flight(paced: Group, slowish: FaultServer) -> None:
     items = arts("can", 1000)
     batch = paced.client().submit(items, batch_id=batch_id())
-    deadline = time.monotonic() + 60
-    while batch.status()["done"] < 100 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    poll(batch.status, lambda s: s["done"] >= 100, timeout=60, interval=0.1)
     assert paced.cli("cancel", batch.id).returncode == 0
     at_cancel = calls(slowish, items)
     wait = paced.cli("wait", batch.id, "--timeout", "60", "-q")
@@ -172,9 +167,7 @@ def test_a_waiting_twin_takes_over_when_the_worker_making_the_call_dies(stack: S
         first = g.worker("flight-w1")
         items = arts("flight", 4, distinct=1)
         batch = g.client().submit(items, batch_id=batch_id())
-        deadline = time.monotonic() + 20
-        while srv.stats()["in_flight"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        poll(srv.stats, lambda stats: stats["in_flight"] >= 1, timeout=20, interval=0.05)
         assert batch.status()["running"] == 1  # one call; its three twins wait, holding no slot
         first.kill9()
         g.worker("flight-w2")

@@ -370,6 +370,14 @@ def test_filled_values_are_schema_valid(schema: dict[str, Any]) -> None:
         assert set(value) == set(schema["properties"])  # every property, as strict mode requires
 
 
+def test_an_enum_gets_the_value_the_text_names() -> None:
+    topic = {"type": "string", "enum": ["politics", "science", "other"]}
+    comet = FillText.plain("Astronomers confirmed the comet's orbit; science teachers cheered the science.")
+    assert fill_schema(topic, comet) == "science"
+    assert fill_schema(topic, FillText.plain("The bakery on Main Street sold out by noon.")) == "other"
+    assert fill_schema({"enum": ["a", "b"]}, FillText.plain("nothing named")) == "a"
+
+
 def test_filled_values_follow_field_names() -> None:
     report = Report.model_validate(fill_schema(Report.model_json_schema(), TEXT))
     assert report.headline == TEXT.lead

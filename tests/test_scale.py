@@ -3,7 +3,6 @@ between submits, priorities, and purge."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import threading
 import time
@@ -13,17 +12,11 @@ from contract.keys import Keys
 from scripts.stack import BIN, ROOT, Stack
 from tests.conftest import batch_id, isolated_group
 from tests.faultserver import FaultServer
+from tests.helpers import articles, write_jsonl
 
 
 def write(path: Path, tag: str, n: int) -> Path:
-    path.write_text(
-        "".join(
-            json.dumps({"id": f"{tag}{i}", "text": f"{tag} story {i}: the ferry timetable changed on route {i}."})
-            + "\n"
-            for i in range(n)
-        )
-    )
-    return path
+    return write_jsonl(path, articles(tag, n))
 
 
 def test_redis_never_holds_more_unfinished_jobs_than_the_bound_and_small_urgent_batches_go_first(
@@ -46,7 +39,7 @@ def test_redis_never_holds_more_unfinished_jobs_than_the_bound_and_small_urgent_
 
         def sample() -> None:
             while not sampling.is_set():
-                seen.append(int(r.get(backlog) or 0))  # type: ignore[arg-type]
+                seen.append(int(r.get(backlog) or 0))
                 time.sleep(0.02)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -110,4 +103,4 @@ def test_purge_removes_a_batch_only_once_it_is_over_unless_forced(stack: Stack, 
             g.cli("submit", str(write(tmp_path / "more.jsonl", "fp", 50)), "--batch-id", forced, "-q").returncode == 0
         )
         assert g.cli("purge", forced, "--force").returncode == 0
-        assert int(r.get(Keys(g.settings.key_prefix).backlog) or 0) == 0  # type: ignore[arg-type]
+        assert int(r.get(Keys(g.settings.key_prefix).backlog) or 0) == 0

@@ -8,7 +8,6 @@ import io
 import json
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 from scripts.stack import BIN, ROOT, Stack
 from tests.conftest import Group, batch_id, isolated_group
 from tests.faultserver import FaultServer, expected_summary
+from tests.helpers import poll
 from worker.prompt import GUARD
 
 SCHEMA = {
@@ -193,9 +193,7 @@ def test_results_follow_prints_rows_as_they_finish_once_each_and_resumes(
         out = tmp_path / "live.jsonl"
         argv = [str(BIN / "summarize"), "results", batch.id, "--follow", "--out", str(out)]
         first = subprocess.Popen(argv, env=g.env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while not (out.exists() and out.read_text().strip()) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        poll(lambda: out.exists() and bool(out.read_text().strip()), bool, timeout=30, interval=0.1)
         status = batch.status()
         assert status["done"] < 10, "the first row came only after the batch was over"
         first.send_signal(signal.SIGKILL)  # killed mid-way: the second run goes on where it stopped
