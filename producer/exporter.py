@@ -2,8 +2,9 @@
 
 Every worker process serves its own /metrics (worker/metrics.py): what it did. What is shared lives in
 Redis and would be the same on every worker, so one exporter reports it: messages waiting on the queue
-per priority, the backlog of unfinished jobs, unfinished jobs per batch, and the jobs waiting for a time
-(running under a lease, deferred until a retry, waiting for a twin's call). Nothing is cached between
+per priority, the backlog of unfinished jobs, unfinished jobs per batch, the jobs waiting for a time
+(running under a lease, deferred until a retry, waiting for a twin's call), submits waiting for room
+under SUMMARIZE_MAX_QUEUED, and batch mode's open provider batches. Nothing is cached between
 scrapes; a scrape while Redis is unreachable answers `summarize_redis_up 0` and nothing else of Redis.
 
     summarize exporter [--host 0.0.0.0] [--port 9809]     # http://HOST:PORT/metrics
@@ -39,6 +40,9 @@ DEFAULT_PORT = 9809
 DUE_STATUS_LIMIT = 50_000
 #: commands per pipeline round trip when reading many batches or jobs
 CHUNK = 1000
+#: a submit waiting for room under SUMMARIZE_MAX_QUEUED asks again within this; one silent longer has gone
+#: (admit.lua's STALE_MS)
+SUBMIT_STALE_MS = 10_000
 #: statuses of the due set always exported (0 when none), so dashboards have a series to draw
 DUE_STATUSES = ("running", "deferred", "waiting")
 #: priority label of each kombu priority step: the name a batch asks for, else the step number
@@ -100,6 +104,18 @@ class RedisCollector:
                 "summarize_due_overdue_jobs",
                 "Jobs whose lease or retry time has passed: the reaper's next work (growing: no worker reaps)",
             ),
+            "submits": GaugeMetricFamily(
+                "summarize_submits_waiting",
+                "Submits waiting for room under SUMMARIZE_MAX_QUEUED (the backlog's bound) for their next chunk",
+            ),
+            "packs": GaugeMetricFamily(
+                "summarize_packs_open", "Provider batches (--mode batch) not finished yet: being created, in progress"
+            ),
+            "pack_tokens": GaugeMetricFamily(
+                "summarize_packs_enqueued_tokens",
+                "Tokens (prompt + max_tokens) of the provider batches not finished yet: what the provider's "
+                "enqueued-token limit counts",
+            ),
             "cooldown": GaugeMetricFamily(
                 "summarize_limiter_cooldown_seconds",
                 "Seconds left of the pause every worker keeps after the provider's 429 with Retry-After",
@@ -119,12 +135,18 @@ class RedisCollector:
             p.get(k.backlog)
             p.zcard(k.due)
             p.pttl(k.cooldown)
-            (seconds, micros), *lengths, backlog, due_total, cooldown_ms = p.execute()
+            p.hvals(k.admission_seen)
+            p.zcard(k.packs_due)
+            p.get(k.packs_tokens)
+            (seconds, micros), *lengths, backlog, due_total, cooldown_ms, seen, packs, pack_tokens = p.execute()
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         for step, length in zip(PRIORITY_STEPS, lengths, strict=True):
             fam["queue"].add_metric([priority_label(step)], int(length))
         fam["backlog"].add_metric([], max(0, int(backlog or 0)))
         fam["cooldown"].add_metric([], max(0, int(cooldown_ms)) / 1000)
+        fam["submits"].add_metric([], sum(1 for ms in seen if int(ms) >= now_ms - SUBMIT_STALE_MS))
+        fam["packs"].add_metric([], int(packs))
+        fam["pack_tokens"].add_metric([], max(0, int(pack_tokens or 0)))
         for batch_id, unfinished in self._unfinished_batches():
             fam["batch"].add_metric([batch_id], unfinished)
         for status, n in sorted(self._due_statuses(int(due_total)).items()):

@@ -309,6 +309,8 @@ def test_exporter_shows_the_queued_batch_before_any_worker(run: Run) -> None:
     # only unfinished batches, and never one whose hash is gone
     assert labelled(before, "summarize_batch_unfinished_jobs", "batch") == {run.batch: n}
     assert labelled(before, "summarize_due_jobs", "status") == {"running": 0, "deferred": 0, "waiting": 0}
+    for idle in ("summarize_submits_waiting", "summarize_packs_open", "summarize_packs_enqueued_tokens"):
+        assert value(before, idle) == 0, idle
 
 
 def test_exporter_shows_jobs_running_and_deferred(run: Run) -> None:
