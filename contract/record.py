@@ -169,26 +169,29 @@ class Final:
 # ---- the public row ---------------------------------------------------------------------------------
 
 
-def public_row(job_id: str, blob: bytes, metadata: dict[str, Any], structured: bool = False) -> dict[str, Any]:
+def public_row(job_id: str, blob: bytes, metadata: Any, structured: bool = False) -> dict[str, Any]:
     """The row `summarize results` prints for a finished job, straight from its packed record (the
-    export path: no objects in between, tens of thousands of rows a second)."""
+    export path: no objects in between, tens of thousands of rows a second). `metadata` is a dict, or
+    an orjson.Fragment of its stored JSON when the row is only written out again."""
     f = unpack(blob)
-    f += [None] * (15 - len(f))
-    status = _s(f[0])
+    if len(f) < 15:
+        f += [None] * (15 - len(f))
+    status = f[0].decode()
     pt, ct = f[7] or 0, f[8] or 0
     summary = decompress(f[3]) if f[3] else None
+    cost = f[14]
     return {
         "id": job_id,
         "status": status,
         "summary": summary,
         "data": json.loads(summary) if structured and summary and status == DONE else None,
-        "error": _s(f[4]) or None,
-        "error_type": _s(f[5]) or None,
-        "model": _s(f[6]) or None,
+        "error": f[4].decode("utf-8", "replace") if f[4] else None,
+        "error_type": f[5].decode() if f[5] else None,
+        "model": f[6].decode("utf-8", "replace") if f[6] else None,
         "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
         if pt or ct or status == DONE
         else None,
-        "cost_usd": None if f[14] is None or f[14] < 0 else float(f[14]),
+        "cost_usd": None if cost is None or cost < 0 else float(cost),
         "cached": bool(f[10]),
         "chunks": f[11] or 0,
         "attempts": f[9] or 0,

@@ -301,16 +301,20 @@ class JobStore:
         for row in self.rows(batch_id, start, chunk):
             yield JobResult.from_row(row)
 
-    def rows(self, batch_id: str, start: int = 0, chunk: int = 2000) -> Iterator[dict[str, Any]]:
+    def rows(
+        self, batch_id: str, start: int = 0, chunk: int = 2000, raw_metadata: bool = False
+    ) -> Iterator[dict[str, Any]]:
         """Every job of the batch in input order, as public row dicts. Paged by position in the ids list,
-        which only grows, so a batch extended while it is read is neither skipped nor repeated."""
+        which only grows, so a batch extended while it is read is neither skipped nor repeated.
+        raw_metadata: each row's metadata as an orjson.Fragment of its stored JSON (for orjson to write
+        out again without parsing it)."""
         structured = self.spec(batch_id).json_schema is not None
         ids_key = self.keys.batch_ids(batch_id)
         while True:
             raw_ids: list[bytes] = self.r.lrange(ids_key, start, start + chunk - 1)  # type: ignore[assignment]
             if not raw_ids:
                 return
-            yield from self._rows(batch_id, raw_ids, structured)
+            yield from self._rows(batch_id, raw_ids, structured, raw_metadata)
             start += len(raw_ids)
 
     def follow(
@@ -344,7 +348,9 @@ class JobStore:
         h = self.require_batch(batch_id)
         return sum(int(h.get(k, 0)) for k in ("done", "failed", "cancelled")) >= int(h.get("total", 0))
 
-    def _rows(self, batch_id: str, raw_ids: list[bytes], structured: bool = False) -> Iterator[dict[str, Any]]:
+    def _rows(
+        self, batch_id: str, raw_ids: list[bytes], structured: bool = False, raw_metadata: bool = False
+    ) -> Iterator[dict[str, Any]]:
         with self.r.pipeline(transaction=False) as p:
             p.hmget(self.keys.batch_out(batch_id), raw_ids)
             p.hmget(self.keys.batch_meta(batch_id), raw_ids)
@@ -355,7 +361,7 @@ class JobStore:
         states = self._unfinished_states(batch_id, [raw_ids[i] for i in pending]) if pending else {}
         for raw_id, final, meta in zip(raw_ids, finals, metas, strict=True):
             job_id = raw_id.decode("utf-8")
-            metadata = orjson.loads(meta) if meta else {}
+            metadata: Any = (orjson.Fragment(meta) if raw_metadata else orjson.loads(meta)) if meta else {}
             if final is not None:
                 yield public_row(job_id, final, metadata, structured)
             else:

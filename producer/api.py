@@ -26,12 +26,13 @@ from contract.settings import Settings
 from contract.spec import BatchSpec
 from contract.store import JobStore
 
-from . import reader
 from .progress import ProgressBar
-from .submit import Checker, Enqueuer, Resolver, SubmitReport, note_repeated, raise_if_invalid
 
 if TYPE_CHECKING:
     from celery import Celery
+
+    from . import reader
+    from .submit import SubmitReport
 
 
 def publish(client: Client, messages: list[tuple[int, str]]) -> None:
@@ -157,6 +158,8 @@ class Client:
         """
         if isinstance(items, str | bytes | dict):
             raise ConfigError("submit() takes an iterable of articles; wrap a single text or dict in a list")
+        from . import reader  # the submit path's modules: reading commands start without them
+
         spec, budget = self._spec(model, max_words, **options)
         with reader.opened_items(items, self.settings.max_article_bytes) as source:
             return self._submit(source, "<items>", spec, budget, batch_id, skip_invalid, progress)
@@ -176,6 +179,8 @@ class Client:
 
         Setting `stop` ends the submit after the chunk in flight; the same call again resumes it.
         """
+        from . import reader
+
         spec, budget = self._spec(model, max_words, **options)
         with reader.opened(path, self.settings.max_article_bytes) as source:
             return self._submit(
@@ -231,6 +236,8 @@ class Client:
         progress: bool,
         stop: threading.Event | None = None,
     ) -> Batch:
+        from .submit import Checker, Enqueuer, Resolver, note_repeated, raise_if_invalid
+
         batch_id = batch_id or new_batch_id()
         if not BATCH_ID_RE.match(batch_id):
             raise ConfigError(f"batch id {batch_id!r} must match {BATCH_ID_RE.pattern}")
