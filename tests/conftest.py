@@ -23,7 +23,7 @@ import pytest
 from contract.keys import PRIORITY_STEPS, Keys
 from contract.settings import Settings
 from producer.api import Client
-from scripts.stack import BIN, Proc, Stack
+from scripts.stack import BIN, Proc, Stack, stop_all
 from tests.faultserver import FaultServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,12 +45,36 @@ FAST = {
 }
 
 
+#: Workers of isolated groups, in start order: stopped when the test (or module fixture) that started them ends,
+#: so a suite of a hundred scenarios never has more than a few idle workers polling Redis at once.
+_ISOLATED_WORKERS: list[Proc] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _stop_module_workers() -> Iterator[None]:
+    mark = len(_ISOLATED_WORKERS)
+    yield
+    stop_all(_ISOLATED_WORKERS[mark:])
+    del _ISOLATED_WORKERS[mark:]
+
+
+@pytest.fixture(autouse=True)
+def _stop_test_workers() -> Iterator[None]:
+    # Set up after every module and session fixture of the test: the workers those started stay.
+    mark = len(_ISOLATED_WORKERS)
+    yield
+    stop_all(_ISOLATED_WORKERS[mark:])
+    del _ISOLATED_WORKERS[mark:]
+
+
 @dataclass
 class Group:
     """One deployment under test: its environment, a producer client, and its worker processes."""
 
     stack: Stack
     env: dict[str, str]
+    #: its workers stop when the test or module fixture that made the group ends (see isolated_group)
+    isolated: bool = False
 
     @property
     def settings(self) -> Settings:
@@ -73,7 +97,10 @@ class Group:
         )
 
     def worker(self, name: str, **env: str) -> Proc:
-        return self.stack.worker(name, env={**self.env, **env})
+        proc = self.stack.worker(name, env={**self.env, **env})
+        if self.isolated:
+            _ISOLATED_WORKERS.append(proc)
+        return proc
 
     def submit_and_wait(self, src: Path, timeout: float = 60, exit_code: int = 0) -> str:
         """`summarize submit SRC` into a new batch, then `summarize wait` for it, exiting `exit_code`: the batch id."""
@@ -197,7 +224,7 @@ def fault(stack: Stack, redis_url: str, fault_server: FaultServer) -> Group:
 def isolated_group(stack: Stack, redis_url: str, base_url: str, model: str = "fake-model", **extra: str) -> Group:
     """A group with its own queue and prefix, for tests that kill or stop its workers."""
     name = f"iso{uuid.uuid4().hex[:6]}"
-    return Group(stack, _env(redis_url, name, base_url, model, **extra))
+    return Group(stack, _env(redis_url, name, base_url, model, **extra), isolated=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:
