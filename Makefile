@@ -15,10 +15,11 @@ demo: bootstrap
 up: bootstrap
 	$(BIN)/python scripts/demo.py --up
 
-## test: the whole suite against real redis-server, Celery workers and HTTP LLM servers; prints coverage
-## of the product code (worker and server subprocesses included: [tool.coverage.run] in pyproject.toml)
+## test: the whole suite against real redis-server, Celery workers and HTTP LLM servers, two test processes
+## (each test module stays in one, with its own Redis and worker stacks); prints coverage of the product code
+## (worker and server subprocesses included: [tool.coverage.run] in pyproject.toml)
 test: bootstrap
-	$(BIN)/pytest -q --cov --cov-report=term:skip-covered
+	$(BIN)/pytest -q -n 2 --dist loadfile --cov --cov-report=term:skip-covered
 
 ## test-compose: compose.yaml for real: Docker's engine (installed and started if missing), stand-in base
 ## images (scripts/standin-images.sh: Docker Hub is not needed), `up --build --scale worker=3`, submit,

@@ -11,7 +11,7 @@ import time
 import redis
 from celery import Celery
 
-from contract.keys import Keys
+from contract.keys import PRIORITY_STEPS, Keys
 from scripts.stack import BIN
 
 from .common import Ctx, Figure, bench_stack, log, run_child, settings_of, write_jsonl
@@ -61,8 +61,10 @@ def run(ctx: Ctx) -> None:
         if run.returncode != 0:
             raise RuntimeError(f"summarize submit failed ({run.returncode}): {run.stderr[-2000:]}")
         client = redis.Redis.from_url(stack.env["REDIS_URL"])
-        queued_ours = client.llen(settings.queue)
-        total = client.hget(Keys(settings.key_prefix).batch("bench-submit"), "total")
+        keys = Keys(settings.key_prefix, settings.queue)
+        # kombu keeps each priority step in its own list, under the prefix (see contract/keys.py)
+        queued_ours = sum(int(client.llen(keys.broker_queue(step))) for step in PRIORITY_STEPS)
+        total = client.hget(keys.batch("bench-submit"), "total")
         mem = client.info("memory")["used_memory"]
         client.close()
     rate = n / run.wall
