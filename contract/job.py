@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .record import Article
+from .record import Article, text
 
 
 class Status(StrEnum):
@@ -24,6 +25,11 @@ class Status(StrEnum):
 #: public counters of a batch; deferred and parked jobs count as queued
 COUNTERS = ("total", "queued", "running", "done", "failed", "cancelled")
 FINAL = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED})
+
+
+def unfinished(counts: Mapping[str, Any]) -> int:
+    """Jobs of a batch not yet done, failed or cancelled, from its counters (a status, or the raw hash)."""
+    return int(counts.get("total", 0)) - sum(int(counts.get(s, 0)) for s in FINAL)
 
 
 @dataclass(frozen=True)
@@ -58,10 +64,10 @@ class ClaimedJob:
         """From one `{id, 'claimed', article, attempts, unusable, deferrals, first_failure, pt, ct, partials, key}`."""
         job_id, _, blob, attempts, unusable, deferrals, first, pt, ct, flat, key, cost = row
         first_ms = int(float(first))
-        partials = {_str(flat[i]): _str(flat[i + 1]) for i in range(0, len(flat), 2)}
+        partials = {text(flat[i]): text(flat[i + 1]) for i in range(0, len(flat), 2)}
         return cls(
             batch_id=batch_id,
-            job_id=_str(job_id),
+            job_id=text(job_id),
             token=token,
             article=Article.unpack(blob),
             attempts=int(attempts),
@@ -71,10 +77,6 @@ class ClaimedJob:
             prompt_tokens=int(pt),
             completion_tokens=int(ct),
             partials=partials,
-            cache_key=_str(key),
+            cache_key=text(key),
             cost_usd=None if float(cost) < 0 else float(cost),
         )
-
-
-def _str(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

@@ -67,6 +67,11 @@ def unpack(blob: bytes) -> Any:
     return msgpack.unpackb(blob, raw=True)
 
 
+def text(value: Any) -> str:
+    """A string Redis handed back as bytes (or anything else) as str."""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 def _s(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else ("" if value is None else str(value))
 
@@ -219,33 +224,8 @@ class JobResult:
     data: Any = None
 
     @classmethod
-    def from_final(cls, job_id: str, f: Final, metadata: dict[str, Any], data: Any = None) -> JobResult:
-        usage = None
-        if f.prompt_tokens or f.completion_tokens or f.status == DONE:
-            usage = {
-                "prompt_tokens": f.prompt_tokens,
-                "completion_tokens": f.completion_tokens,
-                "total_tokens": f.prompt_tokens + f.completion_tokens,
-            }
-        return cls(
-            id=job_id,
-            status=f.status,
-            summary=f.summary,
-            error=f.error,
-            model=f.model,
-            usage=usage,
-            attempts=f.attempts,
-            metadata=metadata,
-            error_type=f.error_type,
-            cached=f.cached,
-            cost_usd=f.cost_usd,
-            chunks=f.chunks,
-            data=data,
-        )
-
-    @classmethod
     def from_row(cls, row: dict[str, Any]) -> JobResult:
-        return cls(**{k: v for k, v in row.items()})
+        return cls(**row)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -15,9 +15,9 @@ import redis
 
 from . import scripts
 from .errors import BatchNotFound, ConfigError
-from .job import COUNTERS
+from .job import COUNTERS, unfinished
 from .keys import Keys
-from .record import Article, Final, JobResult, pack, public_row, unpack
+from .record import Article, Final, JobResult, pack, public_row, text, unpack
 from .settings import Settings
 from .spec import BatchSpec
 
@@ -51,10 +51,6 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
     it = iter(items)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
-
-
-def text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 class JobStore:
@@ -171,39 +167,55 @@ class JobStore:
             raise
         return text(state), text(reason)
 
-    def unpark(self, batch_id: str, chunk: int = 500) -> tuple[list[Message], int]:
+    def unpark(self, batch_id: str) -> tuple[list[Message], int]:
         """Queue a resumed batch's parked jobs again, streaming the parked set."""
+        per = self.settings.jobs_per_message
+        return self._requeue(
+            self.keys.parked(batch_id), lambda ids: self.run("unpark", batch=batch_id, per_message=per, ids=ids)
+        )
+
+    def _requeue(self, members: str, requeue: Callable[[bytes], Any], chunk: int = 500) -> tuple[list[Message], int]:
+        """Requeue (unpark.lua, retry.lua: `requeue` calls one on packed ids) the ids of the set `members`,
+        streamed a chunk at a time so a set of millions never sits in memory. SSCAN may return a member
+        twice while the set shrinks under it; the scripts skip whatever is no longer theirs to requeue.
+        Returns the messages to publish and how many jobs were requeued."""
         messages: list[Message] = []
         total = 0
-        for ids in batched(self.r.sscan_iter(self.keys.parked(batch_id), count=chunk), chunk):
-            msgs, n = self.run(
-                "unpark", batch=batch_id, per_message=self.settings.jobs_per_message, ids=pack([text(i) for i in ids])
-            )
+        for ids in batched(self.r.sscan_iter(members, count=chunk), chunk):
+            msgs, n = requeue(pack([text(i) for i in ids]))
             messages += [(int(step), text(m)) for step, m in msgs]
             total += int(n)
         return messages, total
 
-    def cancel_waiting(self, batch_id: str, chunk: int = 1000) -> int:
-        """End a cancelled batch's jobs that have not started, walking its ids a chunk at a time."""
-        total, start = 0, 0
-        while raw := self.r.lrange(self.keys.batch_ids(batch_id), start, start + chunk - 1):
-            total += int(self.run("cancel", batch=batch_id, ids=pack([text(i) for i in raw])))  # type: ignore[union-attr]
-            start += chunk
-        return total
+    def _id_pages(self, batch_id: str, start: int = 0, chunk: int = 1000) -> Iterator[list[bytes]]:
+        """The batch's job ids in input order, a page at a time. The list only grows, so a position in it
+        is a stable cursor: a batch extended while it is walked is neither skipped nor repeated."""
+        ids_key = self.keys.batch_ids(batch_id)
+        while True:
+            raw: list[bytes] = self.r.lrange(ids_key, start, start + chunk - 1)  # type: ignore[assignment]
+            if not raw:
+                return
+            yield raw
+            start += len(raw)
 
-    def purge(self, batch_id: str, force: bool = False, chunk: int = 1000) -> int:
+    def cancel_waiting(self, batch_id: str) -> int:
+        """End a cancelled batch's jobs that have not started, walking its ids a page at a time."""
+        return sum(
+            int(self.run("cancel", batch=batch_id, ids=pack([text(i) for i in raw])))
+            for raw in self._id_pages(batch_id)
+        )
+
+    def purge(self, batch_id: str, force: bool = False) -> int:
         """Remove the batch and its jobs from Redis (results exported first). Refuses, naming a job, while
         one is unfinished, unless `force`. Returns how many jobs it removed."""
-        status = self.status(batch_id)
-        unfinished = status["total"] - status["done"] - status["failed"] - status["cancelled"]
-        if unfinished and not force:
+        left = unfinished(self.require_batch(batch_id))
+        if left and not force:
             raise ConfigError(
-                f"batch {batch_id!r} has {unfinished} unfinished job(s): wait for it, cancel it, or purge with --force"
+                f"batch {batch_id!r} has {left} unfinished job(s): wait for it, cancel it, or purge with --force"
             )
-        removed, start = 0, 0
-        while raw := self.r.lrange(self.keys.batch_ids(batch_id), start, start + chunk - 1):
-            removed += self._purge(batch_id, [text(i) for i in raw], force, last=False)  # type: ignore[union-attr]
-            start += chunk
+        removed = sum(
+            self._purge(batch_id, [text(i) for i in raw], force, last=False) for raw in self._id_pages(batch_id)
+        )
         self._purge(batch_id, [], force, last=True)
         return removed
 
@@ -220,20 +232,13 @@ class JobStore:
                 ) from None
             raise
 
-    def retry_failed(self, batch_id: str, chunk: int = 500) -> tuple[list[Message], int]:
+    def retry_failed(self, batch_id: str) -> tuple[list[Message], int]:
         """Requeue the batch's failed jobs, streaming the dead-letter set; returns messages and count."""
         self.require_batch(batch_id)
-        messages: list[Message] = []
-        total = 0
-        # Streamed a chunk at a time: a dead set of millions never sits in memory. SSCAN may return a
-        # member twice while the set shrinks under it; the script skips whatever is no longer failed.
-        for ids in batched(self.r.sscan_iter(self.keys.dead(batch_id), count=chunk), chunk):
-            msgs, n = self.run(
-                "retry", batch=batch_id, per_message=self.settings.jobs_per_message, ids=pack([text(i) for i in ids])
-            )
-            messages += [(int(step), text(m)) for step, m in msgs]
-            total += int(n)
-        return messages, total
+        per = self.settings.jobs_per_message
+        return self._requeue(
+            self.keys.dead(batch_id), lambda ids: self.run("retry", batch=batch_id, per_message=per, ids=ids)
+        )
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -271,7 +276,7 @@ class JobStore:
             spent_tokens=int(h.get("spent_tokens", 0)),
         )
         out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
-        if out["done"] + out["failed"] + out["cancelled"] >= out["total"] and out["state"] == "running":
+        if unfinished(out) <= 0 and out["state"] == "running":
             out["state"] = "finished"
         if spec.mode == "batch":
             out["packs"] = self.packs(batch_id)
@@ -304,18 +309,12 @@ class JobStore:
     def rows(
         self, batch_id: str, start: int = 0, chunk: int = 2000, raw_metadata: bool = False
     ) -> Iterator[dict[str, Any]]:
-        """Every job of the batch in input order, as public row dicts. Paged by position in the ids list,
-        which only grows, so a batch extended while it is read is neither skipped nor repeated.
+        """Every job of the batch in input order, as public row dicts, paged by a stable cursor (_id_pages).
         raw_metadata: each row's metadata as an orjson.Fragment of its stored JSON (for orjson to write
         out again without parsing it)."""
         structured = self.spec(batch_id).json_schema is not None
-        ids_key = self.keys.batch_ids(batch_id)
-        while True:
-            raw_ids: list[bytes] = self.r.lrange(ids_key, start, start + chunk - 1)  # type: ignore[assignment]
-            if not raw_ids:
-                return
+        for raw_ids in self._id_pages(batch_id, start, chunk):
             yield from self._rows(batch_id, raw_ids, structured, raw_metadata)
-            start += len(raw_ids)
 
     def follow(
         self, batch_id: str, after: str = "0-0", block_ms: int = 1000, stop_when_over: bool = True
@@ -345,8 +344,7 @@ class JobStore:
                 return
 
     def _over(self, batch_id: str) -> bool:
-        h = self.require_batch(batch_id)
-        return sum(int(h.get(k, 0)) for k in ("done", "failed", "cancelled")) >= int(h.get("total", 0))
+        return unfinished(self.require_batch(batch_id)) <= 0
 
     def _rows(
         self, batch_id: str, raw_ids: list[bytes], structured: bool = False, raw_metadata: bool = False

@@ -18,6 +18,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from contract.errors import ConfigError
+from contract.job import unfinished
 from contract.keys import BATCH_ID_RE
 from contract.models import known_price, load_prices
 from contract.record import JobResult
@@ -62,10 +63,10 @@ class Batch:
         bar = ProgressBar(f"batch {self.id}", status["total"]) if progress else None
         try:
             while True:
-                finished = status["done"] + status["failed"] + status["cancelled"]
+                left = unfinished(status)
                 if bar:
-                    bar.update(finished, f"running {status['running']} failed {status['failed']}")
-                if finished >= status["total"]:
+                    bar.update(status["total"] - left, f"running {status['running']} failed {status['failed']}")
+                if left <= 0:
                     return status
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(f"batch {self.id} not finished after {timeout}s: {status}")

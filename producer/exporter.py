@@ -29,9 +29,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from contract.errors import ConfigError
 from contract.keys import PRIORITIES, PRIORITY_STEPS
+from contract.record import text
 from contract.redisconn import make_redis
 from contract.settings import Settings, redact_url
-from contract.store import JobStore, batched, text
+from contract.store import JobStore, batched
 
 log = logging.getLogger(__name__)
 

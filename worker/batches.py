@@ -14,8 +14,8 @@ import redis.asyncio
 
 from contract.errors import BatchCancelled, BatchNotFound, BatchPaused, ProviderRejected
 from contract.keys import Keys
+from contract.record import text
 from contract.spec import BatchSpec
-from contract.store import text
 
 from .prompt import system_prompt
 

@@ -37,11 +37,11 @@ from contract.job import ClaimedJob
 from contract.messaging import FETCH_TASK, publish
 from contract.models import known_context
 from contract.openai_shapes import BATCH_CANCELLED, BATCH_EXPIRED, TERMINAL_BATCH_STATUSES, batch_request_line
-from contract.record import Article, Final, pack
+from contract.record import Article, Final, pack, text
 from contract.redisconn import make_redis
 from contract.settings import Settings
 from contract.spec import BatchSpec
-from contract.store import JobStore, batched, text
+from contract.store import JobStore, batched
 
 from . import llm, metrics
 from .batches import cache_key, fingerprint

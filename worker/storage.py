@@ -12,9 +12,9 @@ import redis.asyncio
 from contract import scripts
 from contract.job import ClaimedJob
 from contract.keys import Keys
-from contract.record import pack
+from contract.record import pack, text
 from contract.settings import Settings
-from contract.store import Message, text
+from contract.store import Message
 
 
 @dataclass
