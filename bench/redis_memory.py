@@ -18,9 +18,9 @@ from pathlib import Path
 
 import redis
 
-from contract.aioredis import make_async_redis
 from contract.keys import PRIORITY_STEPS, Keys
 from contract.record import Final
+from contract.redisconn import make_async_redis
 from contract.settings import Settings
 from scripts.stack import BIN
 from worker.storage import Op, WorkerStore

@@ -17,7 +17,6 @@ import pytest
 import redis
 
 from contract import scripts
-from contract.aioredis import make_async_redis
 from contract.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -30,7 +29,7 @@ from contract.errors import (
 )
 from contract.keys import BATCH_ID_RE, Keys
 from contract.record import Article, Final, digest
-from contract.redisconn import make_redis
+from contract.redisconn import make_async_redis, make_redis
 from contract.settings import LOCAL_BASE_URL, LOCAL_MODEL, Secret, Settings, redact_url
 from contract.spec import BatchSpec
 from contract.store import JobStore, NewJob

@@ -23,7 +23,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from contract.aioredis import make_async_redis
+from contract.redisconn import make_async_redis
 from contract.errors import (
     BatchCancelled,
     BatchNotFound,
