@@ -47,7 +47,7 @@ from . import llm, metrics
 from .batches import cache_key, fingerprint
 from .prompt import WHOLE as _WHOLE
 from .ratelimit import token_counter
-from .storage import Op
+from .storage import Op, pack_lease_ms
 from .summarize import CONTEXT_MARGIN, request
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class Packs:
                 batch=batch_id,
                 pack=pack_id,
                 max=self.settings.batch_max_requests,
-                lease_ms=self._lease_ms(),
+                lease_ms=pack_lease_ms(self.settings),
             )
             if not ids:
                 break
@@ -114,9 +114,6 @@ class Packs:
         if not limit:
             return float("inf")
         return limit - int(self.store.r.get(self.keys.packs_tokens) or 0)
-
-    def _lease_ms(self) -> int:
-        return int(max(self.settings.lease_seconds, 30) * 1000)
 
     def advance(self, pack_id: str) -> str:
         """Move the pack on from whatever state it is in (a worker may have died in any)."""
@@ -245,7 +242,7 @@ class Packs:
     # ---- create, without ever twice -------------------------------------------------------------------
 
     def _create(self, pack_id: str, state: str) -> str:
-        if state == "uploaded" and not self._move(pack_id, "uploaded", "creating", self._lease_ms() / 1000):
+        if state == "uploaded" and not self._move(pack_id, "uploaded", "creating", pack_lease_ms(self.settings) / 1000):
             return self._state(pack_id)
         info = self._info(pack_id)
         found = self._find(pack_id)  # a worker may have died between the provider's create and our record
@@ -306,7 +303,7 @@ class Packs:
                 pack_id,
                 "created",
                 "fetching",
-                self._lease_ms() / 1000,
+                pack_lease_ms(self.settings) / 1000,
                 status=batch.status,
                 counts=json.dumps(counts),
                 errors=errors,

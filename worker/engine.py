@@ -23,7 +23,6 @@ from typing import Any
 import redis
 from celery import Celery
 
-from contract.redisconn import make_async_redis
 from contract.errors import (
     BatchCancelled,
     BatchNotFound,
@@ -37,6 +36,7 @@ from contract.errors import (
 from contract.job import ClaimedJob
 from contract.messaging import publish
 from contract.models import Price
+from contract.redisconn import make_async_redis
 from contract.settings import Settings
 from contract.spec import BatchSpec
 from contract.store import Message
@@ -196,13 +196,15 @@ class Engine:
     async def summarize_with_fallback(self, spec: BatchSpec, job: ClaimedJob, tally: Tally, started: float) -> Summary:
         """The batch's model, or its fallback when the model is gone (404) or fails the article for good."""
         fallback = spec.fallback_model or self.settings.fallback_model
+        if not fallback:
+            return await self.summarize(spec, job, tally)
         backup = replace(spec, model=fallback, fallback_model=None)
-        if fallback and self.batches.is_gone(job.batch_id, spec.model):
+        if self.batches.is_gone(job.batch_id, spec.model):
             return await self.summarize(backup, job, tally)
         try:
             return await self.summarize(spec, job, tally)
         except (PermanentLLMError, TransientLLMError) as exc:
-            if not fallback or not self._for_good(exc, job, started):
+            if not self._for_good(exc, job, started):
                 raise
             if isinstance(exc, ProviderRejected):
                 self.batches.mark_gone(job.batch_id, spec.model)

@@ -17,11 +17,17 @@ from contract.settings import Settings
 from contract.store import Message
 
 
+def pack_lease_ms(settings: Settings) -> int:
+    """How long a worker holds a provider batch (batch mode) through one external step: an upload of
+    200 MB or a slow create can take far longer than an LLM request."""
+    return int(max(settings.lease_seconds, 30) * 1000)
+
+
 @dataclass
 class Op:
     """One outcome for settle.lua: what happened to a job in one run, and what the provider billed."""
 
-    kind: str  # done | fail | defer
+    kind: str  # done, fail, defer, part, park, cancel, repack or spend: see contract/lua/settle.lua
     batch_id: str
     job_id: str
     token: str
@@ -139,7 +145,7 @@ class WorkerStore:
             "pack_due",
             linger_ms=int(s.batch_linger * 1000),
             max=s.batch_max_requests,
-            lease_ms=int(max(s.lease_seconds, 30) * 1000),
+            lease_ms=pack_lease_ms(s),
         )
         return [text(b) for b in batches], [text(p) for p in packs]
 
