@@ -14,6 +14,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 JSONObject = dict[str, Any]
@@ -86,10 +87,14 @@ class _Filler:
             seen += 1
         return schema if isinstance(schema, dict) else {}
 
+    @cached_property
+    def _word_counts(self) -> Counter[str]:
+        """How often each word occurs in the text (counted once per answer, for every enum in it)."""
+        return Counter(re.findall(r"[a-z0-9]+", " ".join((self.text.summary, *self.text.sentences)).lower()))
+
     def _choose(self, enum: list[Any]) -> Any:
         """The value the text names most often: an honest classifier for an extractive server, nothing more."""
-        words = re.findall(r"[a-z0-9]+", " ".join((self.text.summary, *self.text.sentences)).lower())
-        counts = Counter(words)
+        counts = self._word_counts
 
         def named(value: Any) -> int:
             return sum(counts[w] for w in re.findall(r"[a-z0-9]+", str(value).lower())) if isinstance(value, str) else 0

@@ -50,21 +50,22 @@ FAST = {
 _ISOLATED_WORKERS: list[Proc] = []
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _stop_module_workers() -> Iterator[None]:
+def _stop_workers_started_meanwhile() -> Iterator[None]:
     mark = len(_ISOLATED_WORKERS)
     yield
     stop_all(_ISOLATED_WORKERS[mark:])
     del _ISOLATED_WORKERS[mark:]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _stop_module_workers() -> Iterator[None]:
+    yield from _stop_workers_started_meanwhile()
 
 
 @pytest.fixture(autouse=True)
 def _stop_test_workers() -> Iterator[None]:
     # Set up after every module and session fixture of the test: the workers those started stay.
-    mark = len(_ISOLATED_WORKERS)
-    yield
-    stop_all(_ISOLATED_WORKERS[mark:])
-    del _ISOLATED_WORKERS[mark:]
+    yield from _stop_workers_started_meanwhile()
 
 
 @dataclass
