@@ -54,13 +54,15 @@ class ClaimedJob:
     cache_key: str = ""
     #: what earlier runs cost in USD (None: some call's price was unknown)
     cost_usd: float | None = 0.0
+    #: the generation of the batch it was claimed in (see contract/lua/init_batch.lua)
+    gen: str = ""
 
     @property
     def text(self) -> str:
         return self.article.text
 
     @classmethod
-    def from_reply(cls, batch_id: str, token: str, now_ms: int, row: list[Any]) -> ClaimedJob:
+    def from_reply(cls, batch_id: str, token: str, now_ms: int, row: list[Any], gen: str = "") -> ClaimedJob:
         """From one `{id, 'claimed', article, attempts, unusable, deferrals, first_failure, pt, ct, partials, key}`."""
         job_id, _, blob, attempts, unusable, deferrals, first, pt, ct, flat, key, cost = row
         first_ms = int(float(first))
@@ -79,4 +81,5 @@ class ClaimedJob:
             partials=partials,
             cache_key=text(key),
             cost_usd=None if float(cost) < 0 else float(cost),
+            gen=gen,
         )

@@ -73,6 +73,16 @@ class Keys:
         """Set (batch mode): ids of the batch's packs (its provider batches)."""
         return self.batch(batch_id) + BATCH_PARTS["packs"]
 
+    def holds(self, batch_id: str) -> str:
+        """Hash: `job\x1ftoken` -> `tokens:usd` each live run holds against the budget for its calls in
+        flight, and `~job\x1ftoken` -> what was counted as estimated spend for a run that lost its job."""
+        return self.batch(batch_id) + BATCH_PARTS["holds"]
+
+    def kept(self, batch_id: str) -> str:
+        """Hash: job id -> the packed article of a failed job, kept for `summarize retry` (it expires
+        with the batch, unlike a text key of its own)."""
+        return self.batch(batch_id) + BATCH_PARTS["kept"]
+
     def batch_keys(self, batch_id: str) -> list[str]:
         """Every per-batch key (not the per-job ones): what expires together once the batch is over."""
         return [self.batch(batch_id)] + [self.batch(batch_id) + part for part in BATCH_PARTS.values()]
@@ -131,6 +141,18 @@ class Keys:
         return f"{self.prefix}:admitted"
 
     @property
+    def generation(self) -> str:
+        """Integer: the last batch generation handed out; each batch made (again) under an id gets the next
+        one, stored in its hash (`gen`) and carried by every op and cached copy made for it."""
+        return f"{self.prefix}:gen"
+
+    @property
+    def submits(self) -> str:
+        """Sorted set: batches a submit is still storing chunks into, scored by the end of its lease (ms);
+        the reaper finishes the batches of submits whose lease lapsed."""
+        return f"{self.prefix}:submits"
+
+    @property
     def batches(self) -> str:
         """Sorted set of batch ids, scored by creation time (ms)."""
         return f"{self.prefix}:batches"
@@ -187,8 +209,16 @@ class Keys:
 
     @property
     def rate(self) -> str:
-        """Hash: the shared limiter's sums over its log (`n` requests, `t` tokens) and its last booked slot."""
+        """Hash: the shared limiter's sums over its log (`n` requests, `t` tokens), its last booked slot
+        (`last`), the two token buckets' theoretical arrival times (`rq` requests, `tk` tokens; Redis ms)
+        and `seq`, the counter naming given-back slots."""
         return f"{self.prefix}:rate"
+
+    @property
+    def rate_holes(self) -> str:
+        """Sorted set of `slot_ms:tokens:seq` by slot: booked slots given back unused (rate_release.lua),
+        for the next request to take while they are fresh."""
+        return f"{self.prefix}:rate:holes"
 
     @property
     def rate_log(self) -> str:
@@ -257,10 +287,13 @@ class Keys:
             "packs_due": self.packs_due,
             "packs_tokens": self.packs_tokens,
             "batches": self.batches,
+            "gen": self.generation,
+            "submits": self.submits,
             "reaper": self.reaper_clock,
             "stats": self.stats,
             "rate": self.rate,
             "rate_log": self.rate_log,
+            "rate_holes": self.rate_holes,
             "cooldown": self.cooldown,
             "limits": self.limits,
             "queues": {str(step): self.broker_queue(step) for step in PRIORITY_STEPS},
@@ -277,6 +310,8 @@ BATCH_PARTS = {
     "parked": ":parked",
     "packing": ":packing",
     "packs": ":packs",
+    "holds": ":holds",
+    "kept": ":kept",
 }
 
 PACK_PARTS = {

@@ -126,6 +126,9 @@ class Final:
     unusable: int = 0
     finished_ms: int = 0
     cost_usd: float | None = None
+    #: the result-cache key of a done answer (its article digest under the answer's fingerprint): a cache
+    #: pointer to this record is trusted only if the key matches (contract/lua/_lib.lua cached_record)
+    cache_key: str = ""
 
     def pack(self) -> bytes:
         return pack(
@@ -145,13 +148,14 @@ class Final:
                 self.unusable,
                 self.finished_ms,
                 -1.0 if self.cost_usd is None else self.cost_usd,
+                self.cache_key,
             ]
         )
 
     @classmethod
     def unpack(cls, blob: bytes) -> Final:
         f = unpack(blob)
-        f += [None] * (15 - len(f))  # records written by Lua (cancelled) carry only the first fields
+        f += [None] * (16 - len(f))  # records of older versions carry only the first fields
         return cls(
             status=_s(f[0]),
             digest=_s(f[1]),
@@ -168,6 +172,7 @@ class Final:
             unusable=f[12] or 0,
             finished_ms=f[13] or 0,
             cost_usd=None if f[14] is None or f[14] < 0 else float(f[14]),
+            cache_key=_s(f[15]),
         )
 
 

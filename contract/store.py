@@ -61,6 +61,8 @@ class JobStore:
         self.settings = settings
         self.keys = Keys(settings.key_prefix, settings.queue)
         self._scripts = {name: client.register_script(scripts.load(name).source) for name in scripts.names()}
+        #: batch id -> the generation init_batch made or resumed
+        self._gens: dict[str, str] = {}
 
     def run(self, name: str, **params: Any) -> Any:
         return self._scripts[name](args=scripts.load(name).args(self.keys, **params))
@@ -68,8 +70,9 @@ class JobStore:
     # ---- producer side -------------------------------------------------------------------------
 
     def init_batch(self, batch_id: str, spec: BatchSpec, source: str) -> int:
-        """Create the batch, or check a resume asks for the same spec; returns the source's index."""
-        _, stored, index = self.run(
+        """Create the batch, or check a resume asks for the same spec; returns the source's index. The
+        batch's generation is kept for create_jobs and submitting (see contract/lua/init_batch.lua)."""
+        _, stored, index, gen = self.run(
             "init_batch",
             batch=batch_id,
             spec=spec.to_json(),
@@ -77,6 +80,7 @@ class JobStore:
             source=source,
             ttl=self.settings.result_ttl,
         )
+        self._gens[batch_id] = text(gen)
         before = BatchSpec.from_json(stored)
         if before != spec:
             diff = "; ".join(before.differences(spec))
@@ -105,9 +109,21 @@ class JobStore:
             ]
             for j in jobs
         ]
-        results, messages = self.run(
-            "create", batch=batch_id, per_message=self.settings.jobs_per_message, admit=admit, jobs=pack(payload)
-        )
+        try:
+            results, messages = self.run(
+                "create",
+                batch=batch_id,
+                per_message=self.settings.jobs_per_message,
+                admit=admit,
+                jobs=pack(payload),
+                gen=self._gens.get(batch_id, ""),
+            )
+        except redis.ResponseError as exc:
+            if "NOBATCH" in str(exc):
+                raise BatchNotFound(
+                    batch_id, "it is gone (purged, or expired while this submit was stopped): submit again"
+                ) from None
+            raise
         for job, row in zip(jobs, results, strict=True):
             if row[0] == 1:
                 out.created.append(job.job_id)
@@ -115,6 +131,11 @@ class JobStore:
                 out.existing.append((job, text(row[1]), text(row[2])))
         out.messages = [(int(step), text(member)) for step, member in messages]
         return out
+
+    def submitting(self, batch_id: str, lease_s: float) -> None:
+        """Hold (renew) the submit's lease on its batch for `lease_s` seconds; 0 gives it back (the batch may
+        then be over). See contract/lua/submitting.lua."""
+        self.run("submitting", batch=batch_id, gen=self._gens.get(batch_id, ""), lease_ms=int(lease_s * 1000))
 
     @staticmethod
     def invalid_record(job: NewJob) -> bytes:
@@ -222,7 +243,14 @@ class JobStore:
     def _purge(self, batch_id: str, ids: list[str], force: bool, last: bool) -> int:
         try:
             return int(
-                self.run("purge", batch=batch_id, ids=pack(ids), force="1" if force else "0", last="1" if last else "0")
+                self.run(
+                    "purge",
+                    batch=batch_id,
+                    ids=pack(ids),
+                    force="1" if force else "0",
+                    last="1" if last else "0",
+                    cache_ttl=self.settings.cache_ttl,
+                )
             )
         except redis.ResponseError as exc:
             if "UNFINISHED" in str(exc):
@@ -246,7 +274,17 @@ class JobStore:
         raw: dict[bytes, bytes] = self.r.hgetall(self.keys.batch(batch_id))  # type: ignore[assignment]
         if not raw:
             raise BatchNotFound(batch_id)
-        return {text(k): text(v) for k, v in raw.items()}
+        h = {text(k): text(v) for k, v in raw.items()}
+        if "spec" not in h:
+            # Written by nothing of this version (ops for a batch that is gone write nothing): a hash left
+            # over from an older one, or made by hand.
+            raise BatchNotFound(batch_id, "its record in Redis has no spec (damaged); purge it with --force")
+        return h
+
+    def invariants(self, batch_id: str) -> list[str]:
+        """What is wrong with the batch's state, checked atomically (contract/lua/invariants.lua): counters
+        against job statuses, holds against live runs. Empty when all holds."""
+        return [text(v) for v in self.run("invariants", batch=batch_id)]
 
     def spec(self, batch_id: str) -> BatchSpec:
         return BatchSpec.from_json(self.require_batch(batch_id)["spec"])
@@ -274,6 +312,12 @@ class JobStore:
             budget_tokens=int(h["budget_tokens"]) if h.get("budget_tokens") else None,
             spent_usd=round(float(h.get("spent_usd", 0)), 6),
             spent_tokens=int(h.get("spent_tokens", 0)),
+            # Held by calls in flight now, and counted at their bound for runs that died with calls in
+            # flight (what the provider billed for those is unknown; the bound keeps the cap).
+            held_usd=round(max(0.0, float(h.get("held_usd", 0))), 6),
+            held_tokens=max(0, int(h.get("held_tokens", 0))),
+            estimated_usd=round(max(0.0, float(h.get("est_usd", 0))), 6),
+            estimated_tokens=max(0, int(h.get("est_tokens", 0))),
         )
         out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
         if unfinished(out) <= 0 and out["state"] == "running":

@@ -162,9 +162,61 @@ def stack() -> Iterator[Stack]:
         s.stop()
 
 
+def assert_invariants(url: str, since_ms: int = 0) -> None:
+    """Every batch created since `since_ms` (Redis time) under any prefix of the Redis at `url` satisfies
+    contract/lua/invariants.lua: counters equal job statuses, no hold without a live run."""
+    import redis as redis_lib
+
+    from contract import scripts
+
+    script = scripts.load("invariants")
+    r = redis_lib.Redis.from_url(url)
+    try:
+        problems: list[str] = []
+        for key in r.scan_iter(match="*:batches", count=1000):
+            prefix = key.decode().rsplit(":", 1)[0]
+            keys = Keys(prefix)
+            run = r.register_script(script.source)
+            for raw in r.zrangebyscore(key, since_ms, "+inf"):
+                bid = raw.decode()
+                found = run(args=script.args(keys, batch=bid))
+                problems += [f"{prefix}/{bid}: {v.decode()}" for v in found]
+        assert not problems, "invariants broken:\n" + "\n".join(problems)
+    finally:
+        r.close()
+
+
+@pytest.fixture(autouse=True)
+def _invariants_after_each_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every scenario: counts by status equal the jobs' statuses, and nothing is held without a live
+    run, for every batch the test created on the session's Redis (mark a test `no_invariants` to skip)."""
+    url = _SESSION_REDIS.get("url")
+    since = 0
+    if url:
+        import redis as redis_lib
+
+        r = redis_lib.Redis.from_url(url)
+        try:
+            sec, usec = r.time()
+            since = sec * 1000 + usec // 1000
+        except redis_lib.RedisError:
+            url = None
+        finally:
+            r.close()
+    yield
+    url = url or _SESSION_REDIS.get("url")
+    if url and not request.node.get_closest_marker("no_invariants"):
+        assert_invariants(url, since)
+
+
+#: the session stack's Redis, once a test started it
+_SESSION_REDIS: dict[str, str] = {}
+
+
 @pytest.fixture(scope="session")
 def redis_url(stack: Stack) -> str:
     stack.redis()
+    _SESSION_REDIS["url"] = stack.env["REDIS_URL"]
     return stack.env["REDIS_URL"]
 
 
@@ -230,3 +282,4 @@ def isolated_group(stack: Stack, redis_url: str, base_url: str, model: str = "fa
 
 def pytest_configure(config: pytest.Config) -> None:
     sys.path.insert(0, str(ROOT))
+    config.addinivalue_line("markers", "no_invariants: the test breaks the store on purpose (no invariant check)")

@@ -1,7 +1,10 @@
-"""What each worker process knows of the batches it is working on: spec (never changes), cache
-fingerprint, and state (running, paused, cancelled, halted, and whether it has a budget), the state at
-most a second old, so a halt, pause or cancel reaches every worker within about a second without a
-Redis call per request."""
+"""What each worker process knows of the batches it is working on: spec and generation, cache
+fingerprint, and state (running, paused, cancelled, halted), the state at most a second old.
+
+These are copies: they save work, they decide nothing. A copy belongs to one generation of a batch
+(a batch purged and made again under its id is another batch: claim.lua answers 'stale' and the copy
+is dropped), and whether a request may leave is decided on Redis' state by send.lua right before it
+does."""
 
 from __future__ import annotations
 
@@ -27,27 +30,39 @@ MAX_AGE = 1.0
 class BatchState:
     state: str = "running"
     halt: str = ""
-    budgeted: bool = False
     checked: float = 0.0
 
 
 class Batches:
     def __init__(self, client: redis.asyncio.Redis, keys: Keys, base_url: str) -> None:
         self.r, self.keys, self.base_url = client, keys, base_url
-        self._specs: dict[str, BatchSpec] = {}
+        #: batch id -> (generation, spec)
+        self._specs: dict[str, tuple[str, BatchSpec]] = {}
         self._fingerprints: dict[str, str] = {}
         self._states: dict[str, BatchState] = {}
         #: (batch, model) pairs whose model answered 404: their jobs go straight to the fallback
         self._gone: set[tuple[str, str]] = set()
 
-    async def spec(self, batch_id: str) -> BatchSpec:
-        spec = self._specs.get(batch_id)
-        if spec is None:
-            raw = await self.r.hget(self.keys.batch(batch_id), "spec")
+    async def spec(self, batch_id: str) -> tuple[str, BatchSpec]:
+        """(generation, spec) of the batch, read once per generation."""
+        known = self._specs.get(batch_id)
+        if known is None:
+            raw, gen = await self.r.hmget(self.keys.batch(batch_id), ["spec", "gen"])
             if raw is None:
                 raise BatchNotFound(batch_id)  # a stale message of a batch purged or expired
-            spec = self._specs[batch_id] = BatchSpec.from_json(text(raw))
-        return spec
+            known = self._specs[batch_id] = (text(gen or b""), BatchSpec.from_json(text(raw)))
+        return known
+
+    def forget(self, batch_id: str) -> None:
+        """Drop every copy of the batch (claim.lua said it is another generation now)."""
+        self._specs.pop(batch_id, None)
+        self._fingerprints.pop(batch_id, None)
+        self._states.pop(batch_id, None)
+        self._gone = {(b, m) for b, m in self._gone if b != batch_id}
+
+    def fingerprint_of(self, spec: BatchSpec) -> str:
+        """The fingerprint of a spec that is not the batch's own (its fallback model's)."""
+        return fingerprint(spec, self.base_url)
 
     def fingerprint(self, batch_id: str, spec: BatchSpec) -> str:
         if batch_id not in self._fingerprints:
@@ -58,11 +73,8 @@ class Batches:
         st = self._states.setdefault(batch_id, BatchState())
         now = time.monotonic()
         if now - st.checked > MAX_AGE:
-            state, halt, usd, tokens = await self.r.hmget(
-                self.keys.batch(batch_id), ["state", "halt", "budget_usd", "budget_tokens"]
-            )
+            state, halt = await self.r.hmget(self.keys.batch(batch_id), ["state", "halt"])
             st.state, st.halt, st.checked = text(state or b"running"), text(halt or b""), now
-            st.budgeted = bool(usd or tokens)
         return st
 
     def note(self, batch_id: str, state: str, halt: str = "") -> None:
@@ -77,14 +89,20 @@ class Batches:
         return (batch_id, model) in self._gone
 
     async def check(self, batch_id: str) -> None:
-        """Raise if the batch's jobs must not make another request."""
+        """Raise if the batch's jobs must not make another request, by this process's copy of its state:
+        spares a limiter booking; send.lua has the last word."""
         st = await self.state(batch_id)
-        if st.state == "halted":
-            raise ProviderRejected(f"batch halted by an earlier provider error: {st.halt}")
-        if st.state == "paused":
-            raise BatchPaused(f"batch {batch_id} is paused")
-        if st.state == "cancelled":
-            raise BatchCancelled(f"batch {batch_id} was cancelled")
+        raise_for(batch_id, st.state, st.halt)
+
+
+def raise_for(batch_id: str, state: str, detail: str) -> None:
+    """The error that stops a job of a batch in `state` (halted, paused or cancelled); none for running."""
+    if state == "halted":
+        raise ProviderRejected(f"batch halted by an earlier provider error: {detail}")
+    if state == "paused":
+        raise BatchPaused(f"batch {batch_id} is paused" + (f" ({detail})" if detail else ""))
+    if state == "cancelled":
+        raise BatchCancelled(f"batch {batch_id} was cancelled")
 
 
 def fingerprint(spec: BatchSpec, base_url: str) -> str:

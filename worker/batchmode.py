@@ -166,7 +166,7 @@ class Packs:
         if not lines:
             self._move(pack_id, "new", "done", -1)
             return "done"
-        held = self._hold(batch_id, spec, tokens)
+        held = self._hold(batch_id, pack_id, spec, tokens)
         if held is None:  # the budget stops here: every line waits, failed by nothing
             self._settle([self._repack(batch_id, j, pack_id, False, "", "") for j in sent])
             self._move(pack_id, "new", "done", -1)
@@ -228,14 +228,14 @@ class Packs:
             self.store.r.hset(self.keys.pack_twins(pack_id), mapping=twins)  # type: ignore[arg-type]
         return lines, tokens, sent, leftover
 
-    def _hold(self, batch_id: str, spec: BatchSpec, tokens: int) -> tuple[float, int] | None:
+    def _hold(self, batch_id: str, pack_id: str, spec: BatchSpec, tokens: int) -> tuple[float, int] | None:
         """The pack's worst case held against the batch's budget, if it has one (None: over it)."""
         h = self.store.require_batch(batch_id)
         if not (h.get("budget_usd") or h.get("budget_tokens")):
             return 0.0, 0
         price = spec.price(spec.model)
         usd = price.cost(tokens, 0) * self.settings.batch_discount if price else 0.0
-        if not self.store.run("budget", batch=batch_id, usd=usd, tokens=tokens):
+        if not self.store.run("pack_hold", batch=batch_id, pack=pack_id, usd=usd, tokens=tokens):
             return None
         return usd, tokens
 
@@ -336,7 +336,7 @@ class Packs:
         for twin, leader in twins.items():
             self._twin(out, batch_id, pack_id, twin, leader, held.get(twin), out.ops, cancelled)
         self._settle(out.ops)
-        self._release(batch_id, spec, info, out)
+        self._release(batch_id, pack_id, info, out)
         self._move(pack_id, "fetching", "done", -1, tokens=-int(info.get("tokens", 0)))
         for key in (self.keys.pack(pack_id), self.keys.pack_jobs(pack_id), self.keys.pack_twins(pack_id)):
             self.store.r.expire(key, self.settings.result_ttl)
@@ -449,6 +449,7 @@ class Packs:
             cost_usd=None if cost < 0 or job.cost_usd is None else job.cost_usd + cost,
         )
         key = cache_key(fingerprint(spec, self.settings.openai_base_url), job.article.digest)
+        final = replace(final, cache_key=key)
         out.ops.append(Op("done", batch_id, job.job_id, pack_id, *counts, final.pack(), key))
         out.done += 1
 
@@ -583,11 +584,12 @@ class Packs:
                 per_message=self.settings.jobs_per_message,
                 cache_ttl=self.settings.cache_ttl,
                 ops=pack([op.row() for op in chunk]),
+                halt_after=self.settings.halt_after_same_errors,
             )
             if messages:
                 publish(self.app, self.settings, [(int(s), text(m)) for s, m in messages])
 
-    def _release(self, batch_id: str, spec: BatchSpec, info: dict[str, str], out: Outcomes) -> None:
+    def _release(self, batch_id: str, pack_id: str, info: dict[str, str], out: Outcomes) -> None:
         """The pack's budget hold replaced by what it was billed."""
         held_usd, held_tokens = float(info.get("held_usd", 0)), int(info.get("held_tokens", 0))
         if held_usd or held_tokens:
@@ -595,7 +597,7 @@ class Packs:
                 "spend",
                 batch_id,
                 "",
-                "",
+                pack_id,
                 extra=[held_usd, held_tokens, out.cost_usd, out.prompt_tokens + out.completion_tokens],
             )
             self._settle([spend])

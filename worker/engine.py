@@ -27,10 +27,12 @@ from contract.errors import (
     BatchCancelled,
     BatchNotFound,
     BatchPaused,
+    BudgetWait,
     ContextExceeded,
     MalformedResponse,
     PermanentLLMError,
     ProviderRejected,
+    RunLost,
     TransientLLMError,
 )
 from contract.job import ClaimedJob
@@ -42,7 +44,7 @@ from contract.spec import BatchSpec
 from contract.store import Message
 
 from . import llm, metrics, outcome
-from .batches import Batches
+from .batches import Batches, cache_key, raise_for
 from .context import ContextWindows
 from .housekeeping import Housekeeper, Leases
 from .ratelimit import RateLimiter
@@ -135,14 +137,25 @@ class Engine:
 
     async def process(self, batch_id: str, job_ids: list[str], step: int) -> Report:
         report = Report()
-        try:
-            spec = await self.batches.spec(batch_id)
-        except BatchNotFound:
-            report.outcomes["skipped-missing"] += len(job_ids)
-            return report
-        claimed = await self.store.claim(
-            batch_id, job_ids, step, uuid.uuid4().hex, self.batches.fingerprint(batch_id, spec), spec.mode == "batch"
-        )
+        for _ in range(2):
+            try:
+                gen, spec = await self.batches.spec(batch_id)
+            except BatchNotFound:
+                report.outcomes["skipped-missing"] += len(job_ids)
+                return report
+            claimed = await self.store.claim(
+                batch_id,
+                job_ids,
+                step,
+                uuid.uuid4().hex,
+                gen,
+                self.batches.fingerprint(batch_id, spec),
+                spec.mode == "batch",
+            )
+            if claimed.state != "stale":
+                break
+            # The batch was purged and made again under this id: our copy of its spec is another batch's.
+            self.batches.forget(batch_id)
         report.outcomes.update(
             why if why in ("cached", "waiting", "packing") else f"skipped-{why}" for why in claimed.skipped.values()
         )
@@ -175,9 +188,12 @@ class Engine:
         with self.leases.hold(job):
             try:
                 async with self.slots:
-                    summary = await self.summarize_with_fallback(spec, job, tally, started)
+                    summary, used = await self.summarize_with_fallback(spec, job, tally, started)
             except redis.RedisError:
                 raise
+            except RunLost:
+                # Another run has the job now (or the batch is gone): nothing of ours may be stored.
+                return "lost", None
             except BatchPaused:
                 await self.writer.settle(outcome.parked(job, tally))
                 return "paused", None
@@ -190,19 +206,27 @@ class Engine:
                 op, name = outcome.failed(job, exc, tally, self.settings, time.monotonic() - started)
                 await self.writer.settle(op)
                 return name, type(exc).__name__ if name == "failed" else None
-            await self.writer.settle(outcome.done(job, summary, tally))
+            # The answer is cached under the spec that wrote it: a fallback model's answer is not the
+            # primary model's.
+            key = job.cache_key
+            if used is not spec and key:
+                key = cache_key(self.batches.fingerprint_of(used), job.article.digest)
+            await self.writer.settle(outcome.done(job, summary, tally, key))
         return "done", None
 
-    async def summarize_with_fallback(self, spec: BatchSpec, job: ClaimedJob, tally: Tally, started: float) -> Summary:
-        """The batch's model, or its fallback when the model is gone (404) or fails the article for good."""
+    async def summarize_with_fallback(
+        self, spec: BatchSpec, job: ClaimedJob, tally: Tally, started: float
+    ) -> tuple[Summary, BatchSpec]:
+        """The batch's model, or its fallback when the model is gone (404) or fails the article for good;
+        with the spec that wrote the summary."""
         fallback = spec.fallback_model or self.settings.fallback_model
         if not fallback:
-            return await self.summarize(spec, job, tally)
+            return await self.summarize(spec, job, tally), spec
         backup = replace(spec, model=fallback, fallback_model=None)
         if self.batches.is_gone(job.batch_id, spec.model):
-            return await self.summarize(backup, job, tally)
+            return await self.summarize(backup, job, tally), backup
         try:
-            return await self.summarize(spec, job, tally)
+            return await self.summarize(spec, job, tally), spec
         except (PermanentLLMError, TransientLLMError) as exc:
             if not self._for_good(exc, job, started):
                 raise
@@ -211,7 +235,7 @@ class Engine:
             log.warning(
                 "job %s/%s: %s failed for good (%s); trying %s", job.batch_id, job.job_id, spec.model, exc, fallback
             )
-        return await self.summarize(backup, job, tally)
+        return await self.summarize(backup, job, tally), backup
 
     def _for_good(self, exc: Exception, job: ClaimedJob, started: float) -> bool:
         """Whether the model failed this article for good (what a fallback model is for)."""
@@ -256,13 +280,13 @@ class JobPartials:
         requests, unusable, pt, ct, cost = self.tally.unflushed()
         j = self.job
         await self.writer.settle(
-            Op("part", j.batch_id, j.job_id, j.token, requests, unusable, pt, ct, cost, [key, text])
+            Op("part", j.batch_id, j.job_id, j.token, requests, unusable, pt, ct, cost, [key, text], gen=j.gen)
         )
 
 
 class JobAccount:
-    """Prices a job's calls from its batch's spec, and holds each call's worst case against the batch's
-    budget (when it has one) until the call is billed."""
+    """Prices a job's calls from its batch's spec; right before each call leaves, asks send.lua whether it
+    may (batch state, the run's lease, the budget) and holds its worst case until the call is billed."""
 
     def __init__(self, engine: Engine, job: ClaimedJob, spec: BatchSpec) -> None:
         self.engine, self.job, self.spec = engine, job, spec
@@ -270,16 +294,22 @@ class JobAccount:
     def price(self, model: str) -> Price | None:
         return self.spec.price(model)
 
-    async def hold(self, model: str, prompt_tokens: int, max_tokens: int) -> Hold:
-        batches = self.engine.batches
-        if not (await batches.state(self.job.batch_id)).budgeted:
-            return Hold()
+    async def admit(self, model: str, prompt_bound: int, max_tokens: int) -> Hold:
         price = self.price(model)
-        held = Hold(price.cost(prompt_tokens, max_tokens) if price else 0.0, prompt_tokens + max_tokens)
-        if not await self.engine.store.reserve(self.job.batch_id, held.usd, held.tokens):
-            batches.note(self.job.batch_id, "paused")
-            raise BatchPaused(f"batch {self.job.batch_id}: the next call would go over its budget")
-        return held
+        held = Hold(price.cost(prompt_bound, max_tokens) if price else -1.0, prompt_bound + max_tokens)
+        j = self.job
+        verdict, detail = await self.engine.store.send(j, held.usd, held.tokens)
+        if verdict == "go":
+            if detail != "held":  # no budget: nothing to release
+                return Hold()
+            return held if held.usd >= 0 else replace(held, usd=0.0)
+        if verdict == "wait":
+            raise BudgetWait(f"batch {j.batch_id}: waiting for calls in flight to settle")
+        if verdict in ("lost", "gone"):
+            raise RunLost(f"job {j.batch_id}/{j.job_id}: this run no longer holds it ({verdict})")
+        self.engine.batches.note(j.batch_id, verdict, detail)
+        raise_for(j.batch_id, verdict, detail)
+        raise RunLost(f"batch {j.batch_id}: unknown verdict {verdict!r}")
 
     async def release(self, hold: Hold, model: str, prompt_tokens: int, completion_tokens: int) -> None:
         if hold == Hold():
@@ -294,6 +324,7 @@ class JobAccount:
                 j.job_id,
                 j.token,
                 extra=[hold.usd, hold.tokens, spent, prompt_tokens + completion_tokens],
+                gen=j.gen,
             )
         )
 

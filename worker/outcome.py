@@ -7,7 +7,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from contract.errors import HandBack, ProviderRejected, TransientLLMError
+from contract.errors import HandBack, PermanentLLMError, ProviderRejected, TransientLLMError
 from contract.job import ClaimedJob
 from contract.record import Final
 from contract.settings import Settings
@@ -34,6 +34,7 @@ def _op(kind: str, job: ClaimedJob, tally: Tally, extra: object, cache_key: str 
         cost,
         extra,
         cache_key,
+        job.gen,
     )
 
 
@@ -53,9 +54,13 @@ def _final(job: ClaimedJob, tally: Tally, status: str, **fields: Any) -> Final:
     return replace(counts, **fields)
 
 
-def done(job: ClaimedJob, summary: Summary, tally: Tally) -> Op:
-    final = _final(job, tally, "done", summary=summary.text, model=summary.model, chunks=summary.chunks)
-    return _op("done", job, tally, final.pack(), job.cache_key)
+def done(job: ClaimedJob, summary: Summary, tally: Tally, cache_key: str | None = None) -> Op:
+    """`cache_key`: what the answer is cached under (the job's own, unless a fallback model wrote it)."""
+    key = job.cache_key if cache_key is None else cache_key
+    final = _final(
+        job, tally, "done", summary=summary.text, model=summary.model, chunks=summary.chunks, cache_key=key
+    )
+    return _op("done", job, tally, final.pack(), key)
 
 
 def parked(job: ClaimedJob, tally: Tally) -> Op:
@@ -81,4 +86,14 @@ def failed(job: ClaimedJob, exc: Exception, tally: Tally, settings: Settings, ru
     # Thousands of jobs would fail the same way: stop paying for the discovery one at a time.
     halt = f"{type(exc).__name__}: {exc}"[:2000] if isinstance(exc, ProviderRejected) else ""
     record = _final(job, tally, "failed", error=str(exc)[:2000], error_type=type(exc).__name__)
-    return _op("fail", job, tally, [record.pack(), halt]), "failed"
+    return _op("fail", job, tally, [record.pack(), halt, same_error_signature(exc)]), "failed"
+
+
+def same_error_signature(exc: Exception) -> str:
+    """What makes two failures 'the same permanent error' for halting a batch whose first calls all fail
+    alike (a gateway answering every request with one 400): a provider's 4xx answer, by status and
+    message. Failures that depend on the article (context, unusable answers, a request over the TPM)
+    never count. '' for those."""
+    if type(exc) is not PermanentLLMError or exc.status is None:
+        return ""
+    return f"{exc.status} {exc}"[:300]

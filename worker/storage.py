@@ -39,6 +39,9 @@ class Op:
     extra: Any = field(default=b"")
     #: the result-cache key the done answer is stored under ('' for none)
     cache_key: str = ""
+    #: the batch generation the run was made for: an op for another one (the batch was purged, expired or
+    #: made again under its id) writes nothing ('' : batch mode, which only needs the batch to exist)
+    gen: str = ""
 
     def row(self) -> list[Any]:
         return [
@@ -53,6 +56,7 @@ class Op:
             self.cost_usd,
             self.extra,
             self.cache_key,
+            self.gen,
         ]
 
 
@@ -85,7 +89,14 @@ class WorkerStore:
         return await self._scripts[name](args=scripts.load(name).args(self.keys, **params))
 
     async def claim(
-        self, batch_id: str, job_ids: list[str], step: int, token: str, cache_fp: str = "", to_pack: bool = False
+        self,
+        batch_id: str,
+        job_ids: list[str],
+        step: int,
+        token: str,
+        gen: str = "",
+        cache_fp: str = "",
+        to_pack: bool = False,
     ) -> Claimed:
         state, now_ms, rows = await self.script(
             "claim",
@@ -97,11 +108,12 @@ class WorkerStore:
             cache_fp=cache_fp if self.settings.cache_ttl else "",
             cache_ttl=self.settings.cache_ttl,
             to_pack="1" if to_pack else "0",
+            gen=gen,
         )
         claimed = Claimed(text(state), [], {})
         for row in rows:
             if text(row[1]) == "claimed":
-                claimed.jobs.append(ClaimedJob.from_reply(batch_id, token, int(now_ms), row))
+                claimed.jobs.append(ClaimedJob.from_reply(batch_id, token, int(now_ms), row, gen))
             else:
                 claimed.skipped[text(row[0])] = text(row[1])
         return claimed
@@ -113,12 +125,18 @@ class WorkerStore:
             per_message=self.settings.jobs_per_message,
             cache_ttl=self.settings.cache_ttl,
             ops=pack([op.row() for op in ops]),
+            halt_after=self.settings.halt_after_same_errors,
         )
         return [int(a) for a in applied], [(int(step), text(m)) for step, m in messages]
 
-    async def reserve(self, batch_id: str, usd: float, tokens: int) -> bool:
-        """Hold a call's worst case against the batch's budget; False: the batch is (now) paused or over."""
-        return bool(await self.script("budget", batch=batch_id, usd=usd, tokens=tokens))
+    async def send(self, job: ClaimedJob, usd: float, tokens: int) -> tuple[str, str]:
+        """The last word before a call leaves (contract/lua/send.lua): (verdict, detail), verdict one of go,
+        wait, paused, cancelled, halted, lost, gone. With a budget, `go` also holds the call's bound
+        (`usd` -1: its price is unknown)."""
+        verdict, detail = await self.script(
+            "send", batch=job.batch_id, gen=job.gen, id=job.job_id, token=job.token, usd=usd, tokens=tokens
+        )
+        return text(verdict), text(detail)
 
     async def renew(self, held: list[ClaimedJob]) -> list[ClaimedJob]:
         """Extend the leases of `held`; returns those that are no longer ours."""

@@ -31,6 +31,7 @@ local function bucket(s)
   return 'queued'
 end
 
+-- Every status change of a job goes through here: the batch's public counters follow its status.
 local function move(b, from, to)
   local f, t = bucket(from), bucket(to)
   if f ~= t then
@@ -45,10 +46,82 @@ local function batch_keys(b)
   return out
 end
 
+-- ---- budget holds ---------------------------------------------------------------------------------
+-- A run's calls in flight hold their worst case against the batch's budget: one field of the batch's
+-- `holds` hash per run (`job\x1ftoken` -> `tokens:usd`), summed in the batch hash's held_tokens and
+-- held_usd. A hold lives exactly as long as the run that took it: the run's own `spend` op turns it
+-- into what the call really cost; a run that loses its job (lease lapsed, settled by another run)
+-- leaves its holds to `drop_holds`, which counts them as spent at their bound (the calls may have been
+-- billed, and "never overspent" needs the bound) and marks them estimated (`~job\x1ftoken`) so that a
+-- late spend op of that run corrects the estimate to the real figure, once.
+
+local function hold_field(id, token) return id .. L.msep .. token end
+
+local function get_hold(b, field)
+  local v = redis.call('HGET', part(b, 'holds'), field)
+  if not v then return 0, 0 end
+  local t, u = string.match(v, '^(%-?%d+):(.+)$')
+  return tonumber(t), tonumber(u)
+end
+
+local function put_hold(b, field, t, u)
+  if t <= 0 and u <= 1e-9 then
+    redis.call('HDEL', part(b, 'holds'), field)
+  else
+    redis.call('HSET', part(b, 'holds'), field, string.format('%d:%.17g', t, u))
+  end
+end
+
+local function add_held(b, t, u)
+  local bk = bkey(b)
+  if t ~= 0 then redis.call('HINCRBY', bk, 'held_tokens', t) end
+  if u ~= 0 then redis.call('HINCRBYFLOAT', bk, 'held_usd', u) end
+end
+
+local function add_spent(b, t, u, estimated)
+  local bk = bkey(b)
+  if t ~= 0 then redis.call('HINCRBY', bk, 'spent_tokens', t) end
+  if u ~= 0 then redis.call('HINCRBYFLOAT', bk, 'spent_usd', u) end
+  if estimated then
+    if t ~= 0 then redis.call('HINCRBY', bk, 'est_tokens', t) end
+    if u ~= 0 then redis.call('HINCRBYFLOAT', bk, 'est_usd', u) end
+  end
+end
+
+-- The run `token` no longer holds job `id`: what its calls in flight hold becomes estimated spend.
+local function drop_holds(b, id, token)
+  if not token or token == '' then return end
+  local field = hold_field(id, token)
+  local t, u = get_hold(b, field)
+  if t == 0 and u == 0 then return end
+  put_hold(b, field, 0, 0)
+  add_held(b, -t, -u)
+  add_spent(b, t, u, true)
+  local et, eu = get_hold(b, '~' .. field)
+  put_hold(b, '~' .. field, et + t, eu + u)
+end
+
+-- Whoever holds job `id` now (its hash's token) gives it up.
+local function release_run(b, id)
+  drop_holds(b, id, redis.call('HGET', jkey(b, id), 'tk'))
+end
+
+-- A batch op may touch only the generation of the batch it was made for: a batch purged (or expired)
+-- and made again under the same id is another batch, and one that no longer exists gets no writes.
+-- (Batch mode's ops carry no generation yet: for them the batch must only exist.)
+local function live(b, gen)
+  local g = redis.call('HGET', bkey(b), 'gen')
+  if not g then return false end
+  return gen == nil or gen == '' or g == gen
+end
+
 -- Results are kept for the TTL after the batch is over; until then nothing of it expires.
 -- The TTL is the batch's own (`ttl`, set by the submit from SUMMARIZE_RESULT_TTL).
+-- A submit still storing chunks holds a lease on its batch (`submitting`, Redis time): the batch is not
+-- over until that lease is given back or lapses (the reaper then finishes it).
 local function maybe_finish(b, now)
-  local h = redis.call('HMGET', bkey(b), 'queued', 'running', 'ttl')
+  local h = redis.call('HMGET', bkey(b), 'queued', 'running', 'ttl', 'submitting')
+  if tonumber(h[4] or '0') > now then return end
   if tonumber(h[1] or '0') <= 0 and tonumber(h[2] or '0') <= 0 then
     redis.call('HSET', bkey(b), 'finished', now)
     local ttl = tonumber(h[3] or '604800')
@@ -77,7 +150,7 @@ end
 
 -- Digest and origin of a job's article (what its final record keeps of it).
 local function article_of(b, id)
-  local blob = redis.call('GET', tkey(b, id))
+  local blob = redis.call('GET', tkey(b, id)) or redis.call('HGET', part(b, 'kept'), id)
   if not blob then return '', '' end
   local article = cmsgpack.unpack(blob)
   return article[1], article[2]
@@ -85,21 +158,27 @@ end
 
 -- The final record of a job settled inside Redis (cancelled, or failed by a halt), in the layout of
 -- contract/record.py Final: status, digest, origin, summary, error, error_type, model, prompt and
--- completion tokens, attempts, cached, chunks, unusable, finished, cost.
+-- completion tokens, attempts, cached, chunks, unusable, finished, cost, cache key.
 local function lua_final(b, id, status, err, etype, now)
   local digest, origin = article_of(b, id)
   local h = redis.call('HMGET', jkey(b, id), 'a', 'x', 'pt', 'ct')
   return cmsgpack.pack({status, digest, origin, '', err, etype, '', tonumber(h[3] or '0'),
-    tonumber(h[4] or '0'), tonumber(h[1] or '0'), false, 0, tonumber(h[2] or '0'), now, -1})
+    tonumber(h[4] or '0'), tonumber(h[1] or '0'), false, 0, tonumber(h[2] or '0'), now, -1, ''})
 end
 
 -- Store a final record and drop everything the unfinished job had. `keep_text` keeps the article
--- of a failed job so `summarize retry` can send it again.
+-- of a failed job so `summarize retry` can send it again: in the batch's `kept` hash, which expires
+-- with the batch (a text key of its own would outlive it).
 local function finalize(b, id, from, status, record, keep_text, now)
   move(b, from, status)
+  release_run(b, id)
   redis.call('HSET', part(b, 'out'), id, record)
   redis.call('DEL', jkey(b, id), pkey(b, id))
-  if not keep_text then redis.call('DEL', tkey(b, id)) end
+  if keep_text then
+    local blob = redis.call('GET', tkey(b, id))
+    if blob then redis.call('HSET', part(b, 'kept'), id, blob) end
+  end
+  redis.call('DEL', tkey(b, id))
   redis.call('ZREM', L.due, member(b, id))
   redis.call('SREM', part(b, 'parked'), id)
   if status == 'failed' then redis.call('SADD', part(b, 'dead'), id) end
@@ -144,27 +223,41 @@ local function cache_store(key, ptr, ttl_s, now)
   redis.call('EXPIRE', bucket, ttl_s + 7 * 24 * 3600)
 end
 
--- The final record a cache entry leads to (unpacked), or nil when that batch's results are gone.
-local function cached_record(ptr)
+-- The final record a cache entry leads to (unpacked), or nil when it does not prove to be the answer
+-- to `key`: the record must be done and carry the same cache key (same article digest, same answer
+-- fingerprint). After a purge, an expiry or a batch id reused for other articles the pointer leads
+-- elsewhere, and that is a miss, never another article's summary.
+local function cached_record(ptr, key)
   local p = split(ptr, L.msep)
   local rec = redis.call('HGET', part(p[1], 'out'), p[2])
   if not rec then return nil end
   local f = cmsgpack.unpack(rec)
-  if f[1] ~= 'done' then return nil end
+  if f[1] ~= 'done' or f[16] ~= key then return nil end
   return f
+end
+
+-- Drop the cache pointer to `batch/job` under `key` (a purge removes the pointers it orphans).
+local function cache_forget(key, ptr, ttl_s, now)
+  local week = math.floor(now / WEEK_MS)
+  for w = week, week - math.ceil(ttl_s * 1000 / WEEK_MS), -1 do
+    if redis.call('HGET', L.cache .. w, key) == ptr then redis.call('HDEL', L.cache .. w, key) end
+  end
 end
 
 -- A job answered without a call: its own final record carries the summary, no tokens, no cost.
 local function finalize_cached(b, id, from, f, now)
   local digest, origin = article_of(b, id)
-  local rec = cmsgpack.pack({'done', digest, origin, f[4], '', '', f[7], 0, 0, 0, true, f[12] or 0, 0, now, 0})
+  local rec = cmsgpack.pack({'done', digest, origin, f[4], '', '', f[7], 0, 0, 0, true, f[12] or 0, 0, now, 0,
+    f[16] or ''})
   finalize(b, id, from, 'done', rec, false, now)
   redis.call('HINCRBY', bkey(b), 'cached', 1)
 end
 
--- The leader of a flight settled: waiting twins are answered from its record (done), or else queued
--- again so one of them makes the call. Appends the messages to publish to `messages`.
-local function land(b, id, f, now, per, messages)
+-- The leader of a flight settled: waiting twins are answered from its record (done), failed with its
+-- error (`failed`: the same article would fail the same way, and paying for that N times is what single
+-- flight is for), or else queued again so one of them makes the call. Appends the messages to publish
+-- to `messages`.
+local function land(b, id, f, now, per, messages, failed)
   local key = redis.call('HGET', jkey(b, id), 'fk')
   if not key then return end
   if redis.call('GET', L.flight .. key) == member(b, id) then redis.call('DEL', L.flight .. key) end
@@ -177,6 +270,10 @@ local function land(b, id, f, now, per, messages)
       redis.call('ZREM', L.due, w)
       if f then
         finalize_cached(wb, wid, 'waiting', f, now)
+      elseif failed then
+        local err = 'an identical article (' .. id .. ' of batch ' .. b .. ') failed: ' .. failed[5]
+        finalize(wb, wid, 'waiting', 'failed', lua_final(wb, wid, 'failed', string.sub(err, 1, 2000), failed[6], now),
+          true, now)
       else
         redis.call('HSET', jkey(wb, wid), 's', 'queued')
         if not again[wb] then again[wb] = {}; order[#order + 1] = wb end
@@ -193,7 +290,8 @@ end
 
 -- A job waits for a pack (a provider batch) of its batch: in the batch's packing set, and the batch in
 -- the set of batches to pack (scored by when it first had something to pack).
-local function to_packing(b, id, now)
+local function to_packing(b, id, from, now)
+  move(b, from, 'packing')
   redis.call('HSET', jkey(b, id), 's', 'packing')
   redis.call('HDEL', jkey(b, id), 'tk', 'l')
   redis.call('ZADD', part(b, 'packing'), 'NX', now, id)

@@ -12,18 +12,23 @@
 --         words, temperature), '' when the batch does not use the cache
 -- ARGV[8] cache_ttl: seconds a cached answer is looked up for
 -- ARGV[9] to_pack: '1' for a batch-mode batch: its jobs wait for a provider batch instead of running
+-- ARGV[10] gen: the batch generation the caller's spec belongs to; another one (the batch was purged
+--          and made again) claims nothing and answers state 'stale', so the caller reads the spec again
+--          ('' : no check, for tools that read the spec themselves)
 --
 -- With a cache fingerprint, a job whose answer is cached is done at once (0 calls), and a job whose twin
 -- is being summarized right now waits for it (status waiting: no slot, no call) instead of calling.
--- Returns {state, now_ms, jobs}: state = the batch's state, now_ms = Redis time; jobs[i] = {id, 'claimed', article, attempts,
+-- Returns {state, now_ms, jobs}: state = the batch's state ('stale': see gen), now_ms = Redis time; jobs[i] = {id, 'claimed', article, attempts,
 -- unusable, deferrals, first_failure_ms, prompt_tokens, completion_tokens, partials (flat field/value
 -- list of the parts of a long article summarized by earlier runs), cache key ('' for none), cost so far
 -- (USD, '-1' when a price was unknown)} or
 -- {id, why} where why is done, failed, cancelled, cached, waiting, packing, busy (another run holds it),
 -- early (deferred, not due), paused, missing.
 local b, step, msg, token, lease = ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
-local fp, cache_ttl, to_pack = ARGV[7], tonumber(ARGV[8]), ARGV[9] == '1'
+local fp, cache_ttl, to_pack, gen = ARGV[7], tonumber(ARGV[8]), ARGV[9] == '1', ARGV[10]
 local now = now_ms()
+local bgen = redis.call('HGET', bkey(b), 'gen')
+if bgen and gen ~= '' and bgen ~= gen then return {'stale', now, {}} end
 local orphans = L.orphans .. step
 -- The message arrived: it is not lost. Its queued time is how far the queue has come.
 local queued_at = redis.call('ZSCORE', orphans, msg)
@@ -40,17 +45,18 @@ local function take(id, s)
   if fp ~= '' then
     key = cache_key(fp, (article_of(b, id)))
     local ptr = cache_lookup(key, cache_ttl, now)
-    local f = ptr and cached_record(ptr)
+    local f = ptr and cached_record(ptr, key)
     if f then
       finalize_cached(b, id, s, f, now)
       return {id, 'cached'}
     end
     if to_pack and redis.call('HGET', jk, 'online') ~= '1' then
-      to_packing(b, id, now)  -- twins of one pack share its line (worker/batchmode.py)
+      to_packing(b, id, s, now)  -- twins of one pack share its line (worker/batchmode.py)
       return {id, 'packing'}
     end
     local leader = redis.call('GET', L.flight .. key)
     if leader and leader ~= m then
+      move(b, s, 'waiting')
       redis.call('HSET', jk, 's', 'waiting', 'fk', key)
       redis.call('SADD', L.waiters .. key, m)
       redis.call('ZADD', L.due, now + lease, m)  -- the reaper looks again if the leader goes quiet
@@ -60,7 +66,7 @@ local function take(id, s)
     redis.call('HSET', jk, 'fk', key)
   end
   if to_pack and redis.call('HGET', jk, 'online') ~= '1' then
-    to_packing(b, id, now)
+    to_packing(b, id, s, now)
     return {id, 'packing'}
   end
   move(b, s, 'running')
@@ -88,6 +94,11 @@ for i = 2, #ids do
   elseif s ~= 'queued' then
     why = s
   end
+  if not why and s == 'running' then
+    -- Its lease lapsed before the reaper got to it: the run that had it is gone, and so are its holds.
+    release_run(b, id)
+    redis.call('HDEL', jk, 'tk', 'l')
+  end
   if why then
     jobs[#jobs + 1] = {id, why}
   elseif state == 'cancelled' then
@@ -99,6 +110,7 @@ for i = 2, #ids do
     finalize(b, id, s, 'failed', lua_final(b, id, 'failed', err, 'ProviderRejected', now), true, now)
     jobs[#jobs + 1] = {id, 'failed'}
   elseif state == 'paused' then
+    move(b, s, 'parked')
     redis.call('HSET', jk, 's', 'parked')
     redis.call('SADD', part(b, 'parked'), id)
     redis.call('ZREM', L.due, member(b, id))

@@ -9,10 +9,17 @@
 --         jobs themselves), '' otherwise
 -- ARGV[5] jobs: msgpack array of {id, article (packed Article, '' for an invalid record), metadata JSON
 --         ('' for none), final record ('' for a valid record; the packed failed Final of an invalid one)}
+-- ARGV[6] gen: the batch generation the submit made or resumed ('' : any); a batch that is gone, or was
+--         made again meanwhile, takes nothing (error NOBATCH): the submit must start again
 --
 -- Returns {results, messages}: results[i] = {1} created, or {0, digest, origin} already there;
 -- messages = {step, member} pairs for the caller to publish.
-local b, per, admit = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local b, per, admit, gen = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[6]
+local bgen = redis.call('HGET', bkey(b), 'gen')
+if not bgen or (gen ~= '' and bgen ~= gen) then
+  if admit ~= '' then redis.call('HDEL', L.admitted, admit) end
+  return redis.error_reply('NOBATCH ' .. b)
+end
 local jobs = cmsgpack.unpack(ARGV[5])
 local now = now_ms()
 local results, queued_ids, failed = {}, {}, 0

@@ -7,12 +7,20 @@
 -- ARGV[4] force: '1' removes unfinished jobs too (they are counted out of the backlog); else such a job
 --         stops the purge with an error naming it
 -- ARGV[5] last: '1' on the final call: the batch's keys go too
+-- ARGV[6] cache_ttl: seconds a cached answer is looked up for (the weeks where its pointers may be)
 --
 -- Returns how many jobs it removed.
-local b, force, last = ARGV[2], ARGV[4] == '1', ARGV[5] == '1'
+local b, force, last, cache_ttl = ARGV[2], ARGV[4] == '1', ARGV[5] == '1', tonumber(ARGV[6])
+local now = now_ms()
 local n = 0
 for _, id in ipairs(cmsgpack.unpack(ARGV[3])) do
   local s = status_of(b, id)
+  if s == 'done' then
+    -- The cache pointers to this job's answer would lead to nothing (or, once the id is reused, to
+    -- another article): they go with it.
+    local f = cmsgpack.unpack(redis.call('HGET', part(b, 'out'), id))
+    if f[16] and f[16] ~= '' then cache_forget(f[16], member(b, id), cache_ttl, now) end
+  end
   if s then
     local final = s == 'done' or s == 'failed' or s == 'cancelled'
     if not final then
@@ -32,5 +40,6 @@ if last then
   for _, k in ipairs(batch_keys(b)) do redis.call('DEL', k) end
   redis.call('ZREM', L.batches, b)
   redis.call('ZREM', L.packing, b)
+  redis.call('ZREM', L.submits, b)
 end
 return n

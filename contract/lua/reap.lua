@@ -41,6 +41,7 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', L.due, '-inf', now, 'LIMIT', 0, l
   local s = redis.call('HGET', jk, 's')
   if s == 'running' then
     if leases_trusted and tonumber(redis.call('HGET', jk, 'l') or '0') <= now then
+      release_run(b, id)  -- its calls may have been billed: their holds become estimated spend
       move(b, 'running', 'queued')
       redis.call('HSET', jk, 's', 'queued')
       redis.call('HDEL', jk, 'tk', 'l')
@@ -90,6 +91,34 @@ for step, queue in pairs(L.queues) do
       end
     end
   end
+end
+
+-- Submits that went away while storing chunks: their lease lapsed, so their batches may be over.
+for _, b in ipairs(redis.call('ZRANGEBYSCORE', L.submits, '-inf', now, 'LIMIT', 0, limit)) do
+  redis.call('ZREM', L.submits, b)
+  if redis.call('EXISTS', bkey(b)) == 1 then
+    local until_ms = tonumber(redis.call('HGET', bkey(b), 'submitting') or '0')
+    if until_ms <= now then
+      redis.call('HDEL', bkey(b), 'submitting')
+      maybe_finish(b, now)
+    else
+      redis.call('ZADD', L.submits, until_ms, b)
+    end
+  end
+end
+
+-- The batches index keeps only batches that still exist (expired ones leave it): a page per round,
+-- walking it by creation time from where the last round stopped.
+local cursor = redis.call('HGET', L.reaper, 'bcursor')
+local from = cursor and ('(' .. cursor) or '-inf'
+local page = redis.call('ZRANGEBYSCORE', L.batches, from, '+inf', 'WITHSCORES', 'LIMIT', 0, limit)
+for i = 1, #page, 2 do
+  if redis.call('EXISTS', bkey(page[i])) == 0 then redis.call('ZREM', L.batches, page[i]) end
+end
+if #page < 2 * limit then
+  redis.call('HDEL', L.reaper, 'bcursor')
+else
+  redis.call('HSET', L.reaper, 'bcursor', page[#page])
 end
 
 local messages = {}

@@ -13,6 +13,11 @@ local ids = {}
 for _, id in ipairs(cmsgpack.unpack(ARGV[4])) do
   local rec = redis.call('HGET', part(b, 'out'), id)
   local f = rec and cmsgpack.unpack(rec)
+  local kept = f and f[1] == 'failed' and redis.call('HGET', part(b, 'kept'), id)
+  if kept then
+    redis.call('SET', tkey(b, id), kept)
+    redis.call('HDEL', part(b, 'kept'), id)
+  end
   if f and f[1] == 'failed' and redis.call('EXISTS', tkey(b, id)) == 1 then
     -- What it cost so far stays with it: a fresh horizon and unusable allowance, the same totals.
     redis.call('HSET', jkey(b, id), 's', 'queued', 'a', f[10] or 0, 'pt', f[8] or 0, 'ct', f[9] or 0)
@@ -29,6 +34,7 @@ if #ids > 0 then
   unfinish(b)
   local bk = bkey(b)
   if redis.call('HGET', bk, 'state') == 'halted' then redis.call('HSET', bk, 'state', 'running') end
+  redis.call('HDEL', bk, 'fsig', 'fsig_n')  -- after the fix, the same-error count starts again
 end
 local messages = {}
 enqueue_messages(b, ids, per, now, messages)

@@ -5,25 +5,33 @@
 -- ARGV[2] per_message: jobs per Celery message (for twins queued again when their leader did not answer)
 -- ARGV[3] cache_ttl: seconds a cached answer is kept findable
 -- ARGV[4] ops: msgpack array of {kind, batch, id, token, attempts, unusable, prompt_tokens,
---         completion_tokens, cost_usd, extra, cache_key}; kind and extra:
+--         completion_tokens, cost_usd, extra, cache_key, gen}; an op whose batch generation (gen) is
+--         not the batch's (purged, expired, or made again under the same id) writes nothing at all;
+--         kind and extra:
 --           done:   extra = packed Final; stored even if the job failed or was re-run meanwhile (a late
 --                   result wins: the user would rather have the summary). With a cache key, the answer
 --                   is cached and the twins waiting for it are done from it.
---           fail:   extra = {packed Final, halt message ('' unless the provider rejected the key/model)}
+--           fail:   extra = {packed Final, halt message ('' unless the provider rejected the key/model),
+--                   same-error signature ('' unless a provider's 4xx that may fail every job alike)}
 --           defer:  extra = {delay_ms, error_type, error, counts_as_failure (0/1)}
 --           part:   extra = {key, summary} of one part of a long article, kept for later runs; the
 --                   counts go to the job so its final record sums every call
---           park:   the batch was paused: the job waits, holding nothing, until it is resumed
+--           park:   the batch was paused: the job waits, holding nothing, until it is resumed. Decided
+--                   on the batch's state here, not the worker's copy of it: if the batch is running again
+--                   (resumed meanwhile), the job is queued again instead
 --           cancel: the batch was cancelled before this run's next call
 --           repack: (batch mode) extra = {online (0/1), error_type ('' when it was no failure),
 --                   error}: the line goes into a later pack, or online
---           spend:  extra = {held_usd, held_tokens, spent_usd, spent_tokens}: a call's budget reservation
---                   replaced by what it really cost (no job change)
+--           spend:  extra = {held_usd, held_tokens, spent_usd, spent_tokens}: a call's budget hold
+--                   replaced by what it really cost (no job change). If the run lost its job meanwhile,
+--                   its hold was counted as estimated spend (drop_holds): the estimate is corrected
 --         cost_usd is -1 when a call's price was unknown: the job's cost is then null, never 0.
+-- ARGV[5] halt_after: a batch none of whose jobs is done yet halts once this many of its jobs failed with
+--         the same permanent provider error (fail's extra[3]; 0: never)
 --
 -- Returns {applied, messages}: applied[i] is 1 or 0 (already settled, or another run holds the job);
 -- messages are {step, member} pairs to publish (twins whose leader did not answer).
-local per, cache_ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local per, cache_ttl, halt_after = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
 local ops = cmsgpack.unpack(ARGV[4])
 local now = now_ms()
 local applied, messages = {}, {}
@@ -57,10 +65,8 @@ end
 
 local function remember(b, id, op, record)
   local key = op[11]
-  if key and key ~= '' then
-    cache_store(key, member(b, id), cache_ttl, now)
-    land(b, id, cmsgpack.unpack(record), now, per, messages)
-  end
+  if key and key ~= '' then cache_store(key, member(b, id), cache_ttl, now) end
+  land(b, id, cmsgpack.unpack(record), now, per, messages)
 end
 
 local function done(b, id, op)
@@ -74,6 +80,7 @@ local function done(b, id, op)
       redis.call('SREM', part(b, 'dead'), id)
       redis.call('HSET', part(b, 'out'), id, op[10])
       redis.call('DEL', tkey(b, id))
+      redis.call('HDEL', part(b, 'kept'), id)
       redis.call('XADD', part(b, 'events'), '*', 'id', id, 's', 'done')
       return 1
     end
@@ -88,11 +95,23 @@ end
 local function fail(b, id, op)
   local ok, s = holds(b, id, op[4])
   if not ok then return 0 end
-  local record, halt = op[10][1], op[10][2]
-  if halt ~= '' and redis.call('HGET', bkey(b), 'state') == 'running' then
-    redis.call('HSET', bkey(b), 'state', 'halted', 'halt', halt)
+  local record, halt, sig = op[10][1], op[10][2], op[10][3] or ''
+  local bk = bkey(b)
+  if halt == '' and sig ~= '' and halt_after > 0 and tonumber(redis.call('HGET', bk, 'done') or '0') == 0 then
+    -- The first calls of a batch all failing alike: the rest would too, one paid discovery at a time.
+    local seen = redis.call('HGET', bk, 'fsig')
+    if not seen then
+      redis.call('HSET', bk, 'fsig', sig, 'fsig_n', 1)
+    elseif seen == sig then
+      if redis.call('HINCRBY', bk, 'fsig_n', 1) >= halt_after then
+        halt = 'the first ' .. halt_after .. ' jobs all failed with the same error: ' .. sig
+      end
+    end
   end
-  land(b, id, nil, now, per, messages)
+  if halt ~= '' and redis.call('HGET', bk, 'state') == 'running' then
+    redis.call('HSET', bk, 'state', 'halted', 'halt', halt)
+  end
+  land(b, id, nil, now, per, messages, cmsgpack.unpack(record))
   finalize(b, id, s, 'failed', record, true, now)
   return 1
 end
@@ -108,14 +127,14 @@ local function repack(b, id, op)
     redis.call('HSET', jk, 'e', x[2], 'em', string.sub(x[3], 1, 200))
     redis.call('HINCRBY', jk, 'bx', 1)
   end
+  release_run(b, id)
   if x[1] == 1 then
     move(b, s, 'queued')
     redis.call('HSET', jk, 's', 'queued', 'online', '1')
     redis.call('HDEL', jk, 'tk', 'l')
     enqueue_messages(b, {id}, per, now, messages)
   else
-    move(b, s, 'packing')
-    to_packing(b, id, now)
+    to_packing(b, id, s, now)
   end
   return 1
 end
@@ -124,6 +143,7 @@ local function defer(b, id, op)
   if not holds(b, id, op[4]) then return 0 end
   local jk, x = jkey(b, id), op[10]
   land(b, id, nil, now, per, messages)
+  release_run(b, id)
   move(b, 'running', 'deferred')
   redis.call('HSET', jk, 's', 'deferred', 'e', x[2], 'em', string.sub(x[3], 1, 200))
   redis.call('HDEL', jk, 'tk', 'l')
@@ -148,11 +168,20 @@ local function park(b, id, op)
   if not holds(b, id, op[4]) then return 0 end
   local jk = jkey(b, id)
   land(b, id, nil, now, per, messages)
-  move(b, 'running', 'parked')
-  redis.call('HSET', jk, 's', 'parked')
+  release_run(b, id)
   redis.call('HDEL', jk, 'tk', 'l')
   add_counts(jk, op)
   redis.call('ZREM', L.due, member(b, id))
+  if redis.call('HGET', bkey(b), 'state') ~= 'paused' then
+    -- Resumed (or cancelled) since the worker looked: resume has walked the parked set already, so
+    -- the job goes back on the queue (a cancelled batch's claim ends it there).
+    move(b, 'running', 'queued')
+    redis.call('HSET', jk, 's', 'queued')
+    enqueue_messages(b, {id}, per, now, messages)
+    return 1
+  end
+  move(b, 'running', 'parked')
+  redis.call('HSET', jk, 's', 'parked')
   redis.call('SADD', part(b, 'parked'), id)
   return 1
 end
@@ -168,19 +197,37 @@ local function cancel(b, id, op)
 end
 
 local function spend(b, id, op)
-  local bk, x = bkey(b), op[10]
-  redis.call('HINCRBYFLOAT', bk, 'held_usd', -x[1])
-  redis.call('HINCRBY', bk, 'held_tokens', -x[2])
-  redis.call('HINCRBYFLOAT', bk, 'spent_usd', x[3])
-  redis.call('HINCRBY', bk, 'spent_tokens', x[4])
-  return 1
+  local x = op[10]
+  local hu, ht, su, st = x[1], x[2], x[3], x[4]
+  local field = hold_field(id, op[4])
+  local t, u = get_hold(b, field)
+  if ht > 0 and t >= ht then
+    put_hold(b, field, t - ht, u - hu)
+    add_held(b, -ht, -hu)
+    add_spent(b, st, su, false)
+    return 1
+  end
+  local et, eu = get_hold(b, '~' .. field)
+  if et >= ht and ht > 0 then
+    -- The run lost its job with this call in flight: its bound was counted as estimated spend.
+    put_hold(b, '~' .. field, et - ht, eu - hu)
+    add_spent(b, st - ht, su - hu, false)
+    redis.call('HINCRBY', bkey(b), 'est_tokens', -ht)
+    redis.call('HINCRBYFLOAT', bkey(b), 'est_usd', -hu)
+    return 1
+  end
+  return 0  -- nothing held under that run (a repeated op): counted once already
 end
 
 local kinds = {done = done, fail = fail, defer = defer, part = keep_part, park = park, cancel = cancel,
   spend = spend, repack = repack}
 for i, op in ipairs(ops) do
   local b, id = op[2], op[3]
-  bill(b, op)
-  applied[i] = kinds[op[1]](b, id, op)
+  if live(b, op[12]) then
+    bill(b, op)
+    applied[i] = kinds[op[1]](b, id, op)
+  else
+    applied[i] = 0
+  end
 end
 return {applied, messages}
