@@ -1,11 +1,14 @@
 """4. Rate-limit fidelity: four workers share SUMMARIZE_RPM=600 against a server enforcing 600 rpm (sliding 60 s
-window, 429 beyond it). The rate the server saw over a full window, against the limit, and the 429s it sent."""
+window, 429 beyond it). What the server saw: the first minute's use of the limit, the busiest 60 s (never over),
+the busiest 5 s against the pacing promise limit/12 + max(1, limit/60) (providers enforce a minute's limit over
+such short windows), and the 429s it sent."""
 
 from __future__ import annotations
 
 import bisect
 
 from tests.faultserver import FaultServer
+from worker.ratelimit import burst
 
 from .common import Ctx, Figure, log, write_jsonl
 from .runs import describe, run_ours
@@ -15,6 +18,8 @@ RPM = 600
 WORKERS = 4
 CONCURRENCY = 50
 LATENCY = 0.2
+#: the short window providers enforce a minute's limit over (Azure OpenAI: 1-10 s)
+SHORT = 5.0
 
 
 def window_counts(times: list[float], window: float) -> tuple[int, int]:
@@ -48,6 +53,9 @@ def run(ctx: Ctx) -> None:
     times = r.server["ok_times"]
     first, best = window_counts(times, window)
     expected = RPM * window / 60
+    _, short = window_counts(times, SHORT)
+    promise = RPM / 12 + max(1, RPM / 60)
+    _, busiest_1s = window_counts(times, 1.0)
     ctx.note(
         NAME,
         f"{n} jobs, {WORKERS} workers x {CONCURRENCY}, SUMMARIZE_RPM={RPM}, server rpm={RPM} latency "
@@ -72,6 +80,17 @@ def run(ctx: Ctx) -> None:
             baseline=f"{best} ok",
             target="<= 1.0",
             ok=best <= expected,
+        )
+    )
+    ctx.add(
+        Figure(
+            NAME,
+            f"busiest {SHORT:.0f}s window / (limit/12 + max(1, limit/60))",
+            short / promise,
+            baseline=f"{short} ok in the busiest {SHORT:.0f}s vs {promise:.0f} promised ({RPM / 12:.0f} + "
+            f"{max(1, RPM / 60):.0f}; the limiter's own burst is {burst(RPM)}); busiest 1 s {busiest_1s}",
+            target="<= 1.0",
+            ok=short <= promise,
         )
     )
     ctx.add(

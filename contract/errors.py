@@ -20,10 +20,14 @@ class BrokerUnavailable(SummarizeError):
 
 
 class BatchNotFound(SummarizeError):
-    """Raised when a batch id is unknown to Redis (never submitted, or expired)."""
+    """Raised when a batch id is unknown to Redis (never submitted, or expired), or its record can't be read."""
 
-    def __init__(self, batch_id: str) -> None:
-        super().__init__(f"unknown batch {batch_id!r}: nothing was submitted under it, or its results expired")
+    def __init__(self, batch_id: str, why: str = "") -> None:
+        super().__init__(
+            f"batch {batch_id!r}: {why}"
+            if why
+            else f"unknown batch {batch_id!r}: nothing was submitted under it, or its results expired"
+        )
         self.batch_id = batch_id
 
 
@@ -112,7 +116,8 @@ class JobsFailed(SummarizeError):
 
 
 class BatchPaused(SummarizeError):
-    """Raised when a job's batch was paused (by the user, or by its budget) before the job's next call."""
+    """Raised when a job's batch was paused (by the user, or by its budget) before the job's next call, and
+    by `Batch.wait` on a paused batch (nothing moves until a resume; its `status` attribute is the last one)."""
 
 
 class BatchCancelled(SummarizeError):
@@ -121,3 +126,12 @@ class BatchCancelled(SummarizeError):
 
 class HandBack(SummarizeError):
     """Raised when a worker is stopping and gives its job back to the queue instead of finishing it."""
+
+
+class RunLost(SummarizeError):
+    """Raised when a run no longer holds its job (its lease lapsed and another run took it, or the job was
+    settled meanwhile) or its batch is gone: it makes no further call, and stores nothing."""
+
+
+class BudgetWait(SummarizeError):
+    """Raised when a call fits its batch's budget only once calls already in flight settle: it waits for them."""

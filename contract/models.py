@@ -1,5 +1,6 @@
-"""What we know of well-known models without asking: context windows and list prices (contract/data/models.json,
-dated, easy to update; SUMMARIZE_PRICES overrides the prices)."""
+"""What we know of well-known models without asking: context windows, list prices and how each is called
+(contract/data/models.json, dated, easy to update; SUMMARIZE_PRICES overrides the prices, a batch's
+model_family how its models are called)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,21 @@ from .errors import ConfigError
 DATA = Path(__file__).resolve().parent / "data" / "models.json"
 #: the context window assumed for a model nobody told us about: small enough for most served models
 DEFAULT_CONTEXT = 8192
+
+#: chat models take max_tokens and any temperature
+CHAT = "chat"
+#: reasoning models (gpt-5, o3, o4-mini) refuse max_tokens and any temperature but their default (400
+#: unsupported_parameter / unsupported_value), take reasoning_effort, and spend reasoning tokens inside
+#: max_completion_tokens: a room sized for the answer alone can go on thinking and end empty
+REASONING = "reasoning"
+FAMILIES = (CHAT, REASONING)
+EFFORTS = ("minimal", "low", "medium", "high")
+#: effort of a reasoning model unless the batch says otherwise (SUMMARIZE_REASONING_EFFORT): a summary needs
+#: little thought, and every reasoning token is billed as output
+DEFAULT_REASONING_EFFORT = "low"
+#: completion tokens a reasoning model gets for its reasoning on top of the answer's room
+#: (SUMMARIZE_REASONING_TOKENS); an answer cut off anyway is retried with twice the room
+DEFAULT_REASONING_TOKENS = 1024
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,50 @@ def _entry(model: str) -> dict[str, Any] | None:
 def known_context(model: str) -> int | None:
     entry = _entry(model)
     return int(entry["context"]) if entry and "context" in entry else None
+
+
+def known_family(model: str) -> str:
+    """chat or reasoning, by the table (a model missing there is a chat model)."""
+    entry = _entry(model)
+    family = entry.get("family", CHAT) if entry else CHAT
+    return str(family)
+
+
+@dataclass(frozen=True)
+class CallStyle:
+    """How a request to one model is written."""
+
+    family: str = CHAT
+    #: sent as reasoning_effort (None: not sent)
+    reasoning_effort: str | None = None
+    #: completion tokens added to the answer's room for reasoning
+    reasoning_tokens: int = 0
+
+    @property
+    def reasoning(self) -> bool:
+        return self.family == REASONING
+
+    @property
+    def room_param(self) -> str:
+        return "max_completion_tokens" if self.reasoning else "max_tokens"
+
+
+def call_style(
+    model: str, family: str | None = None, effort: str | None = None, reasoning_tokens: int | None = None
+) -> CallStyle:
+    """The style of `model`: its family by the table unless `family` is given; a reasoning model gets
+    `effort` (or the default), the nearest one it accepts, and `reasoning_tokens` (or the default)."""
+    family = family or known_family(model)
+    if family != REASONING:
+        return CallStyle(CHAT)
+    entry = _entry(model) or {}
+    accepted = [str(e) for e in entry.get("efforts", EFFORTS)]
+    wanted = effort or DEFAULT_REASONING_EFFORT
+    chosen = None
+    if accepted:
+        # o-series models have no "minimal": the closest effort they take, rather than a 400 per request.
+        chosen = min(accepted, key=lambda e: (abs(EFFORTS.index(e) - EFFORTS.index(wanted)), -EFFORTS.index(e)))
+    return CallStyle(REASONING, chosen, DEFAULT_REASONING_TOKENS if reasoning_tokens is None else reasoning_tokens)
 
 
 def known_price(model: str) -> Price | None:

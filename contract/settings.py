@@ -7,12 +7,14 @@ the README's configuration table can be checked against them (tests/test_units.p
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .models import DEFAULT_REASONING_EFFORT, DEFAULT_REASONING_TOKENS, EFFORTS, FAMILIES
 
 LOCAL_MODEL = "sumy-lexrank"
 LOCAL_BASE_URL = "http://127.0.0.1:8765/v1"
@@ -29,15 +31,51 @@ class Secret(str):
         return "Secret('***')" if self else "Secret('')"
 
 
+#: query parameters whose value is a credential (matched in the name, any case): `key=`, `api_key=`,
+#: `token=`, `access_token=`, `sig=`/`signature=` (signed URLs), `password=`, `secret=`, `auth=`...
+_SECRET_PARAM = re.compile(r"key|token|sig|pass|pwd|secret|auth|credential|session", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL safe to print or store: a password in it masked (the user name kept, it names an ACL user),
+    a bare user part masked whole (it may be a token: `https://TOKEN@host`), and the values of query
+    parameters that carry a credential masked. Always a plain str (never a Secret), also for a URL too
+    malformed to parse."""
+    url = str(url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return _redact_query(url)
+    authority, tail = _split_authority(rest)
+    userinfo, at, hostport = authority.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        authority = (f"{user}:***" if colon else "***") + "@" + hostport
+    return f"{scheme}://{authority}{_redact_query(tail)}"
+
+
+def _split_authority(rest: str) -> tuple[str, str]:
+    """(`user:pass@host:port`, the path, query and fragment). The user part ends at the last @ before any
+    query: a password with an unescaped / in it is masked too (a path with an @ is masked with it)."""
+    at = rest.rfind("@", 0, _first(rest, "?#", 0))
+    cut = _first(rest, "/?#", at + 1)
+    return rest[:cut], rest[cut:]
+
+
+def _first(text: str, chars: str, start: int) -> int:
+    found = [i for i in (text.find(c, start) for c in chars) if i >= 0]
+    return min(found, default=len(text))
+
+
+def _redact_query(tail: str) -> str:
+    path, q, query = tail.partition("?")
+    if not q:
+        return tail
+    query, hashmark, fragment = query.partition("#")
+    parts = []
+    for item in re.split(r"([&;])", query):
+        name, eq, value = item.partition("=")
+        parts.append(f"{name}=***" if eq and value and _SECRET_PARAM.search(name) else item)
+    return f"{path}?{''.join(parts)}{hashmark}{fragment}"
 
 
 def env(name: str, default: Any, doc: str = "", minimum: float | None = 0) -> Any:
@@ -65,8 +103,17 @@ class Settings:
     max_words: int = env("SUMMARIZE_MAX_WORDS", 80, minimum=1)
     #: the most a retry after finish_reason=length may ask for
     max_completion_tokens: int = env("SUMMARIZE_MAX_COMPLETION_TOKENS", 4096, minimum=16)
+    #: how a batch's models are called when the batch does not say: chat, reasoning, or '' (by the model table)
+    model_family: str = env("SUMMARIZE_MODEL_FAMILY", "")
+    #: a reasoning model's reasoning_effort when the batch does not say
+    reasoning_effort: str = env("SUMMARIZE_REASONING_EFFORT", DEFAULT_REASONING_EFFORT)
+    #: completion tokens a reasoning model gets for reasoning on top of the answer's room
+    reasoning_tokens: int = env("SUMMARIZE_REASONING_TOKENS", DEFAULT_REASONING_TOKENS)
     #: paid answers that came back unusable (cut off, empty, not JSON) before an article fails for good
     max_unusable: int = env("SUMMARIZE_MAX_UNUSABLE", 6, minimum=1)
+    #: a batch with nothing done yet halts once this many of its jobs failed with the same provider 4xx
+    #: (a gateway refusing every request alike); `summarize retry` after the fix (0: never)
+    halt_after_same_errors: int = env("SUMMARIZE_HALT_AFTER_SAME_ERRORS", 10, minimum=0)
     #: the model's context window in tokens; 0: ask the server's /v1/models, else the table of known models
     context_tokens: int = env("SUMMARIZE_CONTEXT_TOKENS", 0)
     #: the model a batch falls back to when none is given with --fallback-model ('' for none)
@@ -100,6 +147,9 @@ class Settings:
     #: unfinished jobs of every batch together that submits may store (~2.2 KB each queued): beyond it a
     #: submit waits for room, so a file of any size runs through a small Redis (0: no bound)
     max_queued: int = env("SUMMARIZE_MAX_QUEUED", 1_000_000)
+    #: seconds a submit's lease on its batch lasts between renewals: while a submit stores chunks, its batch
+    #: is not over (nor expires); a submit gone longer than this lets its batch finish
+    submit_lease: float = env("SUMMARIZE_SUBMIT_LEASE", 120.0, minimum=1)
     #: LLM requests in flight per worker process (coroutines on one event loop)
     concurrency: int = env("SUMMARIZE_CONCURRENCY", 200, minimum=1)
     #: jobs of one batch carried by one Celery message: divides the broker's per-message cost
@@ -151,7 +201,12 @@ class Settings:
         # openai-python refuses an empty key; local servers ignore whatever is sent.
         values["openai_api_key"] = Secret(key or "local")
         if not environ.get("SUMMARIZE_MODEL"):
-            values["model"] = LOCAL_MODEL if base_url == LOCAL_BASE_URL else OPENAI_DEFAULT_MODEL
+            # With a key, OpenAI's default; on the bundled server, its model; on any other endpoint with no
+            # key (vLLM, Ollama, llama.cpp, a proxy) nothing is guessed: '' asks its /v1/models at submit.
+            if base_url == LOCAL_BASE_URL:
+                values["model"] = LOCAL_MODEL
+            else:
+                values["model"] = OPENAI_DEFAULT_MODEL if key else ""
         return cls(**values)
 
     @classmethod
@@ -175,20 +230,28 @@ class Settings:
                 f"REDIS_URL {redact_url(self.redis_url)!r} must start with redis://, rediss:// or unix://"
             )
         if urlsplit(self.openai_base_url).scheme not in ("http", "https"):
-            raise ConfigError(f"OPENAI_BASE_URL {self.openai_base_url!r} must be an http(s) URL")
+            raise ConfigError(f"OPENAI_BASE_URL {redact_url(self.openai_base_url)!r} must be an http(s) URL")
         if self.llm_timeout <= 0:
             raise ConfigError("SUMMARIZE_LLM_TIMEOUT must be greater than 0")
+        if self.model_family and self.model_family not in FAMILIES:
+            raise ConfigError(
+                f"SUMMARIZE_MODEL_FAMILY={self.model_family!r} must be {' or '.join(FAMILIES)} (or empty)"
+            )
+        if self.reasoning_effort not in EFFORTS:
+            raise ConfigError(
+                f"SUMMARIZE_REASONING_EFFORT={self.reasoning_effort!r} must be one of {', '.join(EFFORTS)}"
+            )
         if self.token_counter not in ("estimate", "tiktoken"):
             raise ConfigError(f"SUMMARIZE_TOKEN_COUNTER={self.token_counter!r} must be 'estimate' or 'tiktoken'")
         if not self.key_prefix or any(c in self.key_prefix for c in ":{} \t\n"):
             raise ConfigError(f"SUMMARIZE_KEY_PREFIX={self.key_prefix!r} must be a non-empty word without ':'")
 
     def public(self) -> dict[str, Any]:
-        """Settings safe to print: secrets masked, passwords cut out of URLs."""
+        """Settings safe to print: secrets masked, and every URL's credentials (see redact_url)."""
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "redis_url":
+            if f.name in ("redis_url", "openai_base_url"):
                 value = redact_url(value)
             elif isinstance(value, Secret):
                 value = "***" if value else ""

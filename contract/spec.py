@@ -3,15 +3,38 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .errors import ConfigError
 from .keys import PRIORITIES
-from .models import Price
+from .models import EFFORTS, FAMILIES, CallStyle, Price, call_style
 
 #: a custom prompt longer than this is more likely a file given by mistake (an article?) than instructions
 MAX_PROMPT_CHARS = 20_000
+#: in a custom prompt, `{max_words}` is the one placeholder and `{{name}}` a literal `{name}`; any other
+#: brace (a JSON example) is sent as it is
+_PLACEHOLDER = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+PLACEHOLDERS = ("max_words",)
+
+
+def unknown_placeholders(prompt: str) -> list[str]:
+    """`{name}`s of a prompt that are no placeholder (a typo like `{max_word}` would reach the model as is)."""
+    found = (m.group(2) for m in _PLACEHOLDER.finditer(prompt) if m.group(2) is not None)
+    return list(dict.fromkeys(name for name in found if name not in PLACEHOLDERS))
+
+
+def render_prompt(prompt: str, max_words: int) -> str:
+    """The prompt as sent: `{max_words}` filled in, `{{name}}` made `{name}`. An unknown `{name}` (only in a
+    batch stored before submit refused them) is left as it is."""
+
+    def fill(m: re.Match[str]) -> str:
+        if m.group(1) is not None:
+            return "{" + m.group(1) + "}"
+        return str(max_words) if m.group(2) == "max_words" else m.group(0)
+
+    return _PLACEHOLDER.sub(fill, prompt)
 
 
 @dataclass(frozen=True)
@@ -34,6 +57,12 @@ class BatchSpec:
     prices: dict[str, list[float]] | None = None
     #: online (a request per job) or batch (the provider's Batch API: half the price, within 24 h)
     mode: str = "online"
+    #: how the batch's models are called: chat or reasoning (None: by the model table; see contract/models.py)
+    model_family: str | None = None
+    #: a reasoning model's reasoning_effort (None: SUMMARIZE_REASONING_EFFORT's default, low)
+    reasoning_effort: str | None = None
+    #: completion tokens a reasoning model gets for reasoning on top of the answer (None: the default)
+    reasoning_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_words < 1:
@@ -50,6 +79,26 @@ class BatchSpec:
             check_schema(self.json_schema)
         if self.mode not in ("online", "batch"):
             raise ConfigError(f"mode {self.mode!r} must be online or batch")
+        self._check_style()
+
+    def _check_style(self) -> None:
+        if self.model_family is not None and self.model_family not in FAMILIES:
+            raise ConfigError(f"model family {self.model_family!r} must be one of {', '.join(FAMILIES)}")
+        if self.reasoning_effort is not None and self.reasoning_effort not in EFFORTS:
+            raise ConfigError(f"reasoning effort {self.reasoning_effort!r} must be one of {', '.join(EFFORTS)}")
+        if self.reasoning_tokens is not None and (isinstance(self.reasoning_tokens, bool) or self.reasoning_tokens < 0):
+            raise ConfigError(f"reasoning tokens must be a whole number >= 0, got {self.reasoning_tokens!r}")
+        # 0 is our default (not sent to a reasoning model), 1 the model's own: anything else can't be honoured.
+        for model in filter(None, (self.model, self.fallback_model)):
+            if self.temperature not in (0, 1) and self.style(model).reasoning:
+                raise ConfigError(
+                    f"temperature {self.temperature:g}: {model} is a reasoning model, which takes only its default "
+                    "temperature; leave the temperature out (or set the model family to chat if it is not one)"
+                )
+
+    def style(self, model: str | None = None) -> CallStyle:
+        """How requests to `model` (the batch's own by default) are written."""
+        return call_style(model or self.model, self.model_family, self.reasoning_effort, self.reasoning_tokens)
 
     @property
     def step(self) -> int:

@@ -132,6 +132,15 @@ class JobStore:
         out.messages = [(int(step), text(member)) for step, member in messages]
         return out
 
+    def respec(self, batch_id: str, spec: BatchSpec) -> None:
+        """Replace the batch's spec (retry with another model, fallback or prices); workers re-read it."""
+        try:
+            self.run("respec", batch=batch_id, spec=spec.to_json())
+        except redis.ResponseError as exc:
+            if "NOBATCH" in str(exc):
+                raise BatchNotFound(batch_id) from None
+            raise
+
     def submitting(self, batch_id: str, lease_s: float) -> None:
         """Hold (renew) the submit's lease on its batch for `lease_s` seconds; 0 gives it back (the batch may
         then be over). See contract/lua/submitting.lua."""

@@ -9,6 +9,7 @@ for result in batch.results():
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -17,17 +18,21 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from contract.errors import ConfigError
+from contract.errors import BatchNotFound, BatchPaused, ConfigError
 from contract.job import unfinished
 from contract.keys import BATCH_ID_RE
 from contract.models import known_price, load_prices
 from contract.record import JobResult
 from contract.redisconn import check_reachable, make_redis
 from contract.settings import Settings
-from contract.spec import BatchSpec
+from contract.spec import PLACEHOLDERS, BatchSpec, unknown_placeholders
 from contract.store import JobStore
 
-from .progress import ProgressBar
+from .progress import ProgressBar, counts_line
+
+#: a result row's status as `summarize status` counts it: a job waiting for its retry's time (deferred)
+#: or for its paused batch's resume (parked) is queued there, so it is queued in the rows too
+ROW_STATUS = {"deferred": "queued", "parked": "queued"}
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -43,8 +48,71 @@ def publish(client: Client, messages: list[tuple[int, str]]) -> None:
     send(client.celery, client.settings, messages)
 
 
+def served_model(base_url: str, timeout: float = 10.0) -> str:
+    """The model to use when none was named and no key is set: the one the endpoint's /v1/models lists
+    (vLLM, Ollama, llama.cpp and proxies serve it). Several, none, or no answer: a ConfigError naming
+    them and how to choose."""
+    import json as _json
+    import urllib.error
+    import urllib.request
+
+    from contract.settings import redact_url
+
+    where = redact_url(base_url)
+    # A proxy in the environment must not stand between us and a server on this machine.
+    opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if _loopback(base_url) else []))
+    try:
+        with opener.open(f"{base_url}/models", timeout=timeout) as r:
+            listed = [str(m.get("id")) for m in _json.loads(r.read()).get("data", []) if m.get("id")]
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError(
+            f"no model named (--model or SUMMARIZE_MODEL) and {where}/models did not list one ({exc}): name one"
+        ) from None
+    if len(listed) == 1:
+        return listed[0]
+    if not listed:
+        raise ConfigError(f"no model named (--model or SUMMARIZE_MODEL) and {where}/models lists none: name one")
+    raise ConfigError(
+        f"no model named (--model or SUMMARIZE_MODEL) and {where} serves several: " + ", ".join(listed[:20])
+    )
+
+
+def _loopback(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def new_batch_id() -> str:
     return f"b{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def paused_note(status: dict[str, Any]) -> str:
+    """Why a batch is paused and the command that goes on, in one line."""
+    b, left = status["batch"], unfinished(status)
+    if status.get("reason") != "budget":
+        return f"batch {b} is paused (summarize pause): {left} job(s) wait; go on with: summarize resume {b}"
+    spent = []
+    if status.get("budget_usd") is not None:
+        spent.append(f"${status['spent_usd']:.4f} of ${status['budget_usd']:.4f}")
+    if status.get("budget_tokens") is not None:
+        spent.append(f"{status['spent_tokens']} of {status['budget_tokens']} tokens")
+    flag = "--budget-usd USD" if status.get("budget_usd") is not None else "--budget-tokens N"
+    return (
+        f"batch {b} is paused by its budget ({', '.join(spent)} spent; the next call would go over it): "
+        f"{left} job(s) wait; go on with a larger cap: summarize resume {b} {flag}"
+    )
+
+
+def check_budget(budget_usd: float | None, budget_tokens: int | None) -> None:
+    """A cap of nothing or less would only pause the batch before its first call: refused, naming the option."""
+    if budget_usd is not None and not budget_usd > 0:
+        raise ConfigError(f"--budget-usd must be more than 0, got {budget_usd:g}")
+    if budget_tokens is not None and (isinstance(budget_tokens, bool) or int(budget_tokens) != budget_tokens):
+        raise ConfigError(f"--budget-tokens must be a whole number of tokens, got {budget_tokens!r}")
+    if budget_tokens is not None and budget_tokens < 1:
+        raise ConfigError(f"--budget-tokens must be at least 1, got {budget_tokens}")
 
 
 class Batch:
@@ -56,20 +124,34 @@ class Batch:
     def status(self) -> dict[str, Any]:
         return self.client.store.status(self.id)
 
-    def wait(self, timeout: float | None = None, progress: bool = False, poll: float = 0.5) -> dict[str, Any]:
-        """Block until every job is done, failed or cancelled; raises TimeoutError with the last status."""
+    def wait(
+        self, timeout: float | None = None, progress: bool = False, poll: float = 0.5, keep_waiting: bool = False
+    ) -> dict[str, Any]:
+        """Block until every job is done, failed or cancelled; returns the last status. Raises TimeoutError
+        after `timeout` seconds, and BatchPaused (its `status` attached) as soon as the batch is paused, by
+        the user or by its budget, since nothing would move until someone resumes it (unless `keep_waiting`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         status = self.status()
         bar = ProgressBar(f"batch {self.id}", status["total"]) if progress else None
         try:
             while True:
                 left = unfinished(status)
+                paused = status["state"] == "paused"
                 if bar:
-                    bar.update(status["total"] - left, f"running {status['running']} failed {status['failed']}")
+                    bar.update(
+                        status["total"] - left,
+                        f"paused ({status['reason']}): waiting for a resume"
+                        if paused
+                        else f"running {status['running']} failed {status['failed']}",
+                    )
                 if left <= 0:
                     return status
+                if paused and not keep_waiting:
+                    error = BatchPaused(paused_note(status))
+                    error.status = status  # type: ignore[attr-defined]
+                    raise error
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError(f"batch {self.id} not finished after {timeout}s: {status}")
+                    raise TimeoutError(f"batch {self.id} not finished after {timeout:g} s: {counts_line(status)}")
                 time.sleep(poll)
                 status = self.status()
         finally:
@@ -77,8 +159,9 @@ class Batch:
                 bar.close()
 
     def results(self) -> Iterator[JobResult]:
-        """Every job in input order (unfinished ones with their current status)."""
-        return self.client.store.results(self.id)
+        """Every job in input order (unfinished ones with their current status: queued or running)."""
+        for r in self.client.store.results(self.id):
+            yield dataclasses.replace(r, status=ROW_STATUS[r.status]) if r.status in ROW_STATUS else r
 
     def iter_results(self, follow: bool = False, after: str = "0-0") -> Iterator[JobResult]:
         """Finished jobs in the order they finished. With follow=True it waits for the rest and ends when
@@ -86,9 +169,39 @@ class Batch:
         for _, row in self.client.store.follow(self.id, after, stop_when_over=follow):
             yield row
 
-    def retry(self) -> int:
-        """Requeue the batch's failed jobs (the dead-letter set); returns how many."""
-        messages, n = self.client.store.retry_failed(self.id)
+    def retry(
+        self,
+        model: str | None = None,
+        fallback_model: str | None = None,
+        price_in: float | None = None,
+        price_out: float | None = None,
+        budget_usd: float | None = None,
+        budget_tokens: int | None = None,
+    ) -> int:
+        """Requeue the batch's failed jobs (the dead-letter set); returns how many. What made a halted batch
+        fail can be changed first: another model, a fallback, prices, a new budget. The change is recorded
+        in the batch's spec (`status` shows it); jobs already done keep the model that wrote them."""
+        check_budget(budget_usd, budget_tokens)
+        store = self.client.store
+        if any(v is not None for v in (model, fallback_model, price_in, price_out)):
+            stored = store.spec(self.id)
+            new_model = model or stored.model
+            fallback = stored.fallback_model if fallback_model is None else (fallback_model or None)
+            prices = dict(stored.prices or {})
+            if price_in is not None or price_out is not None:
+                prices.update(self.client._prices(new_model, fallback, price_in, price_out) or {})
+            else:
+                known = self.client._prices(new_model, fallback, None, None) or {}
+                prices.update({k: v for k, v in known.items() if k not in prices})
+            spec = dataclasses.replace(stored, model=new_model, fallback_model=fallback, prices=prices or None)
+            if store.require_batch(self.id).get("budget_usd") or budget_usd is not None:
+                for m in [new_model] + ([fallback] if fallback else []):
+                    if spec.price(m) is None:
+                        raise ConfigError(f"a budget in USD needs the price of {m!r}: give --price-in and --price-out")
+            store.respec(self.id, spec)
+        if budget_usd is not None or budget_tokens is not None:
+            store.control(self.id, "budget", budget_usd, budget_tokens)
+        messages, n = store.retry_failed(self.id)
         publish(self.client, messages)
         return n
 
@@ -97,7 +210,19 @@ class Batch:
         return self.client.store.control(self.id, "pause")[0]
 
     def resume(self, budget_usd: float | None = None, budget_tokens: int | None = None) -> str:
-        """Go on (after pause, or after the budget stopped it: give a larger one); returns its state."""
+        """Go on (after pause, or after the budget stopped it: give a larger one); returns its state.
+        A cancelled batch can't go on (ConfigError); a halted one goes on with `retry` after the fix."""
+        check_budget(budget_usd, budget_tokens)
+        state = self.client.store.require_batch(self.id).get("state", "running")
+        if state == "cancelled":
+            raise ConfigError(
+                f"batch {self.id} was cancelled: it can't be resumed; submit its articles again under a new --batch-id"
+            )
+        if state == "halted":
+            raise ConfigError(
+                f"batch {self.id} is halted by a provider error (see summarize status {self.id}): fix the cause, "
+                f"then summarize retry {self.id}"
+            )
         state, reason = self.client.store.control(self.id, "budget", budget_usd, budget_tokens)
         if state == "paused" and reason == "budget" and budget_usd is None and budget_tokens is None:
             raise ConfigError(
@@ -161,9 +286,10 @@ class Client:
             raise ConfigError("submit() takes an iterable of articles; wrap a single text or dict in a list")
         from . import reader  # the submit path's modules: reading commands start without them
 
-        spec, budget = self._spec(model, max_words, **options)
+        batch_id, stored = self._target(batch_id)
+        spec, budget = self._spec(stored, model, max_words, **options)
         with reader.opened_items(items, self.settings.max_article_bytes) as source:
-            return self._submit(source, "<items>", spec, budget, batch_id, skip_invalid, progress)
+            return self._submit(source, "<items>", spec, budget, batch_id, stored, skip_invalid, progress)
 
     def submit_path(
         self,
@@ -182,30 +308,72 @@ class Client:
         """
         from . import reader
 
-        spec, budget = self._spec(model, max_words, **options)
+        batch_id, stored = self._target(batch_id)
+        spec, budget = self._spec(stored, model, max_words, **options)
         with reader.opened(path, self.settings.max_article_bytes) as source:
             return self._submit(
-                source, "<stdin>" if path == "-" else path, spec, budget, batch_id, skip_invalid, progress, stop
+                source, "<stdin>" if path == "-" else path, spec, budget, batch_id, stored, skip_invalid, progress, stop
             )
 
-    def _spec(self, model: str | None, max_words: int | None, **options: Any) -> tuple[BatchSpec, dict[str, Any]]:
-        """The batch's spec, and its budget (budget_usd, budget_tokens: state, not spec, as resume changes it)."""
+    def _target(self, batch_id: str | None) -> tuple[str, BatchSpec | None]:
+        """The batch id to submit to, and its stored spec when it exists already (a resume or an extension)."""
+        batch_id = batch_id or new_batch_id()
+        if not BATCH_ID_RE.match(batch_id):
+            raise ConfigError(f"batch id {batch_id!r} must match {BATCH_ID_RE.pattern}")
+        try:
+            return batch_id, self.store.spec(batch_id)
+        except (BatchNotFound, KeyError):
+            return batch_id, None
+
+    def _spec(
+        self, stored: BatchSpec | None, model: str | None, max_words: int | None, **options: Any
+    ) -> tuple[BatchSpec, dict[str, Any]]:
+        """The batch's spec, and its budget (budget_usd, budget_tokens: state, not spec, as resume changes it).
+
+        For a batch that exists (`stored`), what is left out is taken from its stored spec, so the same
+        file with only `--batch-id` resumes it; what is given must match it (init_batch names a difference)."""
         options = {k: v for k, v in options.items() if v is not None}
         budget: dict[str, Any] = {k: options.pop(k) for k in ("budget_usd", "budget_tokens") if k in options}
-        model = model or self.settings.model
-        options["fallback_model"] = options.get("fallback_model") or self.settings.fallback_model or None
-        options["prices"] = self._prices(
-            model, options["fallback_model"], options.pop("price_in", None), options.pop("price_out", None)
-        )
+        check_budget(budget.get("budget_usd"), budget.get("budget_tokens"))
+        unknown = unknown_placeholders(options["prompt"]) if isinstance(options.get("prompt"), str) else []
+        if unknown:
+            names = ", ".join("{" + n + "}" for n in unknown)
+            raise ConfigError(
+                f"the prompt has an unknown placeholder {names}: the only one is "
+                + ", ".join("{" + n + "}" for n in PLACEHOLDERS)
+                + f" (write {{{{{unknown[0]}}}}} for a literal {{{unknown[0]}}})"
+            )
+        price_in, price_out = options.pop("price_in", None), options.pop("price_out", None)
+        if stored is None:
+            model = model or self.settings.model or served_model(self.settings.openai_base_url)
+            max_words = self.settings.max_words if max_words is None else max_words
+            options["fallback_model"] = options.get("fallback_model") or self.settings.fallback_model or None
+            options["prices"] = self._prices(model, options["fallback_model"], price_in, price_out)
+        else:
+            model = model or stored.model
+            max_words = stored.max_words if max_words is None else max_words
+            for f in dataclasses.fields(BatchSpec):
+                if f.name not in ("model", "max_words", "prices"):
+                    options.setdefault(f.name, getattr(stored, f.name))
+            given = price_in is not None or price_out is not None
+            options["prices"] = (
+                self._prices(model, options["fallback_model"], price_in, price_out) if given else stored.prices
+            )
         try:
-            spec = BatchSpec(model=model, max_words=max_words or self.settings.max_words, **options)
+            spec = BatchSpec(model=model, max_words=max_words, **options)
         except TypeError as exc:
             raise ConfigError(f"submit(): {exc}") from None
-        if "budget_usd" in budget and spec.price(model) is None:
-            raise ConfigError(
-                f"a budget in USD needs the price of {model!r}, which is not known: give --price-in "
-                "and --price-out (USD per million tokens), or SUMMARIZE_PRICES"
-            )
+        if "budget_usd" in budget:
+            # Every model the batch may call: a call at an unknown price would be held and spent at $0.
+            fallback = spec.fallback_model or self.settings.fallback_model
+            for m in [model] + ([fallback] if fallback else []):
+                if spec.price(m) is None:
+                    raise ConfigError(
+                        f"a budget in USD needs the price of {m!r}"
+                        + (" (the fallback model)" if m != model else "")
+                        + ", which is not known: give --price-in and --price-out (USD per million tokens), "
+                        "or SUMMARIZE_PRICES"
+                    )
         return spec, budget
 
     def _prices(
@@ -232,18 +400,16 @@ class Client:
         name: str,
         spec: BatchSpec,
         budget: dict[str, Any],
-        batch_id: str | None,
+        batch_id: str,
+        stored: BatchSpec | None,
         skip_invalid: bool,
         progress: bool,
         stop: threading.Event | None = None,
     ) -> Batch:
         from .submit import Checker, Enqueuer, Resolver, note_repeated, raise_if_invalid
 
-        batch_id = batch_id or new_batch_id()
-        if not BATCH_ID_RE.match(batch_id):
-            raise ConfigError(f"batch id {batch_id!r} must match {BATCH_ID_RE.pattern}")
         should_stop: Callable[[], bool] = stop.is_set if stop is not None else (lambda: False)
-        resuming = self.store.r.exists(self.store.keys.batch(batch_id)) == 1
+        resuming = stored is not None or self.store.r.exists(self.store.keys.batch(batch_id)) == 1
         checked = Checker(self.store, batch_id, resuming).check(source.records(), should_stop)
         if checked.repeated_ids:
             note_repeated(source.records(), checked)

@@ -1,7 +1,8 @@
 """The `summarize` command: submit, status, wait, results, retry, llm-serve.
 
 Exit codes: 0 success; 1 some jobs failed (wait, submit --wait); 2 timeout (wait) or bad usage;
-3 an error that stopped the command (bad input, unknown batch, Redis unreachable); 130 interrupted.
+3 an error that stopped the command (bad input, unknown batch, Redis unreachable); 4 the batch is paused
+(wait, submit --wait: by the user or its budget; nothing moves until a resume); 130 interrupted.
 A mistyped option is an error, never taken for another one it abbreviates (`--mode` is not `--model`).
 """
 
@@ -13,6 +14,7 @@ import csv
 import gc
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -21,19 +23,31 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from contract.errors import ConfigError, SummarizeError
+from contract.errors import BatchPaused, ConfigError, SummarizeError
+from contract.job import unfinished
 from contract.keys import PRIORITIES
 from contract.record import JobResult
 from contract.settings import Settings
+from contract.spec import PLACEHOLDERS, unknown_placeholders
 
-from .progress import print_table, status_notes, status_table
+from .progress import counts_line, print_table, status_notes, status_table
 
 if TYPE_CHECKING:
     from .api import Batch, Client
 
-EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT, EXIT_ERROR = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT, EXIT_ERROR, EXIT_PAUSED = 0, 1, 2, 3, 4
+#: a usage error shares the timeout's code, as argparse's own errors do
+EXIT_USAGE = EXIT_TIMEOUT
 #: 128 + SIGINT, as shells report a process stopped by Ctrl-C
 EXIT_INTERRUPTED = 128 + signal.SIGINT
+#: a row's status as `summarize status` counts it (deferred and parked jobs are queued there); the api's
+#: Batch.results maps the same (producer.api.ROW_STATUS, not imported: reading commands start without it)
+ROW_STATUS = {"deferred": "queued", "parked": "queued"}
+
+
+class UsageError(SummarizeError):
+    """Raised when options are given that mean nothing together (exit 2, naming them)."""
+
 
 CSV_FIELDS = [
     "id",
@@ -68,6 +82,8 @@ class RowWriter:
     def write(self, r: JobResult | dict[str, Any]) -> None:
         """One row: a JobResult, or its dict form (the export path builds those straight from Redis)."""
         row = r.to_dict() if isinstance(r, JobResult) else r
+        if row["status"] in ROW_STATUS:
+            row = {**row, "status": ROW_STATUS[row["status"]]}
         if self._csv is None:
             self.out.write(orjson.dumps(row).decode("utf-8") + "\n")
         else:
@@ -118,12 +134,15 @@ class Cursor:
             raise ConfigError(f"{self.file}: unreadable cursor ({exc}); remove it to start over") from None
         self.offset = int(saved["offset"])
         # Rows written after the last saved position are written again below: cut them off.
-        with open(self.path, "r+b") as out:
-            out.truncate(self.offset)
+        try:
+            with open(self.path, "r+b") as out:
+                out.truncate(self.offset)
+        except OSError as exc:
+            raise ConfigError(f"--out {self.path}: {exc.strerror or exc} (its cursor {self.file} is there)") from None
         return str(saved["after"])
 
     def open(self) -> IO[str]:
-        return open(self.path, "a" if self.offset else "w", encoding="utf-8", newline="")
+        return open_out(self.path, "a" if self.offset else "w")
 
     def save(self, after: str, offset: int) -> None:
         tmp = self.file + ".tmp"
@@ -153,8 +172,35 @@ def output(path: str | None) -> Iterator[IO[str]]:
     if path is None or path == "-":
         yield sys.stdout
         return
-    with open(path, "w", encoding="utf-8", newline="") as f:
+    with open_out(path, "w") as f:
         yield f
+
+
+def open_out(path: str, mode: str) -> IO[str]:
+    """--out FILE opened for writing, or ConfigError naming it (a missing directory, no permission...)."""
+    try:
+        return open(path, mode, encoding="utf-8", newline="")
+    except OSError as exc:
+        raise ConfigError(f"--out {path}: {_why(exc, path)}") from None
+
+
+def check_out(path: str | None) -> None:
+    """Refuse an --out FILE that can't be written before anything is submitted (not after the wait)."""
+    if path is None or path == "-":
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(f"--out {path}: is a directory")
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--out {path}: no such directory {parent}")
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ConfigError(f"--out {path}: permission denied")
+
+
+def _why(exc: OSError, path: str) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return f"no such directory {os.path.dirname(os.path.abspath(path))}"
+    return (exc.strerror or str(exc)).lower()
 
 
 def export(batch: Batch, path: str | None, fmt: str) -> int:
@@ -164,6 +210,14 @@ def export(batch: Batch, path: str | None, fmt: str) -> int:
         n = write_results(rows, out, fmt, data_fields(batch))
     if path not in (None, "-"):
         print(f"wrote {n} result(s) to {path}", file=sys.stderr)
+    status = batch.status()
+    if unfinished(status) > 0:
+        state = status["state"] + (f" ({status['reason']})" if status.get("reason") else "")
+        print(
+            f"batch {batch.id} is not finished ({state}: {counts_line(status)}): the rows of unfinished jobs "
+            f"say queued or running; summarize wait {batch.id} first, or results --follow",
+            file=sys.stderr,
+        )
     return n
 
 
@@ -205,6 +259,15 @@ def read_spec_files(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if args.prompt:
         options["prompt"] = _read(args.prompt, "--prompt")
+        unknown = unknown_placeholders(options["prompt"])
+        if unknown:
+            raise ConfigError(
+                f"--prompt {args.prompt}: unknown placeholder "
+                + ", ".join("{" + n + "}" for n in unknown)
+                + "; the only one is "
+                + ", ".join("{" + n + "}" for n in PLACEHOLDERS)
+                + f" (write {{{{{unknown[0]}}}}} for a literal {{{unknown[0]}}})"
+            )
     if args.json_schema:
         raw = _read(args.json_schema, "--json-schema")
         try:
@@ -224,7 +287,20 @@ def _read(path: str, option: str) -> str:
         raise ConfigError(f"{option} {path}: {exc}") from None
 
 
+def check_submit_usage(args: argparse.Namespace) -> None:
+    """Options that would be silently ignored are errors naming them."""
+    waits = args.wait or args.out is not None
+    if args.timeout is not None and not waits:
+        raise UsageError("--timeout needs --wait or --out (it bounds the wait)")
+    if args.keep_waiting and not waits:
+        raise UsageError("--keep-waiting needs --wait or --out")
+    if args.format is not None and args.out is None:
+        raise UsageError("--format needs --out (it is the format of that file)")
+
+
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    check_submit_usage(args)
+    check_out(args.out)
     options = read_spec_files(args)
     client = _client(settings)
     batch = client.submit_path(
@@ -238,6 +314,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         priority=args.priority,
         temperature=args.temperature,
         fallback_model=args.fallback_model,
+        # left out (None), a resume takes the batch's stored spec
         no_cache=args.no_cache or None,
         mode=args.mode,
         price_in=args.price_in,
@@ -251,7 +328,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     if rep.interrupted:
         print(
             f"summarize submit: interrupted after {rep.records} record(s); resume with:\n"
-            f"  summarize submit {args.path} --batch-id {batch.id}",
+            f"  {resume_command(args, batch.id)}",
             file=sys.stderr,
         )
         print(batch.id)
@@ -266,28 +343,48 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  invalid: {err}", file=sys.stderr)
     code = EXIT_OK
     if args.wait or args.out:
-        code = _wait(batch, args.timeout, not args.quiet)
-        if args.out:
-            export(batch, args.out, args.format)
+        code = _wait(batch, args.timeout, not args.quiet, args.keep_waiting, "submit")
+        if args.out:  # also after a timeout or a pause: what is there, and stderr says it is not finished
+            export(batch, args.out, args.format or "jsonl")
     print(batch.id)
     return code
 
 
-def _wait(batch: Batch, timeout: float | None, progress: bool) -> int:
+def resume_command(args: argparse.Namespace, batch_id: str) -> str:
+    """The command that goes on with an interrupted submit: the batch's spec is stored with it, so only
+    what is not spec is repeated (a resume that gives spec options must give the same ones)."""
+    words = ["summarize", "submit", args.path, "--batch-id", batch_id]
+    if args.skip_invalid:
+        words.append("--skip-invalid")
+    if args.out is not None:
+        words += ["--out", args.out] + (["--format", args.format] if args.format else [])
+    elif args.wait:
+        words.append("--wait")
+    if args.timeout is not None:
+        words += ["--timeout", f"{args.timeout:g}"]
+    if args.keep_waiting:
+        words.append("--keep-waiting")
+    if args.quiet:
+        words.append("-q")
+    line = shlex.join(words)
+    return line + "   # with the same input on stdin" if args.path == "-" else line
+
+
+def _wait(batch: Batch, timeout: float | None, progress: bool, keep_waiting: bool, command: str) -> int:
     try:
-        status = batch.wait(timeout=timeout, progress=progress)
+        status = batch.wait(timeout=timeout, progress=progress, keep_waiting=keep_waiting)
     except TimeoutError as exc:
-        print(f"timeout: {exc}", file=sys.stderr)
+        print(f"summarize {command}: timeout: {exc}", file=sys.stderr)
         return EXIT_TIMEOUT
+    except BatchPaused as exc:
+        print(f"summarize {command}: {exc} (or wait with --keep-waiting)", file=sys.stderr)
+        return EXIT_PAUSED
     print(_status_line(status), file=sys.stderr)
     return EXIT_FAILED if status["failed"] or status["cancelled"] else EXIT_OK
 
 
 def _status_line(s: dict[str, Any]) -> str:
-    return (
-        f"batch {s['batch']}: {s['total']} total, {s['queued']} queued, {s['running']} running, "
-        f"{s['done']} done, {s['failed']} failed, {s['cancelled']} cancelled"
-    )
+    return f"batch {s['batch']}: {counts_line(s)}"
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -305,13 +402,14 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
-    return _wait(_client(settings).batch(args.batch), args.timeout, not args.quiet)
+    return _wait(_client(settings).batch(args.batch), args.timeout, not args.quiet, args.keep_waiting, "wait")
 
 
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     batch = _client(settings).batch(args.batch)
     if args.follow:
         return follow(batch, args.out, args.format)
+    check_out(args.out)
     export(batch, args.out, args.format)
     return EXIT_OK
 
@@ -321,6 +419,7 @@ def follow(batch: Batch, path: str | None, fmt: str) -> int:
     beside it (FILE.cursor: stream position and file size after the last whole page) makes a second run
     go on where the first stopped: the file is cut back to that size, so no row is written twice."""
     store = batch.client.store
+    check_out(path)
     cursor = Cursor(path) if path not in (None, "-") else None
     after = cursor.load() if cursor else "0-0"
     with cursor.open() if cursor else contextlib.nullcontext(sys.stdout) as out:
@@ -361,7 +460,20 @@ def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
-    n = _client(settings).batch(args.batch).retry()
+    if (args.price_in is None) != (args.price_out is None):
+        raise ConfigError("--price-in and --price-out go together")
+    n = (
+        _client(settings)
+        .batch(args.batch)
+        .retry(
+            model=args.model,
+            fallback_model=args.fallback_model,
+            price_in=args.price_in,
+            price_out=args.price_out,
+            budget_usd=args.budget_usd,
+            budget_tokens=args.budget_tokens,
+        )
+    )
     print(f"requeued {n} failed job(s) of batch {args.batch}", file=sys.stderr)
     return EXIT_OK
 
@@ -382,6 +494,24 @@ def cmd_llm_serve(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _number(kind: type, low: float, above: bool = False, high: float | None = None) -> Any:
+    """An argparse type: a number at least `low` (more than it with `above`), at most `high`."""
+
+    def parse(raw: str) -> Any:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {'whole ' if kind is int else ''}number: {raw!r}") from None
+        if value != value or (value <= low if above else value < low) or (high is not None and value > high):
+            bound = f"more than {low:g}" if above else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(
+                f"must be {bound}" + (f" and at most {high:g}" if high is not None else "") + f", got {raw}"
+            )
+        return value
+
+    return parse
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse without prefix matching: `--mode` must never quietly become `--model`."""
 
@@ -395,22 +525,24 @@ def _add_submit(sub: Any) -> None:
     s.add_argument("path")
     s.add_argument("--batch-id", help="resume or extend this batch (default: a new id)")
     s.add_argument("--model", help="model name (default SUMMARIZE_MODEL)")
-    s.add_argument("--max-words", type=int, help="summary length limit (default SUMMARIZE_MAX_WORDS)")
     s.add_argument(
-        "--priority", choices=list(PRIORITIES), default="normal", help="served before lower priorities (default normal)"
+        "--max-words", type=_number(int, 1), help="summary length limit, at least 1 (default SUMMARIZE_MAX_WORDS)"
+    )
+    s.add_argument(
+        "--priority", choices=list(PRIORITIES), default=None, help="served before lower priorities (default normal)"
     )
     s.add_argument(
         "--prompt",
         metavar="FILE",
         help="task instructions replacing the built-in ones ({max_words} "
-        "may appear); the article's delimiting and its guard stay",
+        "may appear, {{x}} is a literal {x}); the article's delimiting and its guard stay",
     )
     s.add_argument(
         "--json-schema",
         metavar="FILE",
         help="answers are JSON objects following this JSON Schema; each result row gains `data`",
     )
-    s.add_argument("--temperature", type=float, help="sampling temperature (default 0)")
+    s.add_argument("--temperature", type=_number(float, 0, high=2), help="sampling temperature, 0 to 2 (default 0)")
     s.add_argument(
         "--fallback-model",
         metavar="MODEL",
@@ -422,17 +554,19 @@ def _add_submit(sub: Any) -> None:
     s.add_argument(
         "--mode",
         choices=["online", "batch"],
-        default="online",
+        default=None,
         help="batch: through the provider's Batch API (half the price, results within 24 h); default online",
     )
     s.add_argument(
         "--price-in",
-        type=float,
+        type=_number(float, 0),
         metavar="USD",
         help="price of the model's input, USD per million "
         "tokens (with --price-out; default SUMMARIZE_PRICES or the built-in table)",
     )
-    s.add_argument("--price-out", type=float, metavar="USD", help="price of its output, USD per million tokens")
+    s.add_argument(
+        "--price-out", type=_number(float, 0), metavar="USD", help="price of its output, USD per million tokens"
+    )
     _add_budget(s)
     s.add_argument(
         "--skip-invalid",
@@ -440,9 +574,12 @@ def _add_submit(sub: Any) -> None:
         help="enqueue valid records and keep invalid ones as failed jobs (default: enqueue nothing)",
     )
     s.add_argument("--wait", action="store_true", help="wait until every job is done or failed")
-    s.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds (exit 2)")
+    s.add_argument(
+        "--timeout", type=_number(float, 0, above=True), help="with --wait: give up after this many seconds (exit 2)"
+    )
+    _add_keep_waiting(s)
     s.add_argument("--out", help="write results here when finished (implies --wait)")
-    s.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    s.add_argument("--format", choices=["jsonl", "csv"], default=None, help="of the --out file (default jsonl)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_submit)
 
@@ -453,9 +590,13 @@ def _add_reading(sub: Any) -> None:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
 
-    w = sub.add_parser("wait", help="progress bar until the batch finishes: exit 0 all done, 1 some failed, 2 timeout")
+    w = sub.add_parser(
+        "wait",
+        help="progress bar until the batch finishes: exit 0 all done, 1 some failed, 2 timeout, 4 paused",
+    )
     w.add_argument("batch")
-    w.add_argument("--timeout", type=float)
+    w.add_argument("--timeout", type=_number(float, 0, above=True), help="give up after this many seconds (exit 2)")
+    _add_keep_waiting(w)
     w.add_argument("-q", "--quiet", action="store_true")
     w.set_defaults(func=cmd_wait)
 
@@ -471,18 +612,36 @@ def _add_reading(sub: Any) -> None:
     )
     r.set_defaults(func=cmd_results)
 
-    rt = sub.add_parser("retry", help="requeue the failed jobs of a batch")
+    rt = sub.add_parser(
+        "retry", help="requeue the failed jobs of a batch (after the fix: another model, fallback, prices, budget)"
+    )
     rt.add_argument("batch")
+    rt.add_argument("--model", help="call this model from now on (recorded in the batch's spec)")
+    rt.add_argument("--fallback-model", metavar="MODEL", help="the model to fall back to from now on ('' for none)")
+    rt.add_argument("--price-in", type=_number(float, 0), metavar="USD", help="input price, USD per million tokens")
+    rt.add_argument("--price-out", type=_number(float, 0), metavar="USD", help="output price, USD per million tokens")
+    _add_budget(rt)
     rt.set_defaults(func=cmd_retry)
+
+
+def _add_keep_waiting(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--keep-waiting",
+        action="store_true",
+        help="go on waiting while the batch is paused (default: say why and exit 4 at once)",
+    )
 
 
 def _add_budget(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--budget-usd", type=float, metavar="USD", help="pause the batch before a call would take its cost over this"
+        "--budget-usd",
+        type=_number(float, 0, above=True),
+        metavar="USD",
+        help="pause the batch before a call would take its cost over this",
     )
     p.add_argument(
         "--budget-tokens",
-        type=int,
+        type=_number(int, 1),
         metavar="N",
         help="pause the batch before a call would take its tokens (prompt + completion) over this",
     )
@@ -561,6 +720,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
         code: int = args.func(args, settings)
         return code
+    except UsageError as exc:
+        print(f"summarize {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except SummarizeError as exc:
         print(f"summarize {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

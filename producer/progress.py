@@ -80,6 +80,14 @@ class ProgressBar:
             self._bar.stop()
 
 
+def counts_line(s: dict[str, Any]) -> str:
+    """A batch's counts in one line, the names `status` and `results` use."""
+    return (
+        f"{s['total']} total, {s['queued']} queued, {s['running']} running, "
+        f"{s['done']} done, {s['failed']} failed, {s['cancelled']} cancelled"
+    )
+
+
 def status_table(status: dict[str, Any]) -> Table:
     """`summarize status` for people: one row per figure."""
     from rich.table import Table
@@ -114,6 +122,12 @@ def status_table(status: dict[str, Any]) -> Table:
             else "",
         ]
         table.add_row("budget", ", ".join(c for c in caps if c))
+        table.add_row(
+            "held",
+            f"{status.get('held_tokens', 0)} tokens / ${status.get('held_usd', 0.0):.4f} by calls in flight; "
+            f"{status.get('estimated_tokens', 0)} tokens / ${status.get('estimated_usd', 0.0):.4f} of the spend "
+            "estimated at its bound (calls of runs that died in flight)",
+        )
     return table
 
 
@@ -134,7 +148,11 @@ def status_notes(status: dict[str, Any]) -> list[str]:
             + (f"; errors: {_short(p['errors'])}" if p.get("errors") else "")
         )
     if status.get("halted"):
-        lines += [f"HALTED: {status['halted']}", f"  fix the cause, then: summarize retry {status['batch']}"]
+        lines += [
+            f"HALTED: {status['halted']}",
+            f"  fix the cause, then: summarize retry {status['batch']}"
+            " (with --model, --fallback-model, --price-in/--price-out or a new budget if the cause was one of them)",
+        ]
     lines += [f"  failed {f['id']}: {f['error_type']}: {f['error']}" for f in status.get("failed_jobs", [])]
     return lines
 

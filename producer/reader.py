@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -171,16 +172,18 @@ def _file_record(file: Path, source: str, number: int, max_bytes: int) -> Record
     checked_id, id_error = check_id(file.stem)
     if id_error or checked_id is None:
         return Record.invalid(str(file), 0, None, f"file name: {id_error}", place=file.name)
-    size = file.stat().st_size
     reason: str | None = None
-    if size > max_bytes:
-        reason = f"article is {size} bytes; the limit is {max_bytes} (SUMMARIZE_MAX_ARTICLE_BYTES)"
-    else:
-        try:
+    try:
+        size = file.stat().st_size
+        if size > max_bytes:
+            reason = f"article is {size} bytes; the limit is {max_bytes} (SUMMARIZE_MAX_ARTICLE_BYTES)"
+        else:
             text = file.read_bytes().decode("utf-8")
             reason = check_text(text, max_bytes)
-        except UnicodeDecodeError as exc:
-            reason = f"invalid UTF-8 at byte {exc.start}"
+    except UnicodeDecodeError as exc:
+        reason = f"invalid UTF-8 at byte {exc.start}"
+    except OSError as exc:  # unreadable: a bad record like any other, listed with the rest
+        reason = f"can't read the file: {unreadable(exc)}"
     if reason:
         return Record.invalid(str(file), 0, checked_id, reason, place=file.name)
     return Record(source, number, checked_id, text, {"file": file.name}, place=file.name)
@@ -243,12 +246,29 @@ def opened(path: str, max_bytes: int) -> Iterator[Source]:
             yield Source(lambda: _rewound(spool, "<stdin>", max_bytes))
         return
     p = Path(path)
-    if p.is_dir():
+    try:
+        mode = p.stat().st_mode
+    except OSError as exc:  # missing, a path through a file, no permission on a directory on the way
+        raise InputError(path, 0, None, unreadable(exc)) from None
+    if stat.S_ISDIR(mode):
+        try:
+            next(p.iterdir(), None)
+        except OSError as exc:
+            raise InputError(path, 0, None, f"can't list the directory: {unreadable(exc)}") from None
         yield Source(lambda: iter_directory(p, max_bytes))
-    elif p.is_file():
+    elif stat.S_ISREG(mode):
         yield Source(lambda: _from_file(p, max_bytes))
+    elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+        # A pipe (`<(zcat f.gz)`, a FIFO) can be read only once: spooled, as stdin is.
+        with tempfile.TemporaryFile() as spool:
+            try:
+                with open(p, "rb") as stream:
+                    shutil.copyfileobj(stream, spool, 1 << 20)
+            except OSError as exc:
+                raise InputError(path, 0, None, f"can't read: {unreadable(exc)}") from None
+            yield Source(lambda: _rewound(spool, path, max_bytes))
     else:
-        raise InputError(path, 0, None, "no such file or directory")
+        raise InputError(path, 0, None, "not a file, a directory or a pipe")
 
 
 @contextmanager
@@ -281,5 +301,23 @@ def _rewound(stream: IO[bytes], source: str, max_bytes: int) -> Iterator[Record]
 
 
 def _from_file(path: Path, max_bytes: int) -> Iterator[Record]:
-    with open(path, "rb", buffering=1 << 20) as f:
-        yield from iter_jsonl(f, os.fspath(path), max_bytes)
+    source = os.fspath(path)
+    try:
+        f = open(path, "rb", buffering=1 << 20)  # noqa: SIM115 - closed below, its errors named
+    except OSError as exc:
+        raise InputError(source, 0, None, f"can't read: {unreadable(exc)}") from None
+    with f:
+        lines = iter_jsonl(f, source, max_bytes)
+        while True:
+            try:
+                rec = next(lines)
+            except StopIteration:
+                return
+            except OSError as exc:  # a read failing half-way (an I/O error, a file on a dead mount)
+                raise InputError(source, 0, None, f"can't read: {unreadable(exc)}") from None
+            yield rec
+
+
+def unreadable(exc: OSError) -> str:
+    """Why a path can't be read, in words (no Python exception names)."""
+    return (exc.strerror or type(exc).__name__).lower()

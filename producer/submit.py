@@ -10,10 +10,13 @@ in the batch with the same text are skipped.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+
+import redis
 
 from contract.errors import InputError, InvalidInput
 from contract.record import Article, digest
@@ -206,9 +209,21 @@ class Enqueuer:
     on_wait: Callable[[str], None] | None = None
 
     def run(self, records: Iterator[Record], resolver: Resolver) -> SubmitReport:
+        lease = self.store.settings.submit_lease
+        self.store.submitting(self.batch_id, lease)
+        try:
+            return self._run(records, resolver)
+        finally:
+            # Given back however the submit ends: the batch may be over now (an interrupted submit
+            # that is resumed takes a new lease). With Redis unreachable the lease lapses by itself.
+            with contextlib.suppress(redis.RedisError):
+                self.store.submitting(self.batch_id, 0)
+
+    def _run(self, records: Iterator[Record], resolver: Resolver) -> SubmitReport:
         report = SubmitReport(self.batch_id)
         bound = self.store.settings.max_queued
         submit_id = uuid.uuid4().hex
+        lease = self.store.settings.submit_lease
         for chunk in batched(records, min(CHUNK, bound) if bound else CHUNK):
             if self.should_stop() or (bound and not self._wait_for_room(submit_id, len(chunk))):
                 report.interrupted = True
@@ -222,6 +237,7 @@ class Enqueuer:
                 jobs.append(to_job(rec, self.source_index))
             created = self.store.create_jobs(self.batch_id, jobs, admit=submit_id if bound else "")
             self.publish(created.messages)
+            self.store.submitting(self.batch_id, lease)
             self._account(report, jobs, created.created, created.existing)
             report.records += len(chunk)
             if self.on_chunk:
@@ -243,6 +259,7 @@ class Enqueuer:
                     f"{self.store.settings.max_queued}" + (f", {place} submit(s) ahead" if place else "")
                 )
             waited = True
+            self.store.submitting(self.batch_id, self.store.settings.submit_lease)
             for _ in range(5):  # a stop is seen within a tenth of a second
                 if self.should_stop():
                     return False

@@ -5,6 +5,10 @@ submit samples/articles.jsonl as one batch with a progress bar; print every summ
 with a custom prompt and a JSON Schema (samples/brief.*), priced, and its `status` (tokens, cost); then
 the first file again, answered from the result cache with no LLM call; stop everything.
 up:   the same stack, left running until Ctrl-C, for your own `summarize submit ...`.
+
+Whatever ends it stops every process it started: Ctrl-C, SIGTERM (a process manager, `kill`), SIGHUP (a
+closed terminal) stop them in order; if it is killed outright (SIGKILL), each of them gets SIGTERM from
+the kernel (Linux: PR_SET_PDEATHSIG, scripts/stack.py).
 """
 
 from __future__ import annotations
@@ -12,14 +16,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.stack import BIN, ROOT, Stack, free_port, port_open
+
+
+class Stopped(BaseException):
+    """A signal asked the demo to end: everything it started is stopped, then it exits 128 + the signal.
+    A BaseException, like KeyboardInterrupt: the readiness polls' `except Exception` must not swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop_on(signum: int, frame: FrameType | None) -> None:
+    # Once stopping, further signals must not cut the stop short (it ends in SIGKILL after a bound anyway).
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    raise Stopped(signum)
 
 
 def main() -> int:
@@ -27,10 +49,13 @@ def main() -> int:
     ap.add_argument("--up", action="store_true", help="leave the stack running until Ctrl-C")
     ap.add_argument("--input", default=str(ROOT / "samples" / "articles.jsonl"))
     ap.add_argument("--flower-port", type=int, default=5555)
+    ap.add_argument("--workdir", default=str(ROOT / "run"), help="logs and Redis data (default: run/)")
     args = ap.parse_args()
 
     started = time.monotonic()
-    stack = Stack(workdir=ROOT / "run")
+    stack = Stack(workdir=Path(args.workdir), tied=True)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_on)
     try:
         redis_port = 6379 if not _busy(6379) else free_port()
         stack.redis(redis_port)
@@ -83,6 +108,9 @@ def main() -> int:
         return submit.returncode
     except KeyboardInterrupt:
         return 0
+    except Stopped as stopped:
+        print(f"demo: {stopped}: stopping everything", file=sys.stderr)
+        return 128 + stopped.signum
     finally:
         stack.stop()
 

@@ -7,6 +7,7 @@ same commands the README and compose.yaml show.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -15,12 +16,33 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+#: Flower's options (the task list's columns), the same for `make up`, the tests and `celery -A worker flower`
+FLOWER_CONFIG = ROOT / "flowerconfig.py"
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn making the child get SIGTERM when the process starting it dies, however it dies
+    (SIGKILL and the OOM killer included), so no redis-server or worker outlives `make up`. Linux only
+    (None elsewhere). The parent must start its children from the thread that lives as long as it does:
+    the signal follows the death of the thread that forked."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork: the child only calls it
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def free_port() -> int:
@@ -61,13 +83,21 @@ class Proc:
     env: dict[str, str]
     log: Path
     popen: subprocess.Popen[bytes] | None = None
+    #: ends with the process that started it, even one killed with SIGKILL (see die_with_parent)
+    tied: bool = False
 
     def start(self) -> Proc:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab")  # noqa: SIM115 - the child owns it for its lifetime
         # Its own process group, so a stop reaches the children (prefork, uvicorn) too.
         self.popen = subprocess.Popen(
-            self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            self.argv,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+            preexec_fn=die_with_parent() if self.tied else None,  # one prctl call: safe beside threads
         )
         out.close()
         return self
@@ -117,9 +147,11 @@ class Stack:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="summarize-")))
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     procs: list[Proc] = field(default_factory=list)
+    #: every process ends with the one that started the stack (`make up`: a killed terminal or parent)
+    tied: bool = False
 
     def _proc(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> Proc:
-        p = Proc(name, argv, {**self.env, **(env or {})}, self.workdir / f"{name}.log")
+        p = Proc(name, argv, {**self.env, **(env or {})}, self.workdir / f"{name}.log", tied=self.tied)
         self.procs.append(p)
         return p.start()
 
@@ -190,7 +222,15 @@ class Stack:
         return proc
 
     def flower(self, port: int = 5555, env: Mapping[str, str] | None = None) -> Proc:
-        argv = [str(BIN / "celery"), "-A", "worker", "flower", f"--port={port}", "--address=127.0.0.1"]
+        argv = [
+            str(BIN / "celery"),
+            "-A",
+            "worker",
+            "flower",
+            f"--conf={FLOWER_CONFIG}",
+            f"--port={port}",
+            "--address=127.0.0.1",
+        ]
         proc = self._proc("flower", argv, env)
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/healthcheck"), "flower", 60, proc.popen)
         return proc

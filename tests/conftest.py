@@ -178,9 +178,9 @@ def assert_invariants(url: str, since_ms: int = 0) -> None:
             keys = Keys(prefix)
             run = r.register_script(script.source)
             for raw in r.zrangebyscore(key, since_ms, "+inf"):
-                bid = raw.decode()
+                bid = raw.decode() if isinstance(raw, bytes) else str(raw)
                 found = run(args=script.args(keys, batch=bid))
-                problems += [f"{prefix}/{bid}: {v.decode()}" for v in found]
+                problems += [f"{prefix}/{bid}: {v.decode() if isinstance(v, bytes) else v}" for v in found]
         assert not problems, "invariants broken:\n" + "\n".join(problems)
     finally:
         r.close()

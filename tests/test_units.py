@@ -517,29 +517,28 @@ def limiter(settings: Settings, w: WorkerStore) -> RateLimiter:
     return RateLimiter(w, settings, f"w-{uuid.uuid4().hex[:4]}")
 
 
-def test_limiter_books_the_whole_limit_at_once_then_waits_for_the_window(settings: Settings) -> None:
-    tpm = 1000
-
+def test_limiter_paces_tokens_and_never_fills_a_window_past_the_limit(settings: Settings) -> None:
     async def go(w: WorkerStore) -> list[int]:
-        waits = []
-        for _ in range(3):
-            wait_ms, _ = await w.script(
-                "rate_acquire", rpm=0, tpm=tpm, tokens=400, window_ms=WINDOW_MS + LATE_MARGIN_MS
-            )
-            waits.append(int(wait_ms))
-        return waits
+        lim = limiter(Settings.from_dsn(settings.redis_url, key_prefix=settings.key_prefix, tpm=1000), w)
+        return [(await lim._book(400)).wait_ms for _ in range(3)]
 
     waits = worker_call(settings, go)
-    # 800 of 1000 tokens at once; the third request fits only once the first leaves the window.
-    assert waits[:2] == [0, 0] and WINDOW_MS + LATE_MARGIN_MS - 100 <= waits[2] <= WINDOW_MS + LATE_MARGIN_MS
+    # 1000 tokens a minute refill at 60 ms a token: 400 tokens every 24 s, not 800 at once; the third
+    # would fit the bucket at 48 s but not the window (800 + 400 > 1000) until the first leaves it.
+    window = WINDOW_MS + LATE_MARGIN_MS
+    assert waits[0] == 0 and 23_900 <= waits[1] <= 24_000 and window - 100 <= waits[2] <= window
 
 
-def test_limiter_counts_requests_per_window(settings: Settings) -> None:
+def test_limiter_paces_requests_and_counts_them_per_window(settings: Settings) -> None:
     async def go(w: WorkerStore) -> list[int]:
-        return [int((await w.script("rate_acquire", rpm=3, tpm=0, tokens=1, window_ms=1000))[0]) for _ in range(7)]
+        lim = limiter(Settings.from_dsn(settings.redis_url, key_prefix=settings.key_prefix, rpm=3), w)
+        return [(await lim._book(1)).wait_ms for _ in range(4)]
 
     waits = worker_call(settings, go)
-    assert waits[:3] == [0, 0, 0] and all(900 <= w <= 1000 for w in waits[3:6]) and waits[6] >= 1900
+    # a request every 20 s; the fourth also waits for the first to leave the window
+    window = WINDOW_MS + LATE_MARGIN_MS
+    assert waits[0] == 0 and all(abs(waits[i] - 20_000 * i) <= 100 for i in (1, 2))
+    assert window - 100 <= waits[3] <= window
 
 
 def test_a_request_larger_than_the_token_limit_fails_at_once(settings: Settings) -> None:

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import logging
+import time
 from os import EX_CONFIG
 from typing import Any
 
 from celery import Celery, bootsteps
 from celery.signals import worker_shutdown, worker_shutting_down
+from celery.worker import state as worker_state
 
-from contract.errors import EvictingRedis
+from contract.errors import BrokerUnavailable, EvictingRedis
 from contract.messaging import make_celery
-from contract.redisconn import check_eviction, make_redis
-from contract.settings import Settings
+from contract.redisconn import check_eviction, make_redis, ping
+from contract.settings import Settings, redact_url
 
 from . import engine, metrics
 
 log = logging.getLogger(__name__)
+#: a worker started before Redis tries it this often, and says it is waiting at most this often
+REDIS_RETRY, REDIS_WAIT_NOTE = 1.0, 30.0
 # One INFO line per HTTP request from the openai client's HTTP stack drowns the task log at 400 jobs/s.
 for noisy in ("httpx", "httpx2", "httpcore", "openai"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -54,14 +58,7 @@ class EngineStep(bootsteps.StartStopStep):
     requires = ("celery.worker.components:Pool",)
 
     def start(self, parent: Any) -> None:
-        probe = make_redis(settings, max_connections=1)
-        try:
-            check_eviction(probe, settings)
-        except EvictingRedis as exc:
-            log.critical("summarize worker refuses to start: %s", exc)
-            raise SystemExit(EX_CONFIG) from None  # Celery stops with this code, no traceback
-        finally:
-            probe.close()
+        wait_for_redis()
         engine.engine(settings, app)
         metrics.start(settings)
         log.info(
@@ -75,6 +72,39 @@ class EngineStep(bootsteps.StartStopStep):
 
 
 app.steps["worker"].add(EngineStep)
+
+
+def wait_for_redis() -> None:
+    """Until Redis answers (a worker may start before it, or while it restarts), saying so in one line every
+    REDIS_WAIT_NOTE seconds. What waiting can't cure stops the worker with EX_CONFIG and one line: an
+    evicting Redis, credentials it rejects, a certificate that doesn't verify."""
+    noted = None
+    while True:
+        probe = make_redis(settings, max_connections=1, attempts=0)
+        try:
+            ping(probe, settings)
+            check_eviction(probe, settings)
+            if noted is not None:
+                log.warning("summarize worker: Redis at %s answers now; starting", redact_url(settings.redis_url))
+            return
+        except EvictingRedis as exc:
+            refuse(exc)
+        except BrokerUnavailable as exc:
+            if "is unreachable" not in str(exc) or "certificate verify failed" in str(exc).lower():
+                refuse(exc)
+            if noted is None or time.monotonic() - noted >= REDIS_WAIT_NOTE:
+                log.warning("summarize worker: waiting for Redis (trying every %gs): %s", REDIS_RETRY, exc)
+                noted = time.monotonic()
+        finally:
+            probe.close()
+        for _ in range(10):  # Celery's SIGTERM/SIGINT handlers only set a flag: a stop ends the wait here
+            worker_state.maybe_shutdown()
+            time.sleep(REDIS_RETRY / 10)
+
+
+def refuse(exc: Exception) -> None:
+    log.critical("summarize worker refuses to start: %s", exc)
+    raise SystemExit(EX_CONFIG) from None  # Celery stops with this code, no traceback
 
 
 @worker_shutdown.connect

@@ -36,21 +36,22 @@ class BatchState:
 class Batches:
     def __init__(self, client: redis.asyncio.Redis, keys: Keys, base_url: str) -> None:
         self.r, self.keys, self.base_url = client, keys, base_url
-        #: batch id -> (generation, spec)
-        self._specs: dict[str, tuple[str, BatchSpec]] = {}
+        #: batch id -> (generation, spec revision, spec)
+        self._specs: dict[str, tuple[str, str, BatchSpec]] = {}
         self._fingerprints: dict[str, str] = {}
         self._states: dict[str, BatchState] = {}
         #: (batch, model) pairs whose model answered 404: their jobs go straight to the fallback
         self._gone: set[tuple[str, str]] = set()
 
-    async def spec(self, batch_id: str) -> tuple[str, BatchSpec]:
-        """(generation, spec) of the batch, read once per generation."""
+    async def spec(self, batch_id: str) -> tuple[str, str, BatchSpec]:
+        """(generation, spec revision, spec) of the batch, read once per generation and revision."""
         known = self._specs.get(batch_id)
         if known is None:
-            raw, gen = await self.r.hmget(self.keys.batch(batch_id), ["spec", "gen"])
+            raw, gen, rev = await self.r.hmget(self.keys.batch(batch_id), ["spec", "gen", "rev"])
             if raw is None:
                 raise BatchNotFound(batch_id)  # a stale message of a batch purged or expired
-            known = self._specs[batch_id] = (text(gen or b""), BatchSpec.from_json(text(raw)))
+            known = (text(gen or b""), text(rev or b"0"), BatchSpec.from_json(text(raw)))
+            self._specs[batch_id] = known
         return known
 
     def forget(self, batch_id: str) -> None:

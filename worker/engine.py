@@ -109,7 +109,7 @@ class Engine:
         worker = f"{socket.gethostname()}:{threading.get_native_id()}"
         self.limiter = RateLimiter(self.store, s, worker)
         self.provider = Provider(llm.make_client(s), self.limiter, s, self.stop)
-        self.contexts = ContextWindows(self.provider.client, s)
+        self.contexts = ContextWindows(self.provider.client, s, self.limiter, self.stop)
         self.slots = asyncio.Semaphore(s.concurrency)
         self.writer = Writer(self.store, self._publish)
         self.writer.start()
@@ -139,7 +139,7 @@ class Engine:
         report = Report()
         for _ in range(2):
             try:
-                gen, spec = await self.batches.spec(batch_id)
+                gen, rev, spec = await self.batches.spec(batch_id)
             except BatchNotFound:
                 report.outcomes["skipped-missing"] += len(job_ids)
                 return report
@@ -148,13 +148,15 @@ class Engine:
                 job_ids,
                 step,
                 uuid.uuid4().hex,
-                gen,
-                self.batches.fingerprint(batch_id, spec),
-                spec.mode == "batch",
+                gen=gen,
+                cache_fp=self.batches.fingerprint(batch_id, spec),
+                rev=rev,
+                to_pack=spec.mode == "batch",
             )
             if claimed.state != "stale":
                 break
-            # The batch was purged and made again under this id: our copy of its spec is another batch's.
+            # The batch was purged and made again under this id, or its spec changed (retry --model): our
+            # copy of its spec is out of date.
             self.batches.forget(batch_id)
         report.outcomes.update(
             why if why in ("cached", "waiting", "packing") else f"skipped-{why}" for why in claimed.skipped.values()

@@ -57,9 +57,7 @@ def _final(job: ClaimedJob, tally: Tally, status: str, **fields: Any) -> Final:
 def done(job: ClaimedJob, summary: Summary, tally: Tally, cache_key: str | None = None) -> Op:
     """`cache_key`: what the answer is cached under (the job's own, unless a fallback model wrote it)."""
     key = job.cache_key if cache_key is None else cache_key
-    final = _final(
-        job, tally, "done", summary=summary.text, model=summary.model, chunks=summary.chunks, cache_key=key
-    )
+    final = _final(job, tally, "done", summary=summary.text, model=summary.model, chunks=summary.chunks, cache_key=key)
     return _op("done", job, tally, final.pack(), key)
 
 

@@ -96,6 +96,7 @@ class WorkerStore:
         token: str,
         gen: str = "",
         cache_fp: str = "",
+        rev: str = "0",
         to_pack: bool = False,
     ) -> Claimed:
         state, now_ms, rows = await self.script(
@@ -109,6 +110,7 @@ class WorkerStore:
             cache_ttl=self.settings.cache_ttl,
             to_pack="1" if to_pack else "0",
             gen=gen,
+            rev=rev,
         )
         claimed = Claimed(text(state), [], {})
         for row in rows:

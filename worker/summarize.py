@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from openai import AsyncOpenAI
 
 from contract.errors import (
+    BudgetWait,
     ContextExceeded,
     HandBack,
     MalformedResponse,
@@ -27,7 +28,7 @@ from contract.errors import (
     TruncatedSummary,
     UnusableAnswers,
 )
-from contract.models import Price
+from contract.models import CallStyle, Price
 from contract.settings import Settings
 from contract.spec import BatchSpec
 
@@ -41,6 +42,38 @@ CONTEXT_MARGIN = 0.95
 OVERLAP_TOKENS = 200
 #: re-plans after the provider said a request did not fit (each with its smaller number)
 MAX_REPLANS = 3
+#: seconds between two looks at the budget while calls in flight hold what this one needs
+BUDGET_POLL = 0.1
+#: tokens a chat request adds around its messages' contents: a few per message, a few to start the answer
+MESSAGE_OVERHEAD = 4
+REPLY_PRIMING = 3
+
+
+def prompt_bound_counter(settings: Settings) -> Callable[[list[dict[str, Any]]], int]:
+    """messages -> an upper bound of the prompt's tokens, for budget holds. The exact count where the
+    model's tokenizer is known (tiktoken, when configured and loadable); else the byte bound: OpenAI's
+    and most open models' tokenizers are byte-level BPE, so a token covers at least one UTF-8 byte and
+    the bytes bound the tokens whatever the script (CJK, code, numbers), where 4 characters a token
+    is only an average for English."""
+    if settings.token_counter == "tiktoken":
+        try:
+            import tiktoken
+
+            enc = tiktoken.get_encoding(settings.tiktoken_encoding)
+
+            def exact(messages: list[dict[str, Any]]) -> int:
+                body = sum(len(enc.encode(str(m["content"]), disallowed_special=())) for m in messages)
+                return body + MESSAGE_OVERHEAD * len(messages) + REPLY_PRIMING
+
+            return exact
+        except Exception:  # no package or no encoding files offline: the byte bound holds anyway
+            pass
+
+    def by_bytes(messages: list[dict[str, Any]]) -> int:
+        body = sum(len(str(m["content"]).encode("utf-8")) for m in messages)
+        return body + MESSAGE_OVERHEAD * len(messages) + REPLY_PRIMING
+
+    return by_bytes
 
 
 @dataclass(frozen=True)
@@ -54,14 +87,17 @@ class Ask:
     response_format: dict[str, Any] | None = None
     #: content -> the text to store; raises MalformedResponse for an answer that can't be used
     check: Callable[[str], str] = str.strip
+    #: how the model is called (a reasoning model: max_completion_tokens, reasoning_effort, no temperature)
+    style: CallStyle = CallStyle()
 
     def body(self, max_tokens: int) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": self.messages,
-            "max_tokens": max_tokens,
-            "temperature": self.temperature,
-        }
+        body: dict[str, Any] = {"model": self.model, "messages": self.messages, self.style.room_param: max_tokens}
+        if self.style.reasoning:
+            # Only the default temperature is accepted: any temperature sent, even 1, is one more way to a 400.
+            if self.style.reasoning_effort is not None:
+                body["reasoning_effort"] = self.style.reasoning_effort
+        else:
+            body["temperature"] = self.temperature
         if self.response_format is not None:
             body["response_format"] = self.response_format
         return body
@@ -149,13 +185,16 @@ def request(text: str, spec: BatchSpec, stage: Stage, max_chars: int) -> Ask:
         def check(content: str) -> str:
             return prompt.clean_summary(content, max_chars, keep_lines)
 
+    style = spec.style()
     return Ask(
         prompt.build_messages(text, spec, stage),
         spec.model,
-        prompt.max_tokens_for(spec.max_words, structured),
+        # A reasoning model thinks inside the same room: the answer's room alone can end empty.
+        prompt.max_tokens_for(spec.max_words, structured) + style.reasoning_tokens,
         spec.temperature,
         prompt.response_format(spec, stage),
         check,
+        style,
     )
 
 
@@ -174,7 +213,11 @@ class MapReduce:
                 f"the model's context window ({self.fit.context} tokens) leaves no room for a "
                 "part of the article beside the prompt and the answer"
             )
-        parts = chunking.split(text, room, self.fit.count_text, min(OVERLAP_TOKENS, room // 10))
+        # In a thread: megabytes of text take a fifth of a second of CPU that every other job of the
+        # process would otherwise wait out on the event loop.
+        parts = await asyncio.to_thread(
+            chunking.split, text, room, self.fit.count_text, min(OVERLAP_TOKENS, room // 10)
+        )
         plan = f"{room}"
         summaries = await asyncio.gather(
             *(self._once(f"{plan}:p{i}", part, Stage("part", i + 1, len(parts), False)) for i, part in enumerate(parts))
@@ -256,11 +299,15 @@ class Hold:
 
 
 class Account(Protocol):
-    """Prices and budget of the batch a job belongs to."""
+    """Prices and budget of the batch a job belongs to, and the last word before each of its calls."""
 
     def price(self, model: str) -> Price | None: ...
 
-    async def hold(self, model: str, prompt_tokens: int, max_tokens: int) -> Hold: ...
+    async def admit(self, model: str, prompt_bound: int, max_tokens: int) -> Hold:
+        """Right before the call leaves: raise if it must not (BatchPaused, BatchCancelled,
+        ProviderRejected for a halt, RunLost, BudgetWait to wait for calls in flight); else hold its
+        worst case against the budget (prompt_bound + max_tokens tokens) and return the hold."""
+        ...
 
     async def release(self, hold: Hold, model: str, prompt_tokens: int, completion_tokens: int) -> None: ...
 
@@ -271,7 +318,7 @@ class FreeAccount:
     def price(self, model: str) -> Price | None:
         return None
 
-    async def hold(self, model: str, prompt_tokens: int, max_tokens: int) -> Hold:
+    async def admit(self, model: str, prompt_bound: int, max_tokens: int) -> Hold:
         return Hold()
 
     async def release(self, hold: Hold, model: str, prompt_tokens: int, completion_tokens: int) -> None:
@@ -289,6 +336,7 @@ class Provider:
 
     def __post_init__(self) -> None:
         self.count_tokens = token_counter(self.settings)
+        self.prompt_bound = prompt_bound_counter(self.settings)
 
     def for_job(self, unusable_before: int, tally: Tally, guard: Guard, account: Account | None = None) -> Call:
         """The call path of one job. `guard` runs before every request and raises to stop the job
@@ -312,8 +360,20 @@ class Provider:
             raise HandBack("worker is shutting down")  # start no new request while stopping
         await guard()
         tokens = self.count_tokens(ask.messages, room[0])
-        booking = await self.limiter.acquire(tokens, self.stop)
-        hold = await account.hold(ask.model, tokens - room[0], room[0])
+        bound = self.prompt_bound(ask.messages)
+        while True:
+            booking = await self.limiter.acquire(tokens, self.stop)
+            # After the wait for the limiter: a cancel, pause, budget or lost lease that came meanwhile
+            # stops the call here, and its booked slot goes back to the others.
+            try:
+                hold = await account.admit(ask.model, bound, room[0])
+                break
+            except BudgetWait:
+                await self.limiter.release(booking)
+                await retry.interruptible_sleep(self.stop)(BUDGET_POLL)
+            except BaseException:
+                await self.limiter.release(booking)
+                raise
         tally.requests += 1
         billed = (0, 0)
         price = account.price(ask.model)

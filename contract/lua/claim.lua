@@ -14,7 +14,8 @@
 -- ARGV[9] to_pack: '1' for a batch-mode batch: its jobs wait for a provider batch instead of running
 -- ARGV[10] gen: the batch generation the caller's spec belongs to; another one (the batch was purged
 --          and made again) claims nothing and answers state 'stale', so the caller reads the spec again
---          ('' : no check, for tools that read the spec themselves)
+--          ('' : no check, for tools that read the spec themselves); with it, the spec's revision
+-- ARGV[11] rev: the spec revision the caller's copy is of (`summarize retry --model` changes the spec)
 --
 -- With a cache fingerprint, a job whose answer is cached is done at once (0 calls), and a job whose twin
 -- is being summarized right now waits for it (status waiting: no slot, no call) instead of calling.
@@ -25,10 +26,10 @@
 -- {id, why} where why is done, failed, cancelled, cached, waiting, packing, busy (another run holds it),
 -- early (deferred, not due), paused, missing.
 local b, step, msg, token, lease = ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
-local fp, cache_ttl, to_pack, gen = ARGV[7], tonumber(ARGV[8]), ARGV[9] == '1', ARGV[10]
+local fp, cache_ttl, to_pack, gen, rev = ARGV[7], tonumber(ARGV[8]), ARGV[9] == '1', ARGV[10], ARGV[11]
 local now = now_ms()
-local bgen = redis.call('HGET', bkey(b), 'gen')
-if bgen and gen ~= '' and bgen ~= gen then return {'stale', now, {}} end
+local bv = redis.call('HMGET', bkey(b), 'gen', 'rev')
+if bv[1] and gen ~= '' and (bv[1] ~= gen or (bv[2] or '0') ~= rev) then return {'stale', now, {}} end
 local orphans = L.orphans .. step
 -- The message arrived: it is not lost. Its queued time is how far the queue has come.
 local queued_at = redis.call('ZSCORE', orphans, msg)

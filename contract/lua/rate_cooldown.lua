@@ -1,9 +1,18 @@
--- rate_cooldown.lua: the provider answered 429 and asked for a pause: every worker waits it out.
--- Only ever lengthens a cooldown another worker set.
+-- rate_cooldown.lua: the provider answered 429 (or 503) and asked for a pause: every worker waits it
+-- out. Only ever lengthens a cooldown another worker set. The buckets bank no refill over the pause:
+-- the first requests after it get at most one burst, then the steady pace.
 --
 -- ARGV[1] layout: key names (Keys.layout)
 -- ARGV[2] ms: how long to pause
-if redis.call('PTTL', L.cooldown) < tonumber(ARGV[2]) then
-  redis.call('SET', L.cooldown, '1', 'PX', ARGV[2])
+local ms = tonumber(ARGV[2])
+if redis.call('PTTL', L.cooldown) < ms then
+  redis.call('SET', L.cooldown, '1', 'PX', ms)
+  if redis.call('EXISTS', L.rate) == 1 then
+    local until_ms = now_ms() + ms
+    local h = redis.call('HMGET', L.rate, 'rq', 'tk')
+    redis.call('HSET', L.rate, 'rq', string.format('%.3f', math.max(tonumber(h[1] or '0'), until_ms)),
+      'tk', string.format('%.3f', math.max(tonumber(h[2] or '0'), until_ms)))
+    redis.call('PEXPIRE', L.rate, math.max(redis.call('PTTL', L.rate), ms + 61000))
+  end
 end
 return 1

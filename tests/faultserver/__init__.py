@@ -15,9 +15,13 @@ Kinds: ``429[:retry_after]``, ``400``, ``401``, ``404``, ``500``, ``502``, ``503
 
 Server-wide settings (``ServerConfig``, changed live with POST /admin/config): ``latency``, ``rpm``,
 ``tpm`` (a request weighs ceil(characters of all messages / 4) + max_tokens), ``api_key``,
-``context_tokens`` (the same weight above it answers 400 ``context_length_exceeded``) and the batch
-faults described in ``tests.faultserver.batches``. POST /admin/outage ``{"seconds", "status"}`` refuses
-everything for a while; POST /admin/reset clears counters, fault progress, files and batches.
+``context_tokens`` (the same weight above it answers 400 ``context_length_exceeded``),
+``reasoning_models`` with ``reasoning_tokens`` (those models answer as OpenAI's reasoning models do: 400
+for ``max_tokens`` or a temperature other than 1, ``reasoning_tokens`` of ``max_completion_tokens`` spent
+thinking, reported in ``usage.completion_tokens_details``; ``reasoning_effort`` to any other model is a
+400 too) and the batch faults described in ``tests.faultserver.batches``. POST /admin/outage
+``{"seconds", "status"}`` refuses everything for a while; POST /admin/reset clears counters, fault progress,
+files and batches.
 
 Accounting rules worth knowing when reading ``/admin/stats``: requests rejected at the "gateway"
 (wrong API key, outage, rpm/tpm overshoot, context window) are answered at once, without ``latency``

@@ -8,6 +8,7 @@ that died in flight).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from contract.openai_shapes import (
     response_format_kind,
     response_json_schema,
     system_prompt,
+    usage,
 )
 from localllm.errors import ApiError
 from localllm.jsonfill import FillText, fill_schema, json_object_answer
@@ -70,6 +72,10 @@ class ChatRequest:
     max_tokens: int  # 0 when the request sets none
     format_kind: str
     schema: JSONObject | None
+    #: the top-level parameters sent, and the ones a reasoning model is picky about
+    params: tuple[str, ...] = ()
+    temperature: Any = None
+    reasoning_effort: Any = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -107,12 +113,59 @@ def parse_chat(payload: Any) -> ChatRequest:
         max_tokens=room if isinstance(room, int) and not isinstance(room, bool) and room > 0 else 0,
         format_kind=response_format_kind(payload),
         schema=response_json_schema(payload),
+        params=tuple(sorted(payload)),
+        temperature=payload.get("temperature"),
+        reasoning_effort=payload.get("reasoning_effort"),
     )
+
+
+#: what OpenAI's reasoning models take as reasoning_effort
+REASONING_EFFORTS = ("minimal", "low", "medium", "high")
+
+
+def _check_reasoning_params(state: FaultState, request: ChatRequest) -> None:
+    """Refuse what OpenAI refuses, with its error bodies: max_tokens or a temperature other than the default
+    sent to a reasoning model, reasoning_effort sent to any other model or with an unknown value."""
+    reasoning = request.model in state.config.reasoning_models
+    refusal: tuple[str, str, str] | None = None
+    if reasoning and "max_tokens" in request.params:
+        refusal = (
+            "max_tokens",
+            "unsupported_parameter",
+            "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            "Use 'max_completion_tokens' instead.",
+        )
+    elif reasoning and request.temperature is not None and request.temperature != 1:
+        refusal = (
+            "temperature",
+            "unsupported_value",
+            f"Unsupported value: 'temperature' does not support {request.temperature} with this model. "
+            "Only the default (1) value is supported.",
+        )
+    elif not reasoning and request.reasoning_effort is not None:
+        refusal = (
+            "reasoning_effort",
+            "unsupported_parameter",
+            "Unsupported parameter: 'reasoning_effort' is not supported with this model.",
+        )
+    elif reasoning and request.reasoning_effort is not None and request.reasoning_effort not in REASONING_EFFORTS:
+        refusal = (
+            "reasoning_effort",
+            "invalid_value",
+            f"Invalid value: {request.reasoning_effort!r}. Supported values are: 'minimal', 'low', 'medium', "
+            "and 'high'.",
+        )
+    if refusal is not None:
+        state.reasoning_refused += 1
+        param, code, message = refusal
+        raise ApiError(400, message, "invalid_request_error", code, param=param)
 
 
 def check_request(state: FaultState, request: ChatRequest) -> None:
     """Record what reached the provider, and refuse a request beyond the context window."""
     state.note_request(request.system, request.format_kind, request.request_tokens)
+    state.note_params(request.params, request.reasoning_effort)
+    _check_reasoning_params(state, request)
     if request.model in state.config.missing_models:
         raise error(404, f"The model `{request.model}` does not exist or you do not have access to it.")
     limit = state.config.context_tokens
@@ -135,6 +188,8 @@ def choose_fault(state: FaultState, request: ChatRequest) -> Directive | None:
 def answer(state: FaultState, request: ChatRequest, fault: Directive | None) -> Outcome:
     """The answer to a request whose fault (if any) is not a transport one."""
     content = _content(request)
+    if request.model in state.config.reasoning_models and (fault is None or fault.kind in ("hang", "trickle")):
+        return _thought_answer(state, request, content)
     if fault is None or fault.kind in ("hang", "trickle"):
         return Outcome(200, _completion(state, request, Answer(content)), OK)
     if fault.kind in ERROR_KINDS:
@@ -181,16 +236,33 @@ def _content(request: ChatRequest) -> str:
     return summary
 
 
+def _thought_answer(state: FaultState, request: ChatRequest, content: str) -> Outcome:
+    """A reasoning model's answer: `reasoning_tokens` of the room go on thinking first (billed as completion
+    tokens, reported in completion_tokens_details), the answer gets what is left, cut off (finish_reason
+    length; empty if nothing is left) when that is too little. A token a word, as for every answer here."""
+    room = request.max_tokens
+    thought = state.config.reasoning_tokens if room == 0 else min(state.config.reasoning_tokens, room)
+    words = content.split()
+    left = len(words) if room == 0 else room - thought
+    cut = len(words) > left
+    said = " ".join(words[:left]) if cut else content
+    body = _completion(state, request, Answer(said, "length" if cut else "stop"))
+    body["usage"] = usage(request.prompt_tokens, thought + len(said.split()), reasoning_tokens=thought)
+    return Outcome(200, body, 200 if cut else OK)
+
+
 def _completion(state: FaultState, request: ChatRequest, choice: Answer | None, content: str = "") -> JSONObject:
     said = (choice.content or "") if choice is not None else content
     completion_tokens = len(said.split())
     if choice is not None and choice.reasoning_content is not None:
         # The room went on thinking: all of max_tokens is spent, none of it on the answer.
         completion_tokens = request.max_tokens or len(choice.reasoning_content.split())
+    per = state.config.billed_bytes_per_token
+    billed = math.ceil(sum(len(t.encode("utf-8")) for t in request.texts) / per) if per else request.prompt_tokens
     return chat_completion(
         choice,
         model=request.model,
-        prompt_tokens=request.prompt_tokens,
+        prompt_tokens=billed,
         completion_tokens=completion_tokens,
         completion_id=state.next_completion_id(),
         system_fingerprint="faultserver",

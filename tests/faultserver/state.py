@@ -13,7 +13,7 @@ WINDOW_S = 60.0
 MAX_SYSTEM_PROMPTS = 100
 
 # Config keys by kind: the validation of each kind is written once.
-_FLOAT_KEYS = frozenset({"latency", "batch_delay", "batch_create_response_delay"})
+_FLOAT_KEYS = frozenset({"latency", "batch_delay", "batch_create_response_delay", "billed_bytes_per_token"})
 _INT_KEYS = frozenset(
     {
         "rpm",
@@ -23,8 +23,11 @@ _INT_KEYS = frozenset(
         "batch_expire_next",
         "batch_fail_next",
         "batch_create_429_next",
+        "reasoning_tokens",
     }
 )
+#: config keys holding a list of model names
+_MODEL_LIST_KEYS = frozenset({"missing_models", "reasoning_models"})
 
 
 @dataclass(slots=True)
@@ -43,6 +46,13 @@ class ServerConfig:
     batch_fail_next: int = 0  # the next N batches fail validation
     batch_create_429_next: int = 0  # the next N creates answer 429 token_limit_exceeded
     missing_models: tuple[str, ...] = ()  # models answered 404 model_not_found (a model that is gone)
+    # Models answered as OpenAI answers its reasoning models (gpt-5, o3): max_tokens and a temperature other
+    # than 1 refused with 400, and `reasoning_tokens` of max_completion_tokens spent thinking before the answer.
+    reasoning_models: tuple[str, ...] = ()
+    reasoning_tokens: int = 0
+    # Bill prompt tokens as UTF-8 bytes / this (0: 4 characters a token): a tokenizer denser than the
+    # English average, as for CJK text, code or numbers.
+    billed_bytes_per_token: float = 0.0
 
     def updated(self, changes: dict[str, Any]) -> ServerConfig:
         known = {f.name for f in fields(self)}
@@ -58,13 +68,14 @@ class ServerConfig:
         # The key itself is never echoed back: admin responses end up in test logs.
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_key"}
         values["missing_models"] = list(self.missing_models)
+        values["reasoning_models"] = list(self.reasoning_models)
         return {**values, "api_key_set": self.api_key is not None}
 
 
 def _validated(key: str, value: Any) -> Any:
-    if key == "missing_models":
+    if key in _MODEL_LIST_KEYS:
         if not isinstance(value, list | tuple) or not all(isinstance(m, str) for m in value):
-            raise ValueError("missing_models must be a list of model names")
+            raise ValueError(f"{key} must be a list of model names")
         return tuple(value)
     if key == "api_key":
         if value is not None and not isinstance(value, str):
@@ -138,6 +149,10 @@ class FaultState:
     system_prompts: dict[str, int] = field(default_factory=dict)
     system_prompts_dropped: int = 0
     response_formats: dict[str, int] = field(default_factory=dict)
+    #: how often each top-level request parameter was sent (max_tokens, temperature, reasoning_effort, ...)
+    request_params: dict[str, int] = field(default_factory=dict)
+    reasoning_efforts: dict[str, int] = field(default_factory=dict)
+    reasoning_refused: int = 0
     batch_line_statuses: dict[str, int] = field(default_factory=dict)
     batch_creates_refused: int = 0
     completion_seq: int = 0
@@ -172,6 +187,12 @@ class FaultState:
                 self.system_prompts_dropped += 1
         _bump(self.response_formats, format_kind)
         self.max_request_tokens = max(self.max_request_tokens, request_tokens)
+
+    def note_params(self, params: tuple[str, ...], effort: object) -> None:
+        for name in params:
+            _bump(self.request_params, name)
+        if effort is not None:
+            _bump(self.reasoning_efforts, str(effort))
 
     def admit(self, now: float, tokens: int) -> tuple[str, float] | None:
         """None if the request fits the rpm and tpm windows (and is counted in them), else (limit, wait)."""
@@ -209,6 +230,9 @@ class FaultState:
             "system_prompts": dict(self.system_prompts),
             "system_prompts_dropped": self.system_prompts_dropped,
             "response_formats": dict(self.response_formats),
+            "request_params": dict(self.request_params),
+            "reasoning_efforts": dict(self.reasoning_efforts),
+            "reasoning_refused": self.reasoning_refused,
             "batch_line_statuses": dict(self.batch_line_statuses),
             "batch_creates_refused": self.batch_creates_refused,
             "config": self.config.public(),

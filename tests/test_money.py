@@ -1,0 +1,364 @@
+"""Money and identity with real processes: budget holds that die with their run, cache hits that prove
+their article, a batch id reused after purge, failed jobs that expire with their batch, counters that
+never drift, ops for a batch that is gone, twins that share a failure, a fallback's answer cached as its
+own, a gateway failing every request alike. (The invariant check of tests/conftest.py runs after each.)"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from contract.keys import Keys
+from producer.api import publish
+from scripts.stack import Stack
+from tests.conftest import Group, batch_id, isolated_group
+from tests.faultserver import FaultServer, article_key, expected_summary
+from tests.helpers import poll, wait_until, write_jsonl
+
+
+def arts(tag: str, n: int, extra: str = "") -> list[dict[str, str]]:
+    return [
+        {"id": f"{tag}{i}", "text": f"{tag} report {i}: the harbour board approved the new pier {i}. {extra}".strip()}
+        for i in range(n)
+    ]
+
+
+def calls(server: FaultServer, items: list[dict[str, str]]) -> int:
+    by_article = server.stats()["by_article"]
+    return sum(by_article.get(article_key(t), 0) for t in {a["text"] for a in items})
+
+
+def redis_keys_of(g: Group, bid: str) -> list[str]:
+    """Every key of the group's prefix that names the batch (its own keys and its jobs')."""
+    r = g.client().redis
+    return sorted(
+        k.decode() if isinstance(k, bytes) else k for k in r.scan_iter(match=f"{g.settings.key_prefix}:*{bid}*")
+    )
+
+
+@pytest.fixture(scope="module")
+def slow() -> Iterator[FaultServer]:
+    with FaultServer(latency=1.0) as srv:
+        yield srv
+
+
+# ---- 1. holds after a crash, and a budget that is enough ---------------------------------------------
+
+
+def test_kill9_under_a_budget_leaves_no_hold_and_a_second_worker_finishes(
+    stack: Stack, redis_url: str, slow: FaultServer
+) -> None:
+    g = isolated_group(stack, redis_url, slow.url, SUMMARIZE_CONCURRENCY="8", SUMMARIZE_JOBS_PER_MESSAGE="4")
+    items = arts("hk", 40)
+    # What one call holds: its prompt's UTF-8 bytes (+ framing) + max_tokens; what it really costs is about a
+    # quarter of its prompt bytes + ~12 completion tokens. Enough for all 40 at their real cost plus the
+    # 8 calls a kill may leave counted at their bound.
+    real, bound = 40 * 200, 900
+    cap = real + 8 * bound + 2000
+    w1 = g.worker("hk-w1")
+    batch = g.client().submit(items, batch_id=batch_id(), budget_tokens=cap)
+    wait_until(lambda: (s := batch.status())["done"] >= 8 and s["held_tokens"] > 0, 60, "calls in flight")
+    w1.kill9()
+    at_kill = batch.status()
+    assert at_kill["held_tokens"] > 0  # holds of calls in flight, now owned by no live run
+    g.worker("hk-w2")
+    final = batch.wait(timeout=120)
+    assert (final["done"], final["failed"], final["state"]) == (40, 0, "finished"), final
+    # The reaper took the dead run's jobs back, and their holds with them: counted at their bound.
+    assert final["held_tokens"] == 0
+    assert 0 < final["estimated_tokens"] <= at_kill["held_tokens"]
+    assert final["spent_tokens"] <= cap
+    billed = sum(r.usage["total_tokens"] for r in batch.results() if r.usage)
+    assert final["spent_tokens"] >= billed  # what the provider reported, plus the estimates
+    print(
+        f"kill -9 under a budget: 40/40 done, {at_kill['held_tokens']} tokens held at the kill, "
+        f"{final['estimated_tokens']} counted as estimated, 0 held at the end, spent {final['spent_tokens']} of {cap}"
+    )
+
+
+def test_a_budget_a_quarter_above_need_finishes_without_pausing(
+    stack: Stack, redis_url: str, slow: FaultServer
+) -> None:
+    g = isolated_group(stack, redis_url, slow.url, SUMMARIZE_CONCURRENCY="8", SUMMARIZE_JOBS_PER_MESSAGE="4")
+    g.worker("bq-w1")
+    probe = g.client().submit(arts("bqp", 8), batch_id=batch_id(), no_cache=True)
+    per_job = probe.wait(timeout=60)["total_tokens"] / 8
+    items = arts("bq", 40)
+    need = int(per_job * 40)
+    batch = g.client().submit(items, batch_id=batch_id(), budget_tokens=int(need * 1.25))
+    final = batch.wait(timeout=120)
+    assert (final["done"], final["state"]) == (40, "finished"), final
+    assert final["held_tokens"] == 0 and final["estimated_tokens"] == 0
+    assert final["spent_tokens"] == final["total_tokens"] <= int(need * 1.25)
+
+
+def test_dense_text_never_crosses_a_token_cap(stack: Stack, redis_url: str) -> None:
+    # CJK: 3 bytes a character, billed here at 2 bytes a token (6 times the 4-characters guess).
+    with FaultServer(latency=0.3) as srv:
+        srv.configure(billed_bytes_per_token=2)
+        g = isolated_group(stack, redis_url, srv.url, SUMMARIZE_CONCURRENCY="8", SUMMARIZE_JOBS_PER_MESSAGE="2")
+        g.worker("cjk-w1")
+        items = [{"id": f"cjk{i}", "text": f"港口管理局批准了第{i}号码头的疏浚计划。" * 20} for i in range(20)]
+        cap = 12_000
+        batch = g.client().submit(items, batch_id=batch_id(), budget_tokens=cap)
+        s = poll(batch.status, lambda s: s["state"] in ("paused", "finished") and s["running"] == 0, 90)
+        billed = sum(r.usage["total_tokens"] for r in batch.results() if r.usage)
+        assert s["state"] == "paused" and s["reason"] == "budget", s
+        assert billed == s["spent_tokens"] <= cap, (billed, s)
+        assert s["held_tokens"] == 0
+        print(f"CJK under a {cap}-token cap, billed at 2 bytes a token: {billed} billed, {s['done']} done, paused")
+
+
+# ---- 2, 9. cache identity and a batch id reused after purge -----------------------------------------
+
+
+def test_a_cache_hit_never_answers_with_another_articles_summary(fault: Group) -> None:
+    bid = batch_id()
+    x = {"id": "1", "text": "Article X: the river authority closed the old ferry crossing for repairs."}
+    y = {"id": "1", "text": "Article Y: the city council voted to plant four thousand street trees."}
+    assert fault.client().submit([x], batch_id=bid).wait(timeout=60)["done"] == 1
+    assert fault.cli("purge", bid).returncode == 0
+    assert fault.client().submit([y], batch_id=bid).wait(timeout=60)["done"] == 1
+    again = fault.client().submit([x], batch_id=batch_id())
+    assert again.wait(timeout=60)["done"] == 1
+    (row,) = list(again.results())
+    assert row.summary == expected_summary(x["text"]), row
+    assert not row.cached  # its pointer was purged; Y's record does not prove to be X's answer
+
+
+def test_a_batch_id_reused_after_purge_runs_with_its_new_settings(local: Group, tmp_path: Path) -> None:
+    src = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {
+                "id": f"r{i}",
+                "text": " ".join(
+                    f"Sentence {k} of report {i} says the regional transit agency will extend the tram line "
+                    f"by {k} kilometres through the northern districts next year."
+                    for k in range(30)
+                ),
+            }
+            for i in range(3)
+        ],
+    )
+    bid = batch_id()
+    assert (
+        local.cli("submit", str(src), "--batch-id", bid, "--max-words", "20", "--no-cache", "--wait", "-q").returncode
+        == 0
+    )
+    short = [len((r["summary"] or "").split()) for r in local.results(bid)]
+    assert local.cli("purge", bid).returncode == 0
+    sub = local.cli("submit", str(src), "--batch-id", bid, "--max-words", "120", "--no-cache", "--wait", "-q")
+    assert sub.returncode == 0, sub.stderr
+    long = [len((r["summary"] or "").split()) for r in local.results(bid)]
+    assert max(short) <= 25 and min(long) > 25, (short, long)
+
+
+# ---- 3. a failed job's article expires with its batch; a resubmit runs every job again ----------------
+
+
+def test_a_failed_job_leaves_nothing_after_the_ttl_and_a_resubmit_runs_every_job(
+    stack: Stack, redis_url: str, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    g = isolated_group(stack, redis_url, fault_server.url, SUMMARIZE_RESULT_TTL="2")
+    g.worker("ttl-w1")
+    items = [*arts("ttl", 3), {"id": "bad", "text": "ttl bad [[fault:400]] the harbour board met."}]
+    src = write_jsonl(tmp_path / "in.jsonl", items)
+    bid = batch_id()
+    assert g.cli("submit", str(src), "--batch-id", bid, "--no-cache", "--wait", "-q").returncode == 1
+    before = calls(fault_server, items)
+    wait_until(lambda: not redis_keys_of(g, bid), 20, "every key of the batch gone after its TTL")
+    again = g.cli("submit", str(src), "--batch-id", bid, "--no-cache", "--wait", "-q")
+    assert again.returncode == 1, again.stderr
+    status = g.client().store.status(bid)
+    assert (status["total"], status["done"], status["failed"]) == (4, 3, 1)
+    assert calls(fault_server, items) == before + 4  # every job ran again, none swallowed as "already there"
+
+
+# ---- 4. resume racing the workers' view of the batch ------------------------------------------------
+
+
+def test_pause_and_resume_in_quick_succession_never_strand_a_job(stack: Stack, redis_url: str) -> None:
+    with FaultServer(latency=0.3) as srv:
+        g = isolated_group(stack, redis_url, srv.url, SUMMARIZE_CONCURRENCY="16", SUMMARIZE_JOBS_PER_MESSAGE="2")
+        g.worker("pr-w1")
+        items = arts("pr", 80)
+        batch = g.client().submit(items, batch_id=batch_id())
+        for _ in range(25):
+            batch.pause()
+            time.sleep(0.1)
+            batch.resume()
+            time.sleep(0.1)
+        final = batch.wait(timeout=120)
+        assert final["done"] == 80, final
+        assert calls(srv, items) == 80
+
+
+# ---- 6. ops for a batch that is gone ---------------------------------------------------------------
+
+
+def test_a_purge_force_with_calls_in_flight_leaves_no_zombie(
+    stack: Stack, redis_url: str, slow: FaultServer, tmp_path: Path
+) -> None:
+    g = isolated_group(stack, redis_url, slow.url, SUMMARIZE_CONCURRENCY="8")
+    g.worker("zb-w1")
+    bid = batch_id()
+    items = arts("zb", 8, "[[fault:hang:2]]")
+    batch = g.client().submit(items, batch_id=bid, budget_tokens=1_000_000)
+    wait_until(lambda: batch.status()["running"] > 0, 30, "calls in flight")
+    assert g.cli("purge", bid, "--force").returncode == 0
+    time.sleep(4)  # the calls in flight come back and their runs settle
+    assert redis_keys_of(g, bid) == []
+    st = g.cli("status", bid)
+    assert st.returncode != 0 and len(st.stderr.strip().splitlines()) == 1 and "Traceback" not in st.stderr
+    src = write_jsonl(tmp_path / "in.jsonl", arts("zb2", 2))
+    assert g.cli("submit", str(src), "--batch-id", bid, "--wait", "-q").returncode == 0
+
+
+# ---- 8. twins share a failure; a fallback's answer is cached as its own ------------------------------
+
+
+def test_identical_articles_share_their_leaders_failure(fault: Group, fault_server: FaultServer) -> None:
+    text = "Twin report: the ferry company changed its timetable again. [[fault:garbage]] [[id:tw1]]"
+    items = [{"id": f"tw{i}", "text": text} for i in range(10)]
+    batch = fault.client().submit(items, batch_id=batch_id())
+    final = batch.wait(timeout=60)
+    assert (final["failed"], final["done"]) == (10, 0), final
+    paid = calls(fault_server, items)
+    assert paid <= 6  # one article's unusable allowance, not 6 per twin
+    print(f"10 identical articles, every answer unusable: {paid} paid calls in all, 10 failed")
+
+
+def test_a_fallback_models_answer_is_cached_under_the_fallback(fault: Group, fault_server: FaultServer) -> None:
+    fault_server.configure(missing_models=["gone-model"])
+    try:
+        items = [{"id": "fb", "text": "Fallback report: the library extended its opening hours. [[id:fb1]]"}]
+        first = fault.client().submit(items, batch_id=batch_id(), model="gone-model", fallback_model="fake-model")
+        assert first.wait(timeout=60)["done"] == 1
+        (row,) = list(first.results())
+        assert row.model == "fake-model"
+        direct = fault.client().submit(items, batch_id=batch_id(), model="fake-model")
+        assert direct.wait(timeout=60)["done"] == 1
+        (hit,) = list(direct.results())
+        assert hit.cached and hit.summary == row.summary  # the fallback's own fingerprint
+    finally:
+        fault_server.configure(missing_models=[])
+
+
+# ---- the same permanent error from the first calls halts the batch -----------------------------------
+
+
+def test_a_gateway_failing_every_request_alike_halts_the_batch(stack: Stack, redis_url: str) -> None:
+    with FaultServer() as srv:
+        g = isolated_group(stack, redis_url, srv.url, SUMMARIZE_CONCURRENCY="4", SUMMARIZE_HALT_AFTER_SAME_ERRORS="5")
+        g.worker("halt-w1")
+        items = arts("gw", 60, "[[fault:400]]")
+        batch = g.client().submit(items, batch_id=batch_id())
+        final = batch.wait(timeout=60)
+        assert final["state"] == "halted" and "same error" in (final["halted"] or ""), final
+        paid = calls(srv, items)
+        # The threshold, plus the calls that left before the fifth failure was stored (writes are batched
+        # a few milliseconds; at no latency a few rounds of 4 in flight): a small number, never the 60.
+        assert paid <= 20
+        print(f"60 articles all answered 400 alike: halted after {paid} calls, {final['failed']} failed")
+        status = g.cli("status", batch.id)
+        assert "retry" in status.stdout
+
+
+# ---- 5. counters never drift (a lapsed lease delivered again while the batch is paused) --------------
+
+
+def test_a_lapsed_lease_delivered_again_while_paused_keeps_the_counts(stack: Stack, redis_url: str) -> None:
+    with FaultServer(latency=0.2) as srv:
+        g = isolated_group(stack, redis_url, srv.url, SUMMARIZE_CONCURRENCY="4")
+        items = arts("lp", 6, "[[fault:hangx1:8]]")
+        w = g.worker("lp-w1")
+        batch = g.client().submit(items, batch_id=batch_id())
+        wait_until(lambda: batch.status()["running"] > 0, 30, "running")
+        w.kill9()
+        time.sleep(float(g.settings.lease_seconds) + 0.5)  # leases lapse; no reaper runs (no worker)
+        batch.pause()
+        # Deliver the batch's messages again by hand, as a redelivery would, before any reaper.
+        keys = Keys(g.settings.key_prefix, g.settings.queue)
+        ids = [str(i) for i in g.client().redis.lrange(keys.batch_ids(batch.id), 0, -1)]
+        publish(g.client(), [(3, Keys.member(batch.id, *ids))])
+        g.worker("lp-w2")
+        wait_until(lambda: batch.status()["running"] == 0, 30, "every job parked")
+        s = batch.status()
+        assert s["queued"] == 6 and s["running"] == 0, s  # parked jobs count as queued; nothing negative
+        batch.resume()
+        assert batch.wait(timeout=60)["done"] == 6
+
+
+# ---- 10. a halt with a way out ------------------------------------------------------------------------
+
+
+def test_no_key_asks_the_endpoint_for_its_model_and_retry_can_change_the_model(
+    fault: Group, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    no_key = {k: v for k, v in fault.env.items() if k not in ("OPENAI_API_KEY", "SUMMARIZE_MODEL")}
+    src = write_jsonl(tmp_path / "in.jsonl", arts("nk", 3))
+    bid = batch_id()
+    sub = subprocess_cli(fault, no_key, "submit", str(src), "--batch-id", bid, "--wait", "-q")
+    assert sub.returncode == 0, sub.stderr
+    assert fault.client().store.spec(bid).model == "fake-model"  # the one model /v1/models lists
+
+    fault_server.configure(missing_models=["gone-model"])
+    try:
+        bid2 = batch_id()
+        src2 = write_jsonl(tmp_path / "in2.jsonl", arts("hm", 4))
+        halted = fault.cli("submit", str(src2), "--batch-id", bid2, "--model", "gone-model", "--wait", "-q")
+        assert halted.returncode == 1
+        status = fault.cli("status", bid2).stdout
+        assert "HALTED" in status and "--model" in status
+        assert fault.cli("retry", bid2, "--model", "fake-model").returncode == 0
+        final = fault.client().batch(bid2).wait(timeout=60)
+        assert final["done"] == 4 and final["state"] == "finished", final
+        assert fault.client().store.spec(bid2).model == "fake-model"
+    finally:
+        fault_server.configure(missing_models=[])
+
+
+def subprocess_cli(g: Group, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    from scripts.stack import BIN, ROOT
+
+    return subprocess.run(
+        [str(BIN / "summarize"), *args], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+
+
+# ---- 8b. a run that lost its lease makes no further call --------------------------------------------
+
+
+def test_a_run_that_lost_its_lease_stops_before_its_next_call(stack: Stack, redis_url: str) -> None:
+    import os
+    import signal
+
+    with FaultServer(latency=1.0) as srv:
+        g = isolated_group(stack, redis_url, srv.url, SUMMARIZE_CONTEXT_TOKENS="1200", SUMMARIZE_CONCURRENCY="16")
+        text = " ".join(
+            f"Paragraph {k}: the water board said the reservoir at site {k} reached {k * 7} percent of its "
+            "capacity after the spring rains, and the pumping station will run at half speed until June."
+            for k in range(60)
+        )
+        a = g.worker("ll-a")
+        batch = g.client().submit([{"id": "long", "text": text}], batch_id=batch_id(), no_cache=True)
+        wait_until(lambda: srv.stats()["requests"] >= 2, 30, "the parts' requests sent")
+        os.kill(a.pid, signal.SIGSTOP)  # mid-call: its lease lapses while it can't renew
+        try:
+            g.worker("ll-b")
+            final = batch.wait(timeout=60)
+            assert final["done"] == 1
+        finally:
+            os.kill(a.pid, signal.SIGCONT)
+        time.sleep(3)  # A wakes with its parts answered; its next call would be the combine
+        (row,) = list(batch.results())
+        parts = row.chunks
+        assert parts >= 2
+        # A's parts (in flight when it stopped: paid, unavoidably) + B's parts + B's combine. Not A's combine.
+        assert srv.stats()["requests"] == 2 * parts + 1, (srv.stats()["requests"], parts)
+        print(f"lease lost mid map-reduce ({parts} parts): {2 * parts + 1} requests in all, 0 after the loss")
