@@ -61,9 +61,15 @@ class LLMError(SummarizeError):
 class TransientLLMError(LLMError):
     """Raised when the failure may pass by itself: 408/409/429/5xx, timeouts, resets, bad bodies."""
 
-    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None) -> None:
+    #: the request may have reached the provider and been billed although no answer came (a timeout):
+    #: its budget hold is counted as spent at its bound, marked estimated
+    maybe_billed: bool = False
+
+    def __init__(
+        self, message: str, status: int | None = None, retry_after: float | None = None, maybe_billed: bool = False
+    ) -> None:
         super().__init__(message)
-        self.status, self.retry_after = status, retry_after
+        self.status, self.retry_after, self.maybe_billed = status, retry_after, maybe_billed
 
 
 class MalformedResponse(TransientLLMError):

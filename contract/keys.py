@@ -70,8 +70,12 @@ class Keys:
         return self.batch(batch_id) + BATCH_PARTS["packing"]
 
     def packs(self, batch_id: str) -> str:
-        """Set (batch mode): ids of the batch's packs (its provider batches)."""
+        """Set (batch mode): ids of the batch's open packs (its provider batches not settled yet)."""
         return self.batch(batch_id) + BATCH_PARTS["packs"]
+
+    def packlog(self, batch_id: str) -> str:
+        """Hash (batch mode): pack id -> JSON of a settled pack's journal (what `status` shows of it)."""
+        return self.batch(batch_id) + BATCH_PARTS["packlog"]
 
     def holds(self, batch_id: str) -> str:
         """Hash: `job\x1ftoken` -> `tokens:usd` each live run holds against the budget for its calls in
@@ -197,6 +201,11 @@ class Keys:
         """Integer (batch mode): tokens (prompt + max_tokens) of provider batches not finished yet."""
         return f"{self.prefix}:packs:tokens"
 
+    def enqueued(self, scope: str) -> str:
+        """Integer (batch mode): enqueued tokens (prompt bound + max_tokens) of the open packs of one
+        (endpoint, model), what the provider's enqueued-token limit counts."""
+        return f"{self.prefix}:enq:{scope}"
+
     @property
     def reaper_lock(self) -> str:
         """String with a TTL: held by the one worker that reaps this round."""
@@ -286,6 +295,7 @@ class Keys:
             "packing": self.packing_batches,
             "packs_due": self.packs_due,
             "packs_tokens": self.packs_tokens,
+            "enq": self.enqueued(""),
             "batches": self.batches,
             "gen": self.generation,
             "submits": self.submits,
@@ -311,6 +321,7 @@ BATCH_PARTS = {
     "packing": ":packing",
     "packs": ":packs",
     "holds": ":holds",
+    "packlog": ":pklog",
     "kept": ":kept",
 }
 

@@ -336,23 +336,31 @@ class JobStore:
         return out
 
     def packs(self, batch_id: str) -> list[dict[str, Any]]:
-        """Batch mode: each provider batch of the batch: pack id, provider batch id and status, request counts."""
-        out = []
+        """Batch mode: each provider batch of the batch: pack id, provider batch id and status, request counts,
+        what it holds of the budget, and the error that failed it (open packs, then the settled ones' log)."""
+        journals: dict[str, dict[str, str]] = {}
         for raw in self.r.smembers(self.keys.packs(batch_id)):  # type: ignore[union-attr]
             info = {text(k): text(v) for k, v in self.r.hgetall(self.keys.pack(text(raw))).items()}  # type: ignore[union-attr]
             if info:
-                out.append(
-                    {
-                        "pack": text(raw),
-                        "provider_batch": info.get("provider_batch"),
-                        "state": info.get("state"),
-                        "status": info.get("status"),
-                        "lines": int(info.get("lines", 0)),
-                        "request_counts": json.loads(info["counts"]) if info.get("counts") else None,
-                        "errors": json.loads(info["errors"]) if info.get("errors") else None,
-                    }
-                )
-        return sorted(out, key=lambda p: str(p["pack"]))
+                journals[text(raw)] = info
+        for pk, logged in self.r.hgetall(self.keys.packlog(batch_id)).items():  # type: ignore[union-attr]
+            journals.setdefault(text(pk), json.loads(logged))
+        out = [
+            {
+                "pack": pk,
+                "provider_batch": info.get("provider_batch"),
+                "state": info.get("state"),
+                "status": info.get("status"),
+                "lines": int(info.get("lines", 0)),
+                "request_counts": json.loads(info["counts"]) if info.get("counts") else None,
+                "errors": json.loads(info["errors"]) if info.get("errors") else None,
+                "error": info.get("error") or None,
+                "held_usd": float(info.get("held_usd", 0)) if info.get("state") != "done" else 0.0,
+                "held_tokens": int(info.get("held_tokens", 0)) if info.get("state") != "done" else 0,
+            }
+            for pk, info in journals.items()
+        ]
+        return sorted(out, key=lambda p: (str(p["state"]) == "done", str(p["pack"])))
 
     def results(self, batch_id: str, start: int = 0, chunk: int = 2000) -> Iterator[JobResult]:
         """Every job of the batch in input order (see rows)."""

@@ -346,6 +346,10 @@ class Client:
         price_in, price_out = options.pop("price_in", None), options.pop("price_out", None)
         if stored is None:
             model = model or self.settings.model or served_model(self.settings.openai_base_url)
+            # How its models are called (chat or reasoning parameters), when the submit does not say.
+            options.setdefault("model_family", self.settings.model_family or None)
+            options.setdefault("reasoning_effort", self.settings.reasoning_effort)
+            options.setdefault("reasoning_tokens", self.settings.reasoning_tokens)
             max_words = self.settings.max_words if max_words is None else max_words
             options["fallback_model"] = options.get("fallback_model") or self.settings.fallback_model or None
             options["prices"] = self._prices(model, options["fallback_model"], price_in, price_out)

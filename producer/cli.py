@@ -317,6 +317,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         # left out (None), a resume takes the batch's stored spec
         no_cache=args.no_cache or None,
         mode=args.mode,
+        model_family=args.model_family,
+        reasoning_effort=args.reasoning_effort,
+        reasoning_tokens=args.reasoning_tokens,
         price_in=args.price_in,
         price_out=args.price_out,
         budget_usd=args.budget_usd,
@@ -556,6 +559,27 @@ def _add_submit(sub: Any) -> None:
         choices=["online", "batch"],
         default=None,
         help="batch: through the provider's Batch API (half the price, results within 24 h); default online",
+    )
+    s.add_argument(
+        "--model-family",
+        choices=["chat", "reasoning"],
+        default=None,
+        help="how the model is called: chat (max_tokens, temperature) or reasoning (max_completion_tokens, "
+        "reasoning_effort, no temperature); default by the model table, else SUMMARIZE_MODEL_FAMILY",
+    )
+    s.add_argument(
+        "--reasoning-effort",
+        choices=["minimal", "low", "medium", "high"],
+        default=None,
+        help="a reasoning model's reasoning_effort (default SUMMARIZE_REASONING_EFFORT, low)",
+    )
+    s.add_argument(
+        "--reasoning-tokens",
+        type=_number(int, 0),
+        metavar="N",
+        default=None,
+        help="completion tokens a reasoning model gets for reasoning on top of the summary's room "
+        "(default SUMMARIZE_REASONING_TOKENS)",
     )
     s.add_argument(
         "--price-in",

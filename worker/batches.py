@@ -112,7 +112,17 @@ def fingerprint(spec: BatchSpec, base_url: str) -> str:
     wants fresh calls)."""
     if spec.no_cache:
         return ""
-    shape = [spec.model, base_url, system_prompt(spec), spec.json_schema, spec.max_words, spec.temperature]
+    shape: list[object] = [
+        spec.model,
+        base_url,
+        system_prompt(spec),
+        spec.json_schema,
+        spec.max_words,
+        spec.temperature,
+    ]
+    style = spec.style()
+    if style.reasoning:  # how a reasoning model is called shapes its answer too (chat keys stay as they were)
+        shape.append([style.family, style.reasoning_effort, style.reasoning_tokens])
     raw = json.dumps(shape, sort_keys=True, ensure_ascii=False).encode("utf-8")
     return hashlib.sha1(raw, usedforsecurity=False).hexdigest()
 

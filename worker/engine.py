@@ -302,8 +302,6 @@ class JobAccount:
         j = self.job
         verdict, detail = await self.engine.store.send(j, held.usd, held.tokens)
         if verdict == "go":
-            if detail != "held":  # no budget: nothing to release
-                return Hold()
             return held if held.usd >= 0 else replace(held, usd=0.0)
         if verdict == "wait":
             raise BudgetWait(f"batch {j.batch_id}: waiting for calls in flight to settle")
@@ -313,11 +311,15 @@ class JobAccount:
         raise_for(j.batch_id, verdict, detail)
         raise RunLost(f"batch {j.batch_id}: unknown verdict {verdict!r}")
 
-    async def release(self, hold: Hold, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+    async def release(
+        self, hold: Hold, model: str, prompt_tokens: int, completion_tokens: int, estimated: bool = False
+    ) -> None:
         if hold == Hold():
             return
         price = self.price(model)
         spent = price.cost(prompt_tokens, completion_tokens) if price else 0.0
+        if estimated:
+            spent, prompt_tokens, completion_tokens = hold.usd, hold.tokens, 0
         j = self.job
         await self.engine.writer.settle(
             Op(
@@ -325,7 +327,7 @@ class JobAccount:
                 j.batch_id,
                 j.job_id,
                 j.token,
-                extra=[hold.usd, hold.tokens, spent, prompt_tokens + completion_tokens],
+                extra=[hold.usd, hold.tokens, spent, prompt_tokens + completion_tokens, 1 if estimated else 0],
                 gen=j.gen,
             )
         )

@@ -102,7 +102,9 @@ async def complete(client: AsyncOpenAI, body: dict[str, Any], deadline: float) -
         async with asyncio.timeout(deadline):
             response = await client.post("/chat/completions", body=body, cast_to=object)
     except TimeoutError:
-        raise TransientLLMError(f"request took longer than {deadline:.0f}s (SUMMARIZE_LLM_TIMEOUT)") from None
+        raise TransientLLMError(
+            f"request took longer than {deadline:.0f}s (SUMMARIZE_LLM_TIMEOUT)", maybe_billed=True
+        ) from None
     except (openai.APITimeoutError, openai.APIConnectionError) as exc:
         raise _network_error(exc) from None
     except openai.APIStatusError as exc:
@@ -122,7 +124,7 @@ def _network_error(exc: Exception) -> TransientLLMError:
         root = root.__cause__ or root.__context__  # type: ignore[assignment]
     if isinstance(root, OSError | aiohttp.ClientConnectionError) and not isinstance(root, TimeoutError):
         return TransientLLMError(f"connection failed: {root}")
-    return TransientLLMError(f"request timed out: {exc}")
+    return TransientLLMError(f"request timed out: {exc}", maybe_billed=True)
 
 
 def from_status(exc: openai.APIStatusError) -> Exception:

@@ -207,7 +207,8 @@ class MapReduce:
     partials: Partials
 
     async def run(self, text: str) -> Summary:
-        room = self.fit.room(self.spec, Stage("part", 1, 1, final=False), prompt.max_tokens_for(self.spec.max_words))
+        answer_room = prompt.max_tokens_for(self.spec.max_words) + self.spec.style().reasoning_tokens
+        room = self.fit.room(self.spec, Stage("part", 1, 1, final=False), answer_room)
         if room < 100:
             raise PermanentLLMError(
                 f"the model's context window ({self.fit.context} tokens) leaves no room for a "
@@ -309,7 +310,11 @@ class Account(Protocol):
         worst case against the budget (prompt_bound + max_tokens tokens) and return the hold."""
         ...
 
-    async def release(self, hold: Hold, model: str, prompt_tokens: int, completion_tokens: int) -> None: ...
+    async def release(
+        self, hold: Hold, model: str, prompt_tokens: int, completion_tokens: int, estimated: bool = False
+    ) -> None:
+        """The call is over: its hold replaced by what it was billed (`estimated`: unknown, keep the bound)."""
+        ...
 
 
 class FreeAccount:
@@ -321,7 +326,9 @@ class FreeAccount:
     async def admit(self, model: str, prompt_bound: int, max_tokens: int) -> Hold:
         return Hold()
 
-    async def release(self, hold: Hold, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+    async def release(
+        self, hold: Hold, model: str, prompt_tokens: int, completion_tokens: int, estimated: bool = False
+    ) -> None:
         return None
 
 
@@ -403,7 +410,9 @@ class Provider:
         finally:
             metrics.IN_FLIGHT.dec()
             metrics.observe(failure, time.monotonic() - sent, billed, price)
-            await account.release(hold, ask.model, *billed)
+            # A timeout may have been billed: its hold is kept as spend at its bound (never overspent).
+            unknown = isinstance(failure, TransientLLMError) and failure.maybe_billed and billed == (0, 0)
+            await account.release(hold, ask.model, *billed, estimated=unknown)
         await self.limiter.settle(booking, completion.usage.prompt_tokens + room[0])
         return replace(completion, content=content)
 
@@ -411,7 +420,8 @@ class Provider:
         tally.unusable += 1
         if isinstance(exc, TruncatedSummary):
             # The same request at temperature 0 would stop at the same place: give it more room.
-            room[0] = min(room[0] * 2, self.settings.max_completion_tokens)
+            # (Never below what it had: a reasoning model's room can start above the cap.)
+            room[0] = max(room[0], min(room[0] * 2, self.settings.max_completion_tokens))
         n = unusable_before + tally.unusable
         if n >= self.settings.max_unusable:
             raise self._give_up(exc, n, room[0]) from None

@@ -1,27 +1,49 @@
 -- pack_state.lua: (batch mode) move a pack on, journaled: only from the state the caller saw (two
--- workers moving one pack can't both succeed), recording fields and when to look at it next.
+-- workers moving one pack can't both succeed), recording fields and when to look at it next. Its
+-- enqueued tokens are given back once (`release`: its provider batch ended, or it never had one). A
+-- pack moved to `done` leaves a line of the batch's pack log (what `status` shows of it, expiring with
+-- the batch) and its own keys go: Redis keeps keys only for the packs that are open.
 --
 -- ARGV[1] layout: key names (Keys.layout)
 -- ARGV[2] pack: pack id
 -- ARGV[3] expect: the state it must be in ('' for any)
 -- ARGV[4] to: the new state
--- ARGV[5] due_ms: look at it again this long from now (-1: it is finished, never again)
+-- ARGV[5] due_ms: look at it again this long from now (-1: never again)
 -- ARGV[6] fields: msgpack map of fields to record (file id, provider batch id, status, counts...)
--- ARGV[7] tokens: change of the enqueued-token count (+ when its provider batch is created, - when over)
+-- ARGV[7] release: 1 gives the pack's enqueued tokens back (once), 0 keeps them counted
 --
 -- Returns 1 if it moved, 0 if it was not in `expect`.
 local pk, expect, to, due = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local key = L.pack .. pk
 local state = redis.call('HGET', key, 'state')
-if not state or (expect ~= "" and state ~= expect) then return 0 end
-local fields = cmsgpack.unpack(ARGV[6])
-for k, v in pairs(fields) do redis.call('HSET', key, k, v) end
+if not state or (expect ~= '' and state ~= expect) then return 0 end
+for k, v in pairs(cmsgpack.unpack(ARGV[6])) do redis.call('HSET', key, k, v) end
 redis.call('HSET', key, 'state', to)
-local tokens = tonumber(ARGV[7])
-if tokens ~= 0 then redis.call('INCRBY', L.packs_tokens, tokens) end
+if ARGV[7] == '1' then
+  local h = redis.call('HMGET', key, 'enq', 'scope')
+  if h[1] then
+    redis.call('DECRBY', L.enq .. h[2], tonumber(h[1]))
+    redis.call('DECRBY', L.packs_tokens, tonumber(h[1]))
+    redis.call('HDEL', key, 'enq')
+  end
+end
 if due < 0 then
   redis.call('ZREM', L.packs_due, pk)
 else
   redis.call('ZADD', L.packs_due, now_ms() + due, pk)
+end
+if to == 'done' then
+  local flat = redis.call('HGETALL', key)
+  local info = {}
+  for i = 1, #flat, 2 do info[flat[i]] = flat[i + 1] end
+  local b = info.batch
+  if b and redis.call('EXISTS', bkey(b)) == 1 then
+    redis.call('HSET', part(b, 'packlog'), pk, cjson.encode(info))
+    local ttl = redis.call('TTL', bkey(b))
+    if ttl > 0 then redis.call('EXPIRE', part(b, 'packlog'), ttl) end
+  end
+  if b then redis.call('SREM', part(b, 'packs'), pk) end
+  redis.call('DEL', key, key .. L.pack_parts.jobs, key .. L.pack_parts.twins)
+  redis.call('ZREM', L.packs_due, pk)
 end
 return 1

@@ -28,6 +28,12 @@ for _, id in ipairs(cmsgpack.unpack(ARGV[3])) do
       redis.call('DECR', L.backlog)
       redis.call('ZREM', L.due, member(b, id))
     end
+    -- A flight it leads or waits for: its twins must not wait for an answer that will write nothing.
+    local fk = redis.call('HGET', jkey(b, id), 'fk')
+    if fk then
+      redis.call('SREM', L.waiters .. fk, member(b, id))
+      if redis.call('GET', L.flight .. fk) == member(b, id) then redis.call('DEL', L.flight .. fk) end
+    end
     redis.call('DEL', jkey(b, id), tkey(b, id), pkey(b, id))
     n = n + 1
   end

@@ -4,10 +4,12 @@
 --   * the run still holds its job (its lease has not lapsed, nobody else took it): a run that lost its
 --     job makes no further call, so map-reduce parts are never paid twice;
 --   * the batch is running (not paused, cancelled or halted);
---   * with a budget, the call's worst case fits: it is held (per run, see _lib.lua drop_holds) until the
---     call's spend op replaces it with what it cost. A call that fits the budget only once calls already
---     in flight settle waits for them ('wait'); the batch pauses (reason budget) only when the call would
---     not fit with nothing else held (spent + its own bound > cap).
+--   * with a budget, the call's worst case fits. A call that fits the budget only once calls already in
+--     flight settle waits for them ('wait'); the batch pauses (reason budget) only when the call would not
+--     fit with nothing else held (spent + its own bound > cap).
+-- Every call that goes is held (per run, see _lib.lua drop_holds) until its spend op replaces the hold
+-- with what it cost, budget or not: a budget given to a running batch (`resume --budget-tokens`) then
+-- sees every call in flight and everything spent before it.
 --
 -- ARGV[1] layout: key names (Keys.layout)
 -- ARGV[2] batch: batch id
@@ -30,7 +32,6 @@ local j = redis.call('HMGET', jkey(b, id), 's', 'tk', 'l')
 if j[1] ~= 'running' or j[2] ~= token or tonumber(j[3] or '0') <= now_ms() then return {'lost', ''} end
 if h[1] == 'halted' then return {'halted', h[3] or ''} end
 if h[1] ~= 'running' then return {h[1], h[4] or ''} end
-if not h[5] and not h[6] then return {'go', ''} end
 
 local spent_usd, spent_tokens = tonumber(h[7] or '0'), tonumber(h[8] or '0')
 local held_usd, held_tokens = tonumber(h[9] or '0'), tonumber(h[10] or '0')
@@ -39,12 +40,14 @@ local function pause(why)
   redis.call('HSET', bk, 'state', 'paused', 'reason', why)
   return {'paused', why}
 end
-if cap_usd and usd < 0 then return pause('budget') end  -- no price: a USD cap can't be kept
-local alone = (cap_usd and spent_usd + usd > cap_usd) or (cap_tokens and spent_tokens + tokens > cap_tokens)
-if alone then return pause('budget') end
-local with_others = (cap_usd and spent_usd + held_usd + usd > cap_usd)
-  or (cap_tokens and spent_tokens + held_tokens + tokens > cap_tokens)
-if with_others then return {'wait', ''} end
+if cap_usd or cap_tokens then
+  if cap_usd and usd < 0 then return pause('budget') end  -- no price: a USD cap can't be kept
+  local alone = (cap_usd and spent_usd + usd > cap_usd) or (cap_tokens and spent_tokens + tokens > cap_tokens)
+  if alone then return pause('budget') end
+  local with_others = (cap_usd and spent_usd + held_usd + usd > cap_usd)
+    or (cap_tokens and spent_tokens + held_tokens + tokens > cap_tokens)
+  if with_others then return {'wait', ''} end
+end
 if usd < 0 then usd = 0 end
 local field = hold_field(id, token)
 local t, u = get_hold(b, field)

@@ -22,7 +22,8 @@
 --           cancel: the batch was cancelled before this run's next call
 --           repack: (batch mode) extra = {online (0/1), error_type ('' when it was no failure),
 --                   error}: the line goes into a later pack, or online
---           spend:  extra = {held_usd, held_tokens, spent_usd, spent_tokens}: a call's budget hold
+--           spend:  extra = {held_usd, held_tokens, spent_usd, spent_tokens, estimated (0/1: a timeout
+--                   that may have been billed is spent at its bound)}: a call's budget hold
 --                   replaced by what it really cost (no job change). If the run lost its job meanwhile,
 --                   its hold was counted as estimated spend (drop_holds): the estimate is corrected
 --         cost_usd is -1 when a call's price was unknown: the job's cost is then null, never 0.
@@ -204,7 +205,7 @@ local function spend(b, id, op)
   if ht > 0 and t >= ht then
     put_hold(b, field, t - ht, u - hu)
     add_held(b, -ht, -hu)
-    add_spent(b, st, su, false)
+    add_spent(b, st, su, x[5] == 1)
     return 1
   end
   local et, eu = get_hold(b, '~' .. field)

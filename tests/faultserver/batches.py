@@ -5,7 +5,9 @@ too and share the per-article counters (``[[fault:500x1]]`` fails the first run 
 not, and succeeds later). Batch-level faults come from the config, each ``*_next`` counter used up by
 one create: ``batch_create_429_next`` (create answers 429 ``token_limit_exceeded``),
 ``batch_fail_next`` (the batch fails validation), ``batch_expire_next`` (it expires after half its
-lines; the rest come back as ``batch_expired``). ``batch_delay`` is the processing delay and
+lines; the rest come back as ``batch_expired``), ``batch_create_502_next`` (the batch is made, then the
+create answers 502, as a gateway losing the answer). ``batch_api_status`` answers every Files and Batch
+route with that status (404: a server without a Batch API; 500: a gateway without credentials for it). ``batch_delay`` is the processing delay and
 ``batch_create_response_delay`` holds the create's answer after the batch exists.
 """
 
@@ -92,6 +94,9 @@ def _batch_stats(batch: Batch) -> JSONObject:
 def _open(request: web.Request) -> tuple[FaultState, BatchStore]:
     state = request.app[STATE_KEY]
     gate(state, request)
+    if state.config.batch_api_status:
+        status = state.config.batch_api_status
+        raise ApiError(status, "faultserver: Missing credentials" if status == 500 else "Not Found")
     return state, request.app[STORE_KEY]
 
 
@@ -147,6 +152,9 @@ async def create_batch(request: web.Request) -> web.StreamResponse:
         }
     )
     created = batch.public()
+    if cfg.batch_create_502_next:
+        state.config = state.config.updated({"batch_create_502_next": cfg.batch_create_502_next - 1})
+        raise ApiError(502, "faultserver: bad gateway after the batch was made")
     if cfg.batch_create_response_delay > 0:
         # The batch exists and runs; only the answer is late, as when a client dies before recording it.
         await asyncio.sleep(cfg.batch_create_response_delay)

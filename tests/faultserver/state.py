@@ -23,6 +23,8 @@ _INT_KEYS = frozenset(
         "batch_expire_next",
         "batch_fail_next",
         "batch_create_429_next",
+        "batch_create_502_next",
+        "batch_api_status",
         "reasoning_tokens",
     }
 )
@@ -45,6 +47,8 @@ class ServerConfig:
     batch_expire_next: int = 0  # the next N batches expire after half their lines
     batch_fail_next: int = 0  # the next N batches fail validation
     batch_create_429_next: int = 0  # the next N creates answer 429 token_limit_exceeded
+    batch_create_502_next: int = 0  # the next N creates make the batch, then answer 502 (a lost answer)
+    batch_api_status: int = 0  # every Files and Batch API route answers this status (404: no Batch API)
     missing_models: tuple[str, ...] = ()  # models answered 404 model_not_found (a model that is gone)
     # Models answered as OpenAI answers its reasoning models (gpt-5, o3): max_tokens and a temperature other
     # than 1 refused with 400, and `reasoning_tokens` of max_completion_tokens spent thinking before the answer.
