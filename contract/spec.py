@@ -57,6 +57,9 @@ class BatchSpec:
     prices: dict[str, list[float]] | None = None
     #: online (a request per job) or batch (the provider's Batch API: half the price, within 24 h)
     mode: str = "online"
+    #: batch mode: where a pack's jobs go when the Batch API refuses it for good (no Batch API, a gateway
+    #: without its credentials): None halts the batch (`summarize retry` after the fix), "online" runs them online
+    fallback_mode: str | None = None
     #: how the batch's models are called: chat or reasoning (None: by the model table; see contract/models.py)
     model_family: str | None = None
     #: a reasoning model's reasoning_effort (None: SUMMARIZE_REASONING_EFFORT's default, low)
@@ -79,6 +82,10 @@ class BatchSpec:
             check_schema(self.json_schema)
         if self.mode not in ("online", "batch"):
             raise ConfigError(f"mode {self.mode!r} must be online or batch")
+        if self.fallback_mode not in (None, "online"):
+            raise ConfigError(f"fallback mode {self.fallback_mode!r} must be online (or left out)")
+        if self.fallback_mode is not None and self.mode != "batch":
+            raise ConfigError("a fallback mode is for batch mode (--mode batch)")
         self._check_style()
 
     def _check_style(self) -> None:

@@ -77,6 +77,33 @@ def served_model(base_url: str, timeout: float = 10.0) -> str:
     )
 
 
+def batch_api_missing(settings: Settings, timeout: float = 5.0) -> str | None:
+    """A cheap look before a batch-mode submit: the endpoint answering 404 (or 405) to GET /batches has no
+    Batch API (vLLM's online server, Ollama, llama.cpp), so the batch would halt at its first pack. The
+    sentence to warn with, or None (it has one, or the look was inconclusive)."""
+    import urllib.error
+    import urllib.request
+
+    from contract.settings import redact_url
+
+    base = settings.openai_base_url
+    opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if _loopback(base) else []))
+    req = urllib.request.Request(f"{base}/batches?limit=1")
+    req.add_header("Authorization", "Bearer " + str(settings.openai_api_key))
+    try:
+        with opener.open(req, timeout=timeout):
+            return None
+    except urllib.error.HTTPError as exc:
+        if exc.code in (404, 405):
+            return (
+                f"{redact_url(base)} answers {exc.code} to /batches: it seems to have no Batch API, so the batch "
+                "will halt at its first pack; use --fallback-mode online (or --mode online)"
+            )
+        return None
+    except (OSError, ValueError):
+        return None
+
+
 def _loopback(url: str) -> bool:
     from urllib.parse import urlsplit
 

@@ -302,6 +302,12 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     check_submit_usage(args)
     check_out(args.out)
     options = read_spec_files(args)
+    if args.mode == "batch" and args.fallback_mode is None:
+        from .api import batch_api_missing
+
+        missing = batch_api_missing(settings)
+        if missing:
+            print(f"summarize submit: warning: {missing}", file=sys.stderr)
     client = _client(settings)
     batch = client.submit_path(
         args.path,
@@ -317,6 +323,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         # left out (None), a resume takes the batch's stored spec
         no_cache=args.no_cache or None,
         mode=args.mode,
+        fallback_mode=args.fallback_mode,
         model_family=args.model_family,
         reasoning_effort=args.reasoning_effort,
         reasoning_tokens=args.reasoning_tokens,
@@ -559,6 +566,13 @@ def _add_submit(sub: Any) -> None:
         choices=["online", "batch"],
         default=None,
         help="batch: through the provider's Batch API (half the price, results within 24 h); default online",
+    )
+    s.add_argument(
+        "--fallback-mode",
+        choices=["online"],
+        default=None,
+        help="batch mode: when the endpoint refuses the Batch API for good (no Batch API, a gateway without its "
+        "credentials), run the pack's jobs online instead of halting the batch",
     )
     s.add_argument(
         "--model-family",

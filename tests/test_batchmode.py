@@ -20,7 +20,11 @@ FAST_BATCH = {
     "SUMMARIZE_BATCH_LINGER": "1",
     "SUMMARIZE_BATCH_POLL": "0.5",
     "SUMMARIZE_REAP_INTERVAL": "0.3",
-    "SUMMARIZE_LLM_TIMEOUT": "10",
+    # A pack's step is leased for its calls' bound (attempts x timeout + the retry budget): kept short
+    # here so a pack left by a killed worker is taken up within seconds.
+    "SUMMARIZE_LLM_TIMEOUT": "8",
+    "SUMMARIZE_ATTEMPT_BUDGET": "2",
+    "SUMMARIZE_MAX_ATTEMPTS_PER_RUN": "2",
 }
 
 

@@ -307,7 +307,7 @@ def test_defer_delay_grows_and_respects_retry_after() -> None:
 def _script_calls() -> list[tuple[str, str, set[str]]]:
     """(file, script name, keyword names) of every `.run("name", ...)` / `.script("name", ...)` call."""
     found = []
-    for path in [*ROOT.glob("contract/*.py"), *ROOT.glob("worker/*.py"), *ROOT.glob("producer/*.py")]:
+    for path in [*ROOT.glob("contract/*.py"), *ROOT.glob("worker/**/*.py"), *ROOT.glob("producer/*.py")]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if (
                 isinstance(node, ast.Call)

@@ -312,7 +312,13 @@ class JobAccount:
         raise RunLost(f"batch {j.batch_id}: unknown verdict {verdict!r}")
 
     async def release(
-        self, hold: Hold, model: str, prompt_tokens: int, completion_tokens: int, estimated: bool = False
+        self,
+        hold: Hold,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        estimated: bool = False,
+        save_tokens: int = 0,
     ) -> None:
         if hold == Hold():
             return
@@ -327,7 +333,15 @@ class JobAccount:
                 j.batch_id,
                 j.job_id,
                 j.token,
-                extra=[hold.usd, hold.tokens, spent, prompt_tokens + completion_tokens, 1 if estimated else 0],
+                extra=[
+                    hold.usd,
+                    hold.tokens,
+                    spent,
+                    prompt_tokens + completion_tokens,
+                    1 if estimated else 0,
+                    save_tokens,
+                    price.cost(save_tokens, 0) if price and save_tokens else 0.0,
+                ],
                 gen=j.gen,
             )
         )

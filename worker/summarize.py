@@ -89,6 +89,8 @@ class Ask:
     check: Callable[[str], str] = str.strip
     #: how the model is called (a reasoning model: max_completion_tokens, reasoning_effort, no temperature)
     style: CallStyle = CallStyle()
+    #: the whole article in one request (every run of the job sends the same prompt)
+    whole: bool = False
 
     def body(self, max_tokens: int) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": self.messages, self.style.room_param: max_tokens}
@@ -195,6 +197,7 @@ def request(text: str, spec: BatchSpec, stage: Stage, max_chars: int) -> Ask:
         prompt.response_format(spec, stage),
         check,
         style,
+        stage == prompt.WHOLE,
     )
 
 
@@ -311,9 +314,16 @@ class Account(Protocol):
         ...
 
     async def release(
-        self, hold: Hold, model: str, prompt_tokens: int, completion_tokens: int, estimated: bool = False
+        self,
+        hold: Hold,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        estimated: bool = False,
+        save_tokens: int = 0,
     ) -> None:
-        """The call is over: its hold replaced by what it was billed (`estimated`: unknown, keep the bound)."""
+        """The call is over: its hold replaced by what it was billed (`estimated`: unknown, keep the bound;
+        `save_tokens`: how far the provider's prompt count fell under the bound, for a whole-article call)."""
         ...
 
 
@@ -327,7 +337,13 @@ class FreeAccount:
         return Hold()
 
     async def release(
-        self, hold: Hold, model: str, prompt_tokens: int, completion_tokens: int, estimated: bool = False
+        self,
+        hold: Hold,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        estimated: bool = False,
+        save_tokens: int = 0,
     ) -> None:
         return None
 
@@ -412,7 +428,10 @@ class Provider:
             metrics.observe(failure, time.monotonic() - sent, billed, price)
             # A timeout may have been billed: its hold is kept as spend at its bound (never overspent).
             unknown = isinstance(failure, TransientLLMError) and failure.maybe_billed and billed == (0, 0)
-            await account.release(hold, ask.model, *billed, estimated=unknown)
+            # The provider's count of a whole-article prompt is every run's count of it: how far it fell under
+            # our bound tightens what earlier runs of this job that died in flight are counted at.
+            save = max(0, bound - billed[0]) if ask.whole and billed != (0, 0) else 0
+            await account.release(hold, ask.model, *billed, estimated=unknown, save_tokens=save)
         await self.limiter.settle(booking, completion.usage.prompt_tokens + room[0])
         return replace(completion, content=content)
 

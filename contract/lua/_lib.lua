@@ -57,18 +57,19 @@ end
 
 local function hold_field(id, token) return id .. L.msep .. token end
 
+-- A hold's value: `tokens:usd:calls` (calls: how many calls it covers; packs leave it out).
 local function get_hold(b, field)
   local v = redis.call('HGET', part(b, 'holds'), field)
-  if not v then return 0, 0 end
-  local t, u = string.match(v, '^(%-?%d+):(.+)$')
-  return tonumber(t), tonumber(u)
+  if not v then return 0, 0, 0 end
+  local t, u, n = string.match(v, '^(%-?%d+):([^:]+):?(%-?%d*)$')
+  return tonumber(t), tonumber(u), tonumber(n) or 0
 end
 
-local function put_hold(b, field, t, u)
+local function put_hold(b, field, t, u, n)
   if t <= 0 and u <= 1e-9 then
     redis.call('HDEL', part(b, 'holds'), field)
   else
-    redis.call('HSET', part(b, 'holds'), field, string.format('%d:%.17g', t, u))
+    redis.call('HSET', part(b, 'holds'), field, string.format('%d:%.17g:%d', t, u, math.max(0, n or 0)))
   end
 end
 
@@ -89,16 +90,23 @@ local function add_spent(b, t, u, estimated)
 end
 
 -- The run `token` no longer holds job `id`: what its calls in flight hold becomes estimated spend.
+-- The job's hash remembers the runs it lost (`dr`), so that the next run's identical request can
+-- tighten their estimates (settle.lua spend: the provider's count of the same prompt).
 local function drop_holds(b, id, token)
   if not token or token == '' then return end
   local field = hold_field(id, token)
-  local t, u = get_hold(b, field)
+  local t, u, n = get_hold(b, field)
   if t == 0 and u == 0 then return end
-  put_hold(b, field, 0, 0)
+  put_hold(b, field, 0, 0, 0)
   add_held(b, -t, -u)
   add_spent(b, t, u, true)
-  local et, eu = get_hold(b, '~' .. field)
-  put_hold(b, '~' .. field, et + t, eu + u)
+  local et, eu, en = get_hold(b, '~' .. field)
+  put_hold(b, '~' .. field, et + t, eu + u, en + n)
+  local jk = jkey(b, id)
+  if redis.call('EXISTS', jk) == 1 then
+    local dr = redis.call('HGET', jk, 'dr')
+    redis.call('HSET', jk, 'dr', dr and (dr .. ' ' .. token) or token)
+  end
 end
 
 -- Whoever holds job `id` now (its hash's token) gives it up.

@@ -50,7 +50,7 @@ if cap_usd or cap_tokens then
 end
 if usd < 0 then usd = 0 end
 local field = hold_field(id, token)
-local t, u = get_hold(b, field)
-put_hold(b, field, t + tokens, u + usd)
+local t, u, n = get_hold(b, field)
+put_hold(b, field, t + tokens, u + usd, n + 1)
 add_held(b, tokens, usd)
 return {'go', 'held'}

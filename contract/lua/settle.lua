@@ -23,7 +23,9 @@
 --           repack: (batch mode) extra = {online (0/1), error_type ('' when it was no failure),
 --                   error}: the line goes into a later pack, or online
 --           spend:  extra = {held_usd, held_tokens, spent_usd, spent_tokens, estimated (0/1: a timeout
---                   that may have been billed is spent at its bound)}: a call's budget hold
+--                   that may have been billed is spent at its bound), save_tokens, save_usd (a
+--                   whole-article call: how far the provider's prompt count fell under the byte bound,
+--                   which tightens the estimates of the job's dead runs)}: a call's budget hold
 --                   replaced by what it really cost (no job change). If the run lost its job meanwhile,
 --                   its hold was counted as estimated spend (drop_holds): the estimate is corrected
 --         cost_usd is -1 when a call's price was unknown: the job's cost is then null, never 0.
@@ -197,24 +199,48 @@ local function cancel(b, id, op)
   return 1
 end
 
+-- The dead runs of a job whose calls were counted at their bound: its new run just made the same
+-- whole-article request, and the provider counted its prompt at `save_t` tokens (`save_u` USD) under the
+-- byte bound; each of their calls had that same prompt, so their estimates shrink by that much a call,
+-- once (and stay upper bounds: the completion part keeps its whole max_tokens).
+local function tighten(b, id, save_t, save_u)
+  local jk = jkey(b, id)
+  local dr = redis.call('HGET', jk, 'dr')
+  if not dr then return end
+  for _, token in ipairs(split(dr, ' ')) do
+    local f = '~' .. hold_field(id, token)
+    local et, eu, en = get_hold(b, f)
+    local cut_t, cut_u = math.min(en * save_t, et), math.min(en * save_u, eu)
+    if en > 0 and cut_t > 0 then
+      put_hold(b, f, et - cut_t, eu - cut_u, 0)
+      add_spent(b, -cut_t, -cut_u, true)
+    end
+  end
+  redis.call('HDEL', jk, 'dr')
+end
+
 local function spend(b, id, op)
   local x = op[10]
   local hu, ht, su, st = x[1], x[2], x[3], x[4]
   local field = hold_field(id, op[4])
-  local t, u = get_hold(b, field)
+  local t, u, n = get_hold(b, field)
   if ht > 0 and t >= ht then
-    put_hold(b, field, t - ht, u - hu)
+    put_hold(b, field, t - ht, u - hu, n - 1)
     add_held(b, -ht, -hu)
     add_spent(b, st, su, x[5] == 1)
+    if (x[6] or 0) > 0 and x[5] ~= 1 then tighten(b, id, x[6], x[7] or 0) end
     return 1
   end
-  local et, eu = get_hold(b, '~' .. field)
-  if et >= ht and ht > 0 then
-    -- The run lost its job with this call in flight: its bound was counted as estimated spend.
-    put_hold(b, '~' .. field, et - ht, eu - hu)
-    add_spent(b, st - ht, su - hu, false)
-    redis.call('HINCRBY', bkey(b), 'est_tokens', -ht)
-    redis.call('HINCRBYFLOAT', bkey(b), 'est_usd', -hu)
+  local et, eu, en = get_hold(b, '~' .. field)
+  if et > 0 and ht > 0 then
+    -- The run lost its job with this call in flight: its bound (perhaps tightened since) was counted as
+    -- estimated spend; the real figure replaces it.
+    local take_t = math.min(ht, et)
+    local take_u = math.min(hu, eu)
+    put_hold(b, '~' .. field, et - take_t, eu - take_u, en - 1)
+    add_spent(b, st - take_t, su - take_u, false)
+    redis.call('HINCRBY', bkey(b), 'est_tokens', -take_t)
+    redis.call('HINCRBYFLOAT', bkey(b), 'est_usd', -take_u)
     return 1
   end
   return 0  -- nothing held under that run (a repeated op): counted once already

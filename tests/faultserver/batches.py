@@ -7,7 +7,8 @@ one create: ``batch_create_429_next`` (create answers 429 ``token_limit_exceeded
 ``batch_fail_next`` (the batch fails validation), ``batch_expire_next`` (it expires after half its
 lines; the rest come back as ``batch_expired``), ``batch_create_502_next`` (the batch is made, then the
 create answers 502, as a gateway losing the answer). ``batch_api_status`` answers every Files and Batch
-route with that status (404: a server without a Batch API; 500: a gateway without credentials for it). ``batch_delay`` is the processing delay and
+route with that status (404: a server without a Batch API; 500: a gateway without credentials for it).
+``batch_delay`` is the processing delay and
 ``batch_create_response_delay`` holds the create's answer after the batch exists.
 """
 
