@@ -32,11 +32,13 @@ test-compose: bootstrap
 bench: bootstrap
 	$(BIN)/python -m bench
 
-## lint: formatting, ruff's rules with the complexity gate (C901 <= 12 on product code), mypy --strict over the whole tree
+## lint: formatting, ruff's rules with the complexity gate (C901 <= 12 on product code), mypy --strict over the whole tree,
+## and the docs built strictly (mkdocs.yml): a broken link or anchor, or a page left out of the nav, fails it
 lint: bootstrap
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/mkdocs build --strict --quiet -d /tmp/bulk-summarize-site
 
 ## lock: re-resolve pyproject.toml's dependencies into the pinned requirements*.lock that bootstrap and the image install
 lock: bootstrap

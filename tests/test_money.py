@@ -99,6 +99,7 @@ def test_a_budget_a_quarter_above_need_finishes_without_pausing(
     assert (final["done"], final["state"]) == (40, "finished"), final
     assert final["held_tokens"] == 0 and final["estimated_tokens"] == 0
     assert final["spent_tokens"] == final["total_tokens"] <= int(need * 1.25)
+    print(f"budget 1.25x need ({int(need * 1.25)} tokens): 40/40 done, spent {final['spent_tokens']}, 0 pauses")
 
 
 def test_dense_text_never_crosses_a_token_cap(stack: Stack, redis_url: str) -> None:
@@ -133,6 +134,7 @@ def test_a_cache_hit_never_answers_with_another_articles_summary(fault: Group) -
     (row,) = list(again.results())
     assert row.summary == expected_summary(x["text"]), row
     assert not row.cached  # its pointer was purged; Y's record does not prove to be X's answer
+    print("cache identity: X, purge, Y under the same ids, X again: X's own summary, cached=False")
 
 
 def test_a_batch_id_reused_after_purge_runs_with_its_new_settings(local: Group, tmp_path: Path) -> None:
@@ -161,6 +163,7 @@ def test_a_batch_id_reused_after_purge_runs_with_its_new_settings(local: Group, 
     assert sub.returncode == 0, sub.stderr
     long = [len((r["summary"] or "").split()) for r in local.results(bid)]
     assert max(short) <= 25 and min(long) > 25, (short, long)
+    print(f"id reused after purge: --max-words 20 gave {short} words, then --max-words 120 gave {long}")
 
 
 # ---- 3. a failed job's article expires with its batch; a resubmit runs every job again ----------------
@@ -185,6 +188,7 @@ def test_a_failed_job_leaves_nothing_after_the_ttl_and_a_resubmit_runs_every_job
     status = g.client().store.status(bid)
     assert (status["total"], status["done"], status["failed"]) == (4, 3, 1)
     assert calls(fault_server, items) == before + 4  # every job ran again, none swallowed as "already there"
+    print("failed job after a 2 s TTL: 0 keys of the batch left, out of the index; resubmit ran 4 of 4 again")
 
 
 # ---- 4. resume racing the workers' view of the batch ------------------------------------------------
@@ -225,6 +229,7 @@ def test_a_purge_force_with_calls_in_flight_leaves_no_zombie(
     assert st.returncode != 0 and len(st.stderr.strip().splitlines()) == 1 and "Traceback" not in st.stderr
     src = write_jsonl(tmp_path / "in.jsonl", arts("zb2", 2))
     assert g.cli("submit", str(src), "--batch-id", bid, "--wait", "-q").returncode == 0
+    print(f"purge --force with calls in flight: 0 keys after the late answers; status: {st.stderr.strip()}")
 
 
 # ---- 8. twins share a failure; a fallback's answer is cached as its own ------------------------------

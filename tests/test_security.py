@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import base64
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import redis
 
@@ -274,17 +276,40 @@ def run_batch(group: Group, src: Path, admin_url: str) -> BatchRun:
     assert sub.returncode == 0, sub.stderr
     queued = dump_redis(group.env["REDIS_URL"])
     worker = group.worker("sec-w1")
-    users = redis_users(admin_url)
+    users = redis_users(admin_url, [worker.pid, os.getpid()])
     wait = group.cli("wait", bid, "--timeout", "60", "-q")
     assert wait.returncode == 1, (wait.stdout, wait.stderr, worker.tail())  # 'bad' failed, the rest done
     return BatchRun(bid, queued, users, {"submit": sub.stdout + sub.stderr, "wait": wait.stdout + wait.stderr}, worker)
 
 
-def redis_users(admin_url: str) -> set[str]:
-    """The users every client of the Redis but this one is logged in as."""
+def redis_users(admin_url: str, pids: list[int]) -> set[str]:
+    """The users the clients of these processes (the worker, this test process: producer and recorder) are
+    logged in as. Only theirs: a stray process of another test elsewhere in the session, reconnecting to a
+    port this Redis happens to reuse, would show as `default` without being ours."""
+    mine: set[str] = set()
+    procs: list[psutil.Process] = []
+    for pid in pids:
+        try:
+            top = psutil.Process(pid)
+            procs += [top, *top.children(recursive=True)]
+        except psutil.Error:
+            continue
+    for proc in procs:
+        try:
+            conns = proc.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        mine |= {f"{c.laddr.ip}:{c.laddr.port}" for c in conns if c.laddr}
     with closing(redis.Redis.from_url(admin_url)) as admin:
         me = str(admin.client_id())
-        return {c["user"] for c in admin.client_list() if c["id"] != me}
+        clients = [c for c in admin.client_list() if c["id"] != me and c["addr"] in mine]
+        for c in admin.client_list():
+            if c["id"] != me and c["addr"] not in mine:
+                print(
+                    "a client of another process, left out:",
+                    {k: c.get(k) for k in ("addr", "name", "cmd", "age", "user")},
+                )
+        return {c["user"] for c in clients}
 
 
 def read_commands(group: Group, bid: str) -> dict[str, str]:

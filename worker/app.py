@@ -21,6 +21,32 @@ from . import engine, metrics
 log = logging.getLogger(__name__)
 #: a worker started before Redis tries it this often, and says it is waiting at most this often
 REDIS_RETRY, REDIS_WAIT_NOTE = 1.0, 30.0
+
+
+def _survive_redis_restart() -> None:
+    """kombu 5.7's Redis transport, closing a channel after Celery dropped the broken connection (Redis
+    restarted with messages delivered and not yet acked), rebuilds a pool from a transport whose client is
+    already None: AttributeError, which Celery's ignore_errors does not catch, so the worker exits with
+    "Unrecoverable error" instead of reconnecting. Those messages stay in kombu's unacked hash in Redis,
+    and their jobs come back through our leases and the reaper either way: skip the restore there."""
+    from kombu.transport import redis as kombu_redis
+
+    restore = kombu_redis.QoS.restore_unacked
+
+    def restore_unacked(self: Any, client: Any = None) -> Any:
+        try:
+            return restore(self, client)
+        except AttributeError:
+            if getattr(self.channel.connection, "client", None) is not None:
+                raise
+            log.warning("broker connection gone while closing: unacked messages left for the reaper")
+            self._delivered.clear()
+            return None
+
+    kombu_redis.QoS.restore_unacked = restore_unacked  # type: ignore[method-assign]
+
+
+_survive_redis_restart()
 # One INFO line per HTTP request from the openai client's HTTP stack drowns the task log at 400 jobs/s.
 for noisy in ("httpx", "httpx2", "httpcore", "openai"):
     logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -85,6 +85,8 @@ class Pilot:
             return "done"
         except PermanentLLMError as exc:
             info = await self.j.info(pack_id)
+            if info.get("provider_batch"):  # it exists and runs: never abandoned (see Steps.stalled)
+                return await self.steps.stalled(info, exc)
             spec = await self.parts.spec(info.batch_id, info.gen)
             if spec is not None and spec.fallback_mode == "online":
                 return await self.steps.go_online(info, exc)

@@ -82,8 +82,11 @@ class Steps:
 
     async def create(self, info: PackInfo) -> str:
         lease = call_seconds(self.s)  # the look-ups and creates, each attempt cut off at its timeout
-        looked = info.state == "creating"  # a worker died creating it: look before creating
-        if not await self.move(Move(info.pack_id, info.state, "creating", lease, {"lease_ms": int(lease * 1000)})):
+        # A worker died creating it, or an earlier create call's last attempt went unanswered (a 502 after
+        # the provider made the batch): look before creating. The mark is journaled before any attempt.
+        looked = info.state == "creating" or info.get("create_tried") == "1"
+        mark: dict[str, object] = {"lease_ms": int(lease * 1000), "create_tried": 1}
+        if not await self.move(Move(info.pack_id, info.state, "creating", lease, mark)):
             return (await self.j.info(info.pack_id)).state
         req = CreateRequest(info.pack_id, info.batch_id, info.get("file_id"))
         try:
@@ -105,11 +108,18 @@ class Steps:
         await self.move(Move(info.pack_id, "creating", "created", 0, fields))
         return "created"
 
-    async def later(self, info: PackInfo, state: str, exc: Exception, back_to: str = "") -> str:
+    async def stalled(self, info: PackInfo, exc: Exception) -> str:
+        """A permanent error (401/403/404...) while polling or fetching a provider batch that exists: it runs
+        and is billed whatever we do, so the pack is never given up for it (failing its jobs would make
+        `retry` pay for them twice). It is looked at again with the backoff; `status` shows the error until
+        the cause is fixed, or the user cancels the batch."""
+        return await self.later(info, info.state, exc, give_up=False)
+
+    async def later(self, info: PackInfo, state: str, exc: Exception, back_to: str = "", give_up: bool = True) -> str:
         """A step that failed for now: tried again later, with the online path's backoff, until the retry
         horizon has passed since its first failure; then the pack fails with that error."""
         since = info.number("failing_since") or time.time()
-        if time.time() - since >= self.s.retry_horizon:
+        if give_up and time.time() - since >= self.s.retry_horizon:
             error = PermanentLLMError(f"gave up after {self.s.retry_horizon:.0f}s of retries; last error: {exc}")
             return await self.fail(info, error)
         tries = int(info.number("failures"))
