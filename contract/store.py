@@ -329,7 +329,9 @@ class JobStore:
             estimated_tokens=max(0, int(h.get("est_tokens", 0))),
         )
         out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
-        if unfinished(out) <= 0 and out["state"] == "running":
+        # A submit still storing chunks holds the batch open (its lease: contract/lua/submitting.lua).
+        out["submitting"] = "submitting" in h
+        if unfinished(out) <= 0 and out["state"] == "running" and not out["submitting"]:
             out["state"] = "finished"
         if spec.mode == "batch":
             out["packs"] = self.packs(batch_id)

@@ -27,8 +27,8 @@ FLOWER_CONFIG = ROOT / "flowerconfig.py"
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn making the child get SIGTERM when the process starting it dies, however it dies
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A preexec_fn making the child get `sig` when the process starting it dies, however it dies
     (SIGKILL and the OOM killer included), so no redis-server or worker outlives `make up`. Linux only
     (None elsewhere). The parent must start its children from the thread that lives as long as it does:
     the signal follows the death of the thread that forked."""
@@ -38,9 +38,9 @@ def die_with_parent() -> Callable[[], None] | None:
     parent = os.getpid()
 
     def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         if os.getppid() != parent:  # the parent died before the request took effect
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sig)
 
     return preexec
 
@@ -85,6 +85,8 @@ class Proc:
     popen: subprocess.Popen[bytes] | None = None
     #: ends with the process that started it, even one killed with SIGKILL (see die_with_parent)
     tied: bool = False
+    #: the signal it gets then: SIGTERM (a graceful stop) unless it keeps nothing worth one
+    death_signal: int = signal.SIGTERM
 
     def start(self) -> Proc:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +99,7 @@ class Proc:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             start_new_session=True,
-            preexec_fn=die_with_parent() if self.tied else None,  # one prctl call: safe beside threads
+            preexec_fn=die_with_parent(self.death_signal) if self.tied else None,  # one prctl call
         )
         out.close()
         return self
@@ -150,8 +152,11 @@ class Stack:
     #: every process ends with the one that started the stack (`make up`: a killed terminal or parent)
     tied: bool = False
 
-    def _proc(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> Proc:
-        p = Proc(name, argv, {**self.env, **(env or {})}, self.workdir / f"{name}.log", tied=self.tied)
+    def _proc(
+        self, name: str, argv: list[str], env: Mapping[str, str] | None = None, death_signal: int = signal.SIGTERM
+    ) -> Proc:
+        log = self.workdir / f"{name}.log"
+        p = Proc(name, argv, {**self.env, **(env or {})}, log, tied=self.tied, death_signal=death_signal)
         self.procs.append(p)
         return p.start()
 
@@ -231,7 +236,9 @@ class Stack:
             f"--port={port}",
             "--address=127.0.0.1",
         ]
-        proc = self._proc("flower", argv, env)
+        # Flower keeps nothing (no --persistent): with the parent gone it is killed outright, since its
+        # graceful stop can hang reconnecting to a broker that went away at the same moment.
+        proc = self._proc("flower", argv, env, death_signal=signal.SIGKILL)
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/healthcheck"), "flower", 60, proc.popen)
         return proc
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from typing import Any
 
 from kombu import Connection
 
@@ -42,3 +43,27 @@ def _up(conn: Connection) -> bool:
     except Exception:
         time.sleep(0.1)
         return False
+
+
+def test_acking_a_task_that_finished_after_the_connection_was_dropped_does_not_raise() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
+    )
+    try:
+        conn = Connection(f"redis://127.0.0.1:{port}/0")
+        wait_until(lambda: _up(conn), 10, "redis-server up")
+        queue = conn.SimpleQueue("ack-after-loss")
+        queue.put({"job": 1})
+        message = queue.get(timeout=5)
+    finally:
+        server.terminate()
+        server.wait(10)
+    channel: Any = message.channel  # the channel Celery dropped with the broken connection: no pool, no transport
+    channel._disconnect_pools()
+    channel.connection = None
+    message.ack()  # kombu 5.7 alone: AttributeError 'NoneType' object has no attribute 'client'

@@ -375,3 +375,62 @@ def test_a_run_that_lost_its_lease_stops_before_its_next_call(stack: Stack, redi
         # A's parts (in flight when it stopped: paid, unavoidably) + B's parts + B's combine. Not A's combine.
         assert srv.stats()["requests"] == 2 * parts + 1, (srv.stats()["requests"], parts)
         print(f"lease lost mid map-reduce ({parts} parts): {2 * parts + 1} requests in all, 0 after the loss")
+
+
+# ---- 3b. a batch still being submitted is not over -----------------------------------------------------
+
+
+def test_a_batch_being_submitted_does_not_finish_or_expire_under_its_submit(
+    stack: Stack, redis_url: str, fault_server: FaultServer
+) -> None:
+    from contract.record import Article, digest
+    from contract.spec import BatchSpec
+    from contract.store import NewJob
+
+    g = isolated_group(stack, redis_url, fault_server.url, SUMMARIZE_RESULT_TTL="1")
+    g.worker("sl-w1")
+    client = g.client()
+    store, bid = client.store, batch_id()
+    keys = Keys(g.settings.key_prefix)
+
+    def chunk(tag: str, n: int) -> None:
+        jobs = [
+            NewJob(f"{tag}{i}", Article(digest(t), f"0:{i}", t))
+            for i, t in enumerate(f"{tag} text {i} of the port." for i in range(n))
+        ]
+        publish(client, store.create_jobs(bid, jobs).messages)
+
+    store.init_batch(bid, BatchSpec("fake-model", 30), "chunks")
+    store.submitting(bid, 30)  # a submit storing its chunks, waiting for room between them
+    chunk("a", 3)
+    wait_until(lambda: store.status(bid)["done"] == 3, 30, "the first chunk done")
+    time.sleep(1.5)  # longer than the results' TTL: today the batch would have finished and expired
+    assert client.redis.ttl(keys.batch(bid)) == -1 and store.status(bid)["state"] == "running"
+    chunk("b", 2)  # the next chunk finds its batch, spec and all
+    wait_until(lambda: store.status(bid)["done"] == 5, 30, "the second chunk done")
+    store.submitting(bid, 0)  # the submit ends: now the batch is over
+    assert store.status(bid)["state"] == "finished" and client.redis.ttl(keys.batch(bid)) > 0
+
+    # A submit that went away: its lease lapses and the reaper finishes the batch.
+    gone = batch_id()
+    store.init_batch(gone, BatchSpec("fake-model", 30), "chunks")
+    store.submitting(gone, 1)
+    bid = gone
+    chunk("c", 2)
+    wait_until(lambda: client.redis.ttl(keys.batch(gone)) > 0, 30, "the reaper finishing the abandoned batch")
+    assert store.status(gone)["done"] == 2
+
+
+def test_a_usd_budget_needs_the_fallback_models_price_too(fault: Group) -> None:
+    refused = fault.cli(
+        "submit",
+        "-",
+        "--model",
+        "gpt-4o-mini",
+        "--fallback-model",
+        "no-such-model",
+        "--budget-usd",
+        "1",
+        input='{"text": "priced primary, unpriced fallback"}\n',
+    )
+    assert refused.returncode == 3 and "'no-such-model' (the fallback model)" in refused.stderr, refused.stderr

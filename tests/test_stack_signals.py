@@ -99,7 +99,11 @@ def test_every_signal_that_ends_make_up_ends_its_children(sig: signal.Signals, t
         demo.wait(60)
         if sig != signal.SIGKILL:
             assert demo.returncode == 128 + sig, log.read_text()[-2000:]
-        wait_until(lambda: not any(alive(p) for p in pids), 60, f"every child gone after {sig.name}")
+        try:
+            wait_until(lambda: not any(alive(p) for p in pids), 60, f"every child gone after {sig.name}")
+        except AssertionError:
+            left = {p: Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:200] for p in pids if alive(p)}
+            raise AssertionError(f"still running after {sig.name}: {left}") from None
         assert not any(answers(p) for p in ports), ports
     finally:
         # A failed run must not leave its stack behind for the next test (these are this test's processes).

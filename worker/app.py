@@ -24,26 +24,41 @@ REDIS_RETRY, REDIS_WAIT_NOTE = 1.0, 30.0
 
 
 def _survive_redis_restart() -> None:
-    """kombu 5.7's Redis transport, closing a channel after Celery dropped the broken connection (Redis
-    restarted with messages delivered and not yet acked), rebuilds a pool from a transport whose client is
-    already None: AttributeError, which Celery's ignore_errors does not catch, so the worker exits with
-    "Unrecoverable error" instead of reconnecting. Those messages stay in kombu's unacked hash in Redis,
-    and their jobs come back through our leases and the reaper either way: skip the restore there."""
+    """kombu 5.7's Redis transport, touching a channel after Celery dropped the broken connection (Redis
+    restarted with messages delivered and not yet acked), rebuilds a pool from a transport (or channel)
+    whose connection is already None: AttributeError, which Celery's ignore_errors and the ack's error
+    handling do not catch, so the worker exits with "Unrecoverable error" instead of reconnecting. Two
+    places do it: restoring the unacked messages when the channel closes, and acking a task that finished
+    after the loss. Those messages stay in kombu's unacked hash in Redis (a late redelivery finds their
+    jobs settled), and their jobs come back through our leases and the reaper either way: skip there."""
     from kombu.transport import redis as kombu_redis
 
-    restore = kombu_redis.QoS.restore_unacked
+    def gone(qos: Any) -> bool:
+        connection = getattr(qos.channel, "connection", None)
+        return connection is None or getattr(connection, "client", None) is None
+
+    restore, ack = kombu_redis.QoS.restore_unacked, kombu_redis.QoS.ack
 
     def restore_unacked(self: Any, client: Any = None) -> Any:
         try:
             return restore(self, client)
         except AttributeError:
-            if getattr(self.channel.connection, "client", None) is not None:
+            if not gone(self):
                 raise
             log.warning("broker connection gone while closing: unacked messages left for the reaper")
             self._delivered.clear()
             return None
 
+    def ack_after_loss(self: Any, delivery_tag: Any) -> None:
+        try:
+            ack(self, delivery_tag)
+        except AttributeError:
+            if not gone(self):
+                raise
+            log.warning("broker connection gone: the ack of a finished task is left (its jobs are settled)")
+
     kombu_redis.QoS.restore_unacked = restore_unacked  # type: ignore[method-assign]
+    kombu_redis.QoS.ack = ack_after_loss  # type: ignore[method-assign]
 
 
 _survive_redis_restart()
