@@ -172,11 +172,11 @@ def assert_invariants(url: str, since_ms: int = 0) -> None:
     script = scripts.load("invariants")
     r = redis_lib.Redis.from_url(url)
     try:
+        run = r.register_script(script.source)
         problems: list[str] = []
         for key in r.scan_iter(match="*:batches", count=1000):
             prefix = key.decode().rsplit(":", 1)[0]
             keys = Keys(prefix)
-            run = r.register_script(script.source)
             for raw in r.zrangebyscore(key, since_ms, "+inf"):
                 bid = raw.decode() if isinstance(raw, bytes) else str(raw)
                 found = run(args=script.args(keys, batch=bid))

@@ -49,7 +49,7 @@ from .context import ContextWindows
 from .housekeeping import Housekeeper, Leases
 from .ratelimit import RateLimiter
 from .storage import Op, WorkerStore
-from .summarize import Fit, Hold, Provider, Summary, Tally, summarize
+from .summarize import Billed, Fit, Hold, Provider, Summary, Tally, summarize
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -311,21 +311,16 @@ class JobAccount:
         raise_for(j.batch_id, verdict, detail)
         raise RunLost(f"batch {j.batch_id}: unknown verdict {verdict!r}")
 
-    async def release(
-        self,
-        hold: Hold,
-        model: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        estimated: bool = False,
-        save_tokens: int = 0,
-    ) -> None:
+    async def release(self, hold: Hold, model: str, billed: Billed) -> None:
         if hold == Hold():
             return
         price = self.price(model)
-        spent = price.cost(prompt_tokens, completion_tokens) if price else 0.0
-        if estimated:
-            spent, prompt_tokens, completion_tokens = hold.usd, hold.tokens, 0
+        if billed.estimated:
+            spent, tokens = hold.usd, hold.tokens
+        else:
+            spent = price.cost(billed.prompt_tokens, billed.completion_tokens) if price else 0.0
+            tokens = billed.prompt_tokens + billed.completion_tokens
+        save = billed.save_tokens
         j = self.job
         await self.engine.writer.settle(
             Op(
@@ -337,10 +332,10 @@ class JobAccount:
                     hold.usd,
                     hold.tokens,
                     spent,
-                    prompt_tokens + completion_tokens,
-                    1 if estimated else 0,
-                    save_tokens,
-                    price.cost(save_tokens, 0) if price and save_tokens else 0.0,
+                    tokens,
+                    1 if billed.estimated else 0,
+                    save,
+                    price.cost(save, 0) if price and save else 0.0,
                 ],
                 gen=j.gen,
             )

@@ -302,6 +302,18 @@ class Hold:
     tokens: int = 0
 
 
+@dataclass(frozen=True)
+class Billed:
+    """What one call came to, for its hold: the provider's usage; `estimated` when no answer came but
+    the request may have been billed (a timeout: the hold stays as spend at its bound); `save_tokens`,
+    for a whole-article call, how far the provider's prompt count fell under the byte bound."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False
+    save_tokens: int = 0
+
+
 class Account(Protocol):
     """Prices and budget of the batch a job belongs to, and the last word before each of its calls."""
 
@@ -313,17 +325,8 @@ class Account(Protocol):
         worst case against the budget (prompt_bound + max_tokens tokens) and return the hold."""
         ...
 
-    async def release(
-        self,
-        hold: Hold,
-        model: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        estimated: bool = False,
-        save_tokens: int = 0,
-    ) -> None:
-        """The call is over: its hold replaced by what it was billed (`estimated`: unknown, keep the bound;
-        `save_tokens`: how far the provider's prompt count fell under the bound, for a whole-article call)."""
+    async def release(self, hold: Hold, model: str, billed: Billed) -> None:
+        """The call is over: its hold replaced by what it was billed."""
         ...
 
 
@@ -336,15 +339,7 @@ class FreeAccount:
     async def admit(self, model: str, prompt_bound: int, max_tokens: int) -> Hold:
         return Hold()
 
-    async def release(
-        self,
-        hold: Hold,
-        model: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        estimated: bool = False,
-        save_tokens: int = 0,
-    ) -> None:
+    async def release(self, hold: Hold, model: str, billed: Billed) -> None:
         return None
 
 
@@ -431,7 +426,7 @@ class Provider:
             # The provider's count of a whole-article prompt is every run's count of it: how far it fell under
             # our bound tightens what earlier runs of this job that died in flight are counted at.
             save = max(0, bound - billed[0]) if ask.whole and billed != (0, 0) else 0
-            await account.release(hold, ask.model, *billed, estimated=unknown, save_tokens=save)
+            await account.release(hold, ask.model, Billed(*billed, estimated=unknown, save_tokens=save))
         await self.limiter.settle(booking, completion.usage.prompt_tokens + room[0])
         return replace(completion, content=content)
 
