@@ -1,5 +1,5 @@
-"""The offline LLM: its wire shapes, summarizer and JSON filler as units, and `summarize llm-serve` as a real
-process on a loopback port driven by the openai client (chat, Files and Batch APIs, signals)."""
+"""`summarize llm-serve` as a real process on a loopback port driven by the openai client: chat completions,
+structured outputs, errors, the Files and Batch APIs, its log and its signals."""
 
 from __future__ import annotations
 
@@ -18,46 +18,32 @@ from typing import Any
 
 import jsonschema
 import openai
-import pydantic
 import pytest
-from openai.types import Batch, FileObject, Model
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from contract import openai_shapes as shapes
 from localllm.extractive import (
-    MAX_RANKED_SENTENCES,
     MODEL_NAME,
     count_tokens,
     lead_sentence,
-    split_sentences,
     summarize_text,
     top_sentences,
-    truncate_tokens,
 )
-from localllm.jsonfill import FillText, fill_schema
 from tests.faultserver.batch_client import create_batch, result_lines, upload_batch_input, wait_for_batch
 from tests.helpers import http_request
+from tests.llmsamples import ARTICLE, SCHEMAS, Report, article_positions
 
 pytestmark = pytest.mark.timeout(60)
 
 BIN = Path(sys.executable).parent
+
 ROOT = Path(__file__).resolve().parent.parent
+
 API_KEY = "test-key-not-a-secret"
+
 CONTEXT_TOKENS = 3000
+
 BATCH_DELAY = 0.4
-
-ARTICLE = """City council approves new park
-
-The city council voted on Tuesday to approve a new park along the river.
-The park will cover twelve acres and include walking trails, a playground and a community garden.
-Council members said the park was the most requested project in the city's recent survey.
-Construction of the park is expected to begin next spring and last about eighteen months.
-Funding for the park comes from a state grant and the city's capital budget.
-Some residents raised concerns about parking near the park during council hearings.
-The mayor said the park would make the riverfront a place for every family in the city."""
-
-
-# --- a real `summarize llm-serve` process ------------------------------------------------------------------
 
 
 @dataclass
@@ -151,308 +137,6 @@ def ask(client: openai.OpenAI, article: str = ARTICLE, **kwargs: Any) -> ChatCom
     kwargs.setdefault("messages", messages(article))
     response: ChatCompletion = client.chat.completions.create(model=MODEL_NAME, **kwargs)
     return response
-
-
-def article_positions(summary: str, article: str) -> list[int]:
-    """Indices of the article sentences that, joined by spaces, make up ``summary`` (fails otherwise)."""
-    positions: list[int] = []
-    rest = summary
-    for index, sentence in enumerate(split_sentences(article)):
-        if rest == sentence or rest.startswith(sentence + " "):
-            positions.append(index)
-            rest = rest[len(sentence) :].lstrip(" ")
-    assert rest == "", f"not made of article sentences in order: {rest!r}"
-    return positions
-
-
-# --- contract.openai_shapes ----------------------------------------------------------------------------
-
-
-def test_word_room_convention_round_trips() -> None:
-    assert shapes.max_tokens_for_words(80) == 224
-    for words in (1, 2, 7, 60, 80, 500):
-        assert shapes.words_for_max_tokens(shapes.max_tokens_for_words(words)) == words
-    assert shapes.words_for_max_tokens(1) == 1  # never zero words, however little room
-    assert shapes.words_for_max_tokens(2 * shapes.max_tokens_for_words(60)) == 152  # the worker's doubled retry
-
-
-def test_error_and_context_length_shapes() -> None:
-    assert shapes.error_body("bad", code="x") == {
-        "error": {"message": "bad", "type": "invalid_request_error", "param": None, "code": "x"}
-    }
-    body = shapes.context_length_exceeded(16384, 16000, 1000)
-    assert body["error"]["code"] == "context_length_exceeded"
-    assert body["error"]["message"] == (
-        "This model's maximum context length is 16384 tokens. However, you requested 17000 tokens "
-        "(16000 in the messages, 1000 in the completion). Please reduce the length of the messages or completion."
-    )
-
-
-def test_message_parsing() -> None:
-    parts = [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {}}, {"type": "text", "text": "b"}]
-    assert shapes.content_text(parts) == "a\nb"
-    assert shapes.content_text("plain") == "plain"
-    assert shapes.content_text(None) == ""
-    msgs = [
-        {"role": "system", "content": "S1"},
-        {"role": "developer", "content": [{"type": "text", "text": "S2"}]},
-        {"role": "user", "content": "first"},
-        "junk",
-        {"role": "user", "content": parts},
-    ]
-    assert shapes.message_texts(msgs) == ["S1", "S2", "first", "", "a\nb"]
-    assert shapes.system_prompt(msgs) == "S1\nS2"
-    assert shapes.system_prompt([{"role": "user", "content": "x"}]) is None
-    assert shapes.last_user_text(msgs) == "a\nb"
-    assert shapes.extract_article("x <article> a <article> b </article> c </article> y") == "a <article> b </article> c"
-    assert shapes.extract_article("no tags here ") == "no tags here "
-    assert shapes.requested_max_tokens({"max_tokens": 5, "max_completion_tokens": 9}) == 9
-    assert shapes.requested_max_tokens({"max_tokens": 5}) == 5
-    assert shapes.response_format_kind({}) == "text"
-    assert shapes.response_format_kind({"response_format": {"type": "json_object"}}) == "json_object"
-    schema = {"type": "object"}
-    fmt = {"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}}
-    assert shapes.response_json_schema(fmt) == schema
-    assert shapes.response_json_schema({"response_format": {"type": "json_object"}}) is None
-
-
-def test_shapes_parse_as_the_openai_client_models() -> None:
-    completion = shapes.chat_completion(
-        shapes.Answer("", "length", "thinking"), model="m", prompt_tokens=3, completion_tokens=4
-    )
-    parsed = ChatCompletion.model_validate(completion)
-    assert parsed.choices[0].finish_reason == "length"
-    assert parsed.usage is not None and parsed.usage.total_tokens == 7
-    assert completion["choices"][0]["message"]["reasoning_content"] == "thinking"
-    assert (
-        ChatCompletion.model_validate(
-            shapes.chat_completion(None, model="m", prompt_tokens=1, completion_tokens=0)
-        ).choices
-        == []
-    )
-
-    file = FileObject.model_validate(
-        shapes.file_object("file-1", filename="a.jsonl", purpose="batch", size=3, created_at=1)
-    )
-    assert file.bytes == 3
-    view = shapes.BatchView(
-        id="batch_1",
-        input_file_id="file-1",
-        created_at=100,
-        status="failed",
-        errors=[shapes.batch_error("invalid_json_line", "bad", line=2)],
-        timestamps={"failed_at": 101},
-        counts=(3, 1, 2),
-        metadata={"k": "v"},
-    )
-    batch = Batch.model_validate(shapes.batch_object(view))
-    assert batch.status == "failed" and batch.failed_at == 101 and batch.expires_at == 100 + 86400
-    assert batch.errors is not None and batch.errors.data is not None and batch.errors.data[0].line == 2
-    assert batch.request_counts is not None and batch.request_counts.failed == 2
-    model = Model.model_validate(shapes.model_object("m", owned_by="me", context_window=8))
-    assert model.model_extra == {"context_length": 8, "max_model_len": 8}
-    assert "context_length" not in shapes.model_object("m", owned_by="me")
-    page = shapes.list_page([{"id": "a"}, {"id": "b"}], has_more=True)
-    assert (page["first_id"], page["last_id"], page["has_more"]) == ("a", "b", True)
-
-
-def test_batch_lines() -> None:
-    line = shapes.batch_request_line("c1", {"model": "m"})
-    assert line == {"custom_id": "c1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m"}}
-    ok = shapes.batch_response_line("c1", 200, {"x": 1}, request_id="req_1", line_id="batch_req_1")
-    assert ok == {
-        "id": "batch_req_1",
-        "custom_id": "c1",
-        "error": None,
-        "response": {"status_code": 200, "request_id": "req_1", "body": {"x": 1}},
-    }
-    gone = shapes.batch_error_line("c2", shapes.BATCH_EXPIRED, "late")
-    assert gone["response"] is None and gone["error"] == {"code": "batch_expired", "message": "late"}
-    requests = shapes.parse_batch_input(shapes.jsonl([line, shapes.batch_request_line("c2", {})]) + b"\n\n")
-    assert [(r.line, r.custom_id) for r in requests] == [(1, "c1"), (2, "c2")]
-
-
-@pytest.mark.parametrize(
-    ("line", "code"),
-    [
-        ("{not json", "invalid_json_line"),
-        ('{"method": "POST", "url": "/v1/chat/completions", "body": {}}', "missing_required_parameter"),
-        ('{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {}}', "duplicate_custom_id"),
-        ('{"custom_id": "z", "method": "POST", "url": "/v1/embeddings", "body": {}}', "invalid_url"),
-        ('{"custom_id": "z", "method": "GET", "url": "/v1/chat/completions", "body": {}}', "invalid_method"),
-        ('{"custom_id": "z", "method": "POST", "url": "/v1/chat/completions", "body": []}', "invalid_request"),
-    ],
-)
-def test_batch_input_validation(line: str, code: str) -> None:
-    good = '{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {}}'
-    with pytest.raises(shapes.BatchInputError) as info:
-        shapes.parse_batch_input(f"{good}\n{line}\n")
-    assert [(e["code"], e["line"]) for e in info.value.errors] == [(code, 2)]
-
-
-def test_empty_batch_input_is_invalid() -> None:
-    with pytest.raises(shapes.BatchInputError) as info:
-        shapes.parse_batch_input(b"\n")
-    assert info.value.errors[0]["code"] == "empty_file"
-
-
-# --- the JSON filler -----------------------------------------------------------------------------------
-
-TEXT = FillText(
-    summary="Council approves a park by the river.",
-    lead="The council voted.",
-    sentences=("One.", "Two.", "Three.", "Four."),
-)
-
-
-class Section(pydantic.BaseModel):
-    heading: str
-    sentences: list[str]
-
-
-class Report(pydantic.BaseModel):
-    """Written the way people write models for OpenAI's structured outputs: nested, optional, enums."""
-
-    headline: str
-    summary: str
-    key_points: list[str]
-    word_count: int
-    confidence: float
-    is_opinion: bool
-    tone: str = pydantic.Field(json_schema_extra={"enum": ["neutral", "positive", "negative"]})
-    section: Section
-    byline: str | None
-
-
-SCHEMAS: list[dict[str, Any]] = [
-    Report.model_json_schema(),
-    {
-        "type": "object",
-        "properties": {
-            "title": {"type": "string", "maxLength": 10},
-            "abstract": {"type": "string", "minLength": 100},
-            "points": {"type": "array", "items": {"type": "string"}, "minItems": 6, "maxItems": 8},
-            "few": {"type": "array", "items": {"type": "string"}, "maxItems": 2},
-            "score": {"type": "integer", "minimum": 1, "maximum": 5},
-            "big": {"type": "integer", "exclusiveMinimum": 100},
-            "ratio": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-            "kind": {"const": "news"},
-            "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "minItems": 1},
-            "nothing": {"type": "null"},
-            "either": {"anyOf": [{"type": "null"}, {"type": "integer", "maximum": 2}]},
-            "typed_list": {"type": ["string", "null"]},
-        },
-        "required": [
-            "title",
-            "abstract",
-            "points",
-            "few",
-            "score",
-            "big",
-            "ratio",
-            "kind",
-            "tags",
-            "nothing",
-            "either",
-            "typed_list",
-        ],
-        "additionalProperties": False,
-    },
-    {"type": "array", "items": {"type": "object", "properties": {"n": {"type": "integer"}}}, "minItems": 2},
-]
-
-
-@pytest.mark.parametrize("schema", SCHEMAS)
-def test_filled_values_are_schema_valid(schema: dict[str, Any]) -> None:
-    value = fill_schema(schema, TEXT)
-    jsonschema.validate(value, schema)
-    if isinstance(value, dict):
-        assert set(value) == set(schema["properties"])  # every property, as strict mode requires
-
-
-def test_an_enum_gets_the_value_the_text_names() -> None:
-    topic = {"type": "string", "enum": ["politics", "science", "other"]}
-    comet = FillText.plain("Astronomers confirmed the comet's orbit; science teachers cheered the science.")
-    assert fill_schema(topic, comet) == "science"
-    assert fill_schema(topic, FillText.plain("The bakery on Main Street sold out by noon.")) == "other"
-    assert fill_schema({"enum": ["a", "b"]}, FillText.plain("nothing named")) == "a"
-
-
-def test_filled_values_follow_field_names() -> None:
-    report = Report.model_validate(fill_schema(Report.model_json_schema(), TEXT))
-    assert report.headline == TEXT.lead
-    assert report.summary == TEXT.summary
-    assert report.key_points == ["One.", "Two.", "Three."]
-    assert report.word_count == len(TEXT.summary.split())
-    assert report.is_opinion is False
-    assert report.tone == "neutral"
-    assert report.section.sentences == ["One.", "Two.", "Three."]
-
-
-# --- summarize_text --------------------------------------------------------------------------------------
-
-
-def test_summary_keeps_article_order_and_word_limit() -> None:
-    summary = summarize_text(ARTICLE, 40)
-    assert len(summary.split()) <= 40
-    assert len(article_positions(summary, ARTICLE)) >= 2
-
-
-def test_headline_without_punctuation_is_skipped() -> None:
-    summary = summarize_text(ARTICLE, 200)
-    assert not summary.startswith("City council approves new park")
-    assert summary.startswith("The city council voted")
-    assert summarize_text("Council approves park", 10) == "Council approves park"
-
-
-def test_summary_is_deterministic_and_whitespace_normalised() -> None:
-    messy = ARTICLE.replace(" ", "  \t").replace("\n", " \n ")
-    assert summarize_text(messy, 50) == summarize_text(ARTICLE, 50)
-    assert "  " not in summarize_text(messy, 50)
-
-
-def test_long_single_sentence_is_cut_with_ellipsis() -> None:
-    sentence = "The committee approved the plan after a long and heated debate about costs."
-    assert summarize_text(sentence, 5) == "The committee approved the plan…"
-    assert summarize_text(f"  {sentence}\n", 50) == sentence
-
-
-def test_best_sentence_cut_when_nothing_fits() -> None:
-    summary = summarize_text(ARTICLE, 3)
-    assert summary.endswith("…")
-    assert len(summary.split()) == 3
-
-
-def test_only_leading_sentences_are_ranked() -> None:
-    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
-    text = " ".join(f"Report {words[i % 10]} {words[i // 10 % 10]} came {i}." for i in range(MAX_RANKED_SENTENCES + 50))
-    summary = summarize_text(text, 10_000)
-    assert f"came {MAX_RANKED_SENTENCES - 1}." in summary
-    assert f"came {MAX_RANKED_SENTENCES}." not in summary
-
-
-def test_lead_and_top_sentences() -> None:
-    assert lead_sentence(ARTICLE, 100) == "The city council voted on Tuesday to approve a new park along the river."
-    assert lead_sentence(ARTICLE, 3) == "The city council…"
-    top = top_sentences(ARTICLE, 3)
-    assert len(top) == 3
-    assert set(top) <= set(split_sentences(ARTICLE))
-    assert len(top_sentences(ARTICLE, 100)) == 7  # the headline only competes when nothing else is left
-
-
-@pytest.mark.parametrize("text", ["", "   \n\t "])
-def test_blank_text_raises(text: str) -> None:
-    with pytest.raises(ValueError):
-        summarize_text(text, 50)
-
-
-def test_token_helpers() -> None:
-    assert count_tokens("Hello, world! It's fine.") == 9
-    assert truncate_tokens("Hello, world! It's fine.", 3) == "Hello, world"
-    assert truncate_tokens("Short.", 10) == "Short."
-
-
-# --- chat completions through the openai client --------------------------------------------------------
 
 
 def test_chat_completion_summarizes_article(client: openai.OpenAI) -> None:
@@ -633,9 +317,6 @@ def test_oversized_body_is_rejected(server: LLMServe) -> None:
         conn.close()
 
 
-# --- Files and Batch APIs through the openai client ----------------------------------------------------
-
-
 def request_line(custom_id: str, article: str = ARTICLE, words: int = 30, **body: Any) -> dict[str, Any]:
     return shapes.batch_request_line(
         custom_id,
@@ -745,9 +426,6 @@ def test_batches_list_pages_newest_first(client: openai.OpenAI) -> None:
     assert len(listed) == len(set(listed))
     for batch_id in ids:
         wait_for_batch(client, batch_id)
-
-
-# --- the process: logging and signals ----------------------------------------------------------------------
 
 
 def test_log_has_paths_and_statuses_only(secured: LLMServe) -> None:
