@@ -19,11 +19,12 @@ from pathlib import Path
 import redis
 
 from contract.keys import PRIORITY_STEPS, Keys
+from contract.ops import Bill, Counts, Done, Run
 from contract.record import Final
 from contract.redisconn import make_async_redis
 from contract.settings import Settings
 from scripts.stack import BIN
-from worker.storage import Op, WorkerStore
+from worker.storage import WorkerStore
 
 from .common import Ctx, Figure, bench_stack, log, settings_of
 
@@ -182,6 +183,6 @@ async def finish(settings: Settings, batch_id: str, articles: list[str]) -> None
                 finished_ms=int(time.time() * 1000),
                 cost_usd=0.000231,
             )
-            ops.append(Op("done", batch_id, job.job_id, job.token, 1, 0, 1100, 110, 0.000231, final.pack()))
+            ops.append(Done(run=Run.of(job), counts=Counts(1, 0, Bill(1100, 110, 0.000231)), final=final))
         await store.settle(ops)
     await client.aclose()

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from .ops import Bill
 from .record import Article, text
+from .schema import CLAIMED
 
 
 class Status(StrEnum):
@@ -17,12 +19,15 @@ class Status(StrEnum):
     RUNNING = "running"  # a worker holds a lease on it
     DEFERRED = "deferred"  # handed back after transient failures; the reaper requeues it when due
     PARKED = "parked"  # its batch is paused; resume republishes it
+    WAITING = "waiting"  # an identical article's call is in flight: it is answered from that (single flight)
+    PACKING = "packing"  # batch mode: waiting for a provider batch of its batch
+    PACKED = "packed"  # batch mode: sent in a provider batch (counted as running)
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
-#: public counters of a batch; deferred and parked jobs count as queued
+#: public counters of a batch; deferred, parked, waiting and packing jobs count as queued, packed as running
 COUNTERS = ("total", "queued", "running", "done", "failed", "cancelled")
 FINAL = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED})
 
@@ -46,14 +51,12 @@ class ClaimedJob:
     deferrals: int = 0
     #: seconds since its first failure when it was claimed, by Redis' clock (None: it never failed)
     failing_for: float | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    #: what earlier runs were billed (cost -1: some call's price was unknown)
+    bill: Bill = field(default_factory=Bill)
     #: summaries of a long article's parts from earlier runs (key -> summary)
     partials: dict[str, str] = field(default_factory=dict)
     #: the result-cache key its answer is stored under ('' when the batch does not use the cache)
     cache_key: str = ""
-    #: what earlier runs cost in USD (None: some call's price was unknown)
-    cost_usd: float | None = 0.0
     #: the generation of the batch it was claimed in (see contract/lua/init_batch.lua)
     gen: str = ""
 
@@ -63,23 +66,22 @@ class ClaimedJob:
 
     @classmethod
     def from_reply(cls, batch_id: str, token: str, now_ms: int, row: list[Any], gen: str = "") -> ClaimedJob:
-        """From one `{id, 'claimed', article, attempts, unusable, deferrals, first_failure, pt, ct, partials, key}`."""
-        job_id, _, blob, attempts, unusable, deferrals, first, pt, ct, flat, key, cost = row
-        first_ms = int(float(first))
-        partials = {text(flat[i]): text(flat[i + 1]) for i in range(0, len(flat), 2)}
+        """From one claimed job of claim.lua's reply (contract/schema.py CLAIMED)."""
+        c = CLAIMED.read(row)
+        first_ms = int(float(c["first_failure_ms"]))
+        flat = c["partials"]
+        partials = {text(k): text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
         return cls(
             batch_id=batch_id,
-            job_id=text(job_id),
+            job_id=text(c["id"]),
             token=token,
-            article=Article.unpack(blob),
-            attempts=int(attempts),
-            unusable=int(unusable),
-            deferrals=int(deferrals),
+            article=Article.unpack(c["article"]),
+            attempts=int(c["attempts"]),
+            unusable=int(c["unusable"]),
+            deferrals=int(c["deferrals"]),
             failing_for=(now_ms - first_ms) / 1000 if first_ms else None,
-            prompt_tokens=int(pt),
-            completion_tokens=int(ct),
+            bill=Bill(int(c["prompt_tokens"]), int(c["completion_tokens"]), float(c["cost_usd"])),
             partials=partials,
-            cache_key=text(key),
-            cost_usd=None if float(cost) < 0 else float(cost),
+            cache_key=text(c["cache_key"]),
             gen=gen,
         )

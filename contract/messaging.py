@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery
 
 from .keys import PRIORITY_STEPS, Keys
-from .redisconn import ssl_options
+from .redisconn import broker_url, ssl_options
 from .settings import Settings
 
 TASK_NAME = "summarize.job"
@@ -28,7 +28,7 @@ PUBLISH_CHUNK = 500
 def broker_config(settings: Settings) -> dict[str, Any]:
     """Settings every process talking to the broker must agree on (the shortest visibility timeout wins)."""
     conf: dict[str, Any] = {
-        "broker_url": settings.redis_url,
+        "broker_url": broker_url(settings),
         "broker_transport_options": {
             # Only a backstop: the reaper re-enqueues lost jobs long before this (see worker/housekeeping.py).
             "visibility_timeout": settings.visibility_timeout,
@@ -50,7 +50,7 @@ def broker_config(settings: Settings) -> dict[str, Any]:
         "result_backend": None,
         "task_send_sent_event": True,
     }
-    ssl = ssl_options(settings)
+    ssl = ssl_options(settings, broker_url(settings))
     if ssl:
         conf["broker_use_ssl"] = ssl
     return conf

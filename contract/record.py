@@ -6,8 +6,8 @@ the size for a 4 KB article) at a fifth of the CPU, and with a small dictionary 
 on, more on summaries: texts and summaries are stored that way. Each blob starts with a one-byte
 codec tag, so the choice can change without rewriting stored data.
 
-The final record is a msgpack array (Lua reads and writes it with cmsgpack); its first three fields
-(status, digest, origin) are what scripts look at, the rest is for `summarize results`.
+The final record is a msgpack array (Lua reads and writes it with cmsgpack), laid out as
+contract/schema.py FINAL: read and built here by field name, never by position.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import zstandard
+
+from .schema import ARTICLE, FINAL
 
 _RAW, _ZSTD, _ZSTD_DICT = b"r", b"s", b"d"
 #: below this many bytes compression doesn't pay for its frame header
@@ -93,12 +95,18 @@ class Article:
     text: str
 
     def pack(self) -> bytes:
-        return pack([self.digest, self.origin, compress(self.text)])
+        return pack(ARTICLE.row(digest=self.digest, origin=self.origin, text=compress(self.text)))
 
     @classmethod
     def unpack(cls, blob: bytes) -> Article:
-        d, origin, z = unpack(blob)
-        return cls(_s(d), _s(origin), decompress(z))
+        a = ARTICLE.read(unpack(blob))
+        return cls(_s(a["digest"]), _s(a["origin"]), decompress(a["text"]))
+
+    @staticmethod
+    def where(blob: bytes) -> tuple[str, str]:
+        """(digest, origin) of a packed article, without decompressing its text."""
+        a = ARTICLE.read(unpack(blob))
+        return _s(a["digest"]), _s(a["origin"])
 
 
 # ---- the final record -------------------------------------------------------------------------------
@@ -131,49 +139,47 @@ class Final:
     cache_key: str = ""
 
     def pack(self) -> bytes:
-        return pack(
-            [
-                self.status,
-                self.digest,
-                self.origin,
-                compress(self.summary) if self.summary is not None else b"",
-                self.error or "",
-                self.error_type or "",
-                self.model or "",
-                self.prompt_tokens,
-                self.completion_tokens,
-                self.attempts,
-                self.cached,
-                self.chunks,
-                self.unusable,
-                self.finished_ms,
-                -1.0 if self.cost_usd is None else self.cost_usd,
-                self.cache_key,
-            ]
+        """The one Python writer of a final record (Lua's is _lib.lua pack_final)."""
+        # Its fields are FINAL's, by name (tests/test_schema.py): only the ones stored otherwise are changed.
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(
+            summary=compress(self.summary) if self.summary is not None else b"",
+            error=self.error or "",
+            error_type=self.error_type or "",
+            model=self.model or "",
+            cost_usd=-1.0 if self.cost_usd is None else self.cost_usd,
         )
+        return pack(FINAL.row(**values))
 
     @classmethod
     def unpack(cls, blob: bytes) -> Final:
-        f = unpack(blob)
-        f += [None] * (16 - len(f))  # records of older versions carry only the first fields
+        # records of older versions carry only the first fields: the rest read as None
+        f = FINAL.read(unpack(blob))
+        cost = f["cost_usd"]
         return cls(
-            status=_s(f[0]),
-            digest=_s(f[1]),
-            origin=_s(f[2]),
-            summary=decompress(f[3]) if f[3] else None,
-            error=_s(f[4]) or None,
-            error_type=_s(f[5]) or None,
-            model=_s(f[6]) or None,
-            prompt_tokens=f[7] or 0,
-            completion_tokens=f[8] or 0,
-            attempts=f[9] or 0,
-            cached=bool(f[10]),
-            chunks=f[11] or 0,
-            unusable=f[12] or 0,
-            finished_ms=f[13] or 0,
-            cost_usd=None if f[14] is None or f[14] < 0 else float(f[14]),
-            cache_key=_s(f[15]),
+            status=_s(f["status"]),
+            digest=_s(f["digest"]),
+            origin=_s(f["origin"]),
+            summary=decompress(f["summary"]) if f["summary"] else None,
+            error=_s(f["error"]) or None,
+            error_type=_s(f["error_type"]) or None,
+            model=_s(f["model"]) or None,
+            prompt_tokens=f["prompt_tokens"] or 0,
+            completion_tokens=f["completion_tokens"] or 0,
+            attempts=f["attempts"] or 0,
+            cached=bool(f["cached"]),
+            chunks=f["chunks"] or 0,
+            unusable=f["unusable"] or 0,
+            finished_ms=f["finished_ms"] or 0,
+            cost_usd=None if cost is None or cost < 0 else float(cost),
+            cache_key=_s(f["cache_key"]),
         )
+
+    @staticmethod
+    def where(blob: bytes) -> tuple[str, str]:
+        """(digest, origin) of a packed final record, without decompressing its summary."""
+        f = FINAL.read(unpack(blob))
+        return _s(f["digest"]), _s(f["origin"])
 
 
 # ---- the public row ---------------------------------------------------------------------------------
@@ -183,28 +189,26 @@ def public_row(job_id: str, blob: bytes, metadata: Any, structured: bool = False
     """The row `summarize results` prints for a finished job, straight from its packed record (the
     export path: no objects in between, tens of thousands of rows a second). `metadata` is a dict, or
     an orjson.Fragment of its stored JSON when the row is only written out again."""
-    f = unpack(blob)
-    if len(f) < 15:
-        f += [None] * (15 - len(f))
-    status = f[0].decode()
-    pt, ct = f[7] or 0, f[8] or 0
-    summary = decompress(f[3]) if f[3] else None
-    cost = f[14]
+    f = FINAL.read(unpack(blob))
+    status = f["status"].decode()
+    pt, ct = f["prompt_tokens"] or 0, f["completion_tokens"] or 0
+    summary = decompress(f["summary"]) if f["summary"] else None
+    cost = f["cost_usd"]
     return {
         "id": job_id,
         "status": status,
         "summary": summary,
         "data": json.loads(summary) if structured and summary and status == DONE else None,
-        "error": f[4].decode("utf-8", "replace") if f[4] else None,
-        "error_type": f[5].decode() if f[5] else None,
-        "model": f[6].decode("utf-8", "replace") if f[6] else None,
+        "error": f["error"].decode("utf-8", "replace") if f["error"] else None,
+        "error_type": f["error_type"].decode() if f["error_type"] else None,
+        "model": f["model"].decode("utf-8", "replace") if f["model"] else None,
         "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
         if pt or ct or status == DONE
         else None,
         "cost_usd": None if cost is None or cost < 0 else float(cost),
-        "cached": bool(f[10]),
-        "chunks": f[11] or 0,
-        "attempts": f[9] or 0,
+        "cached": bool(f["cached"]),
+        "chunks": f["chunks"] or 0,
+        "attempts": f["attempts"] or 0,
         "metadata": metadata,
     }
 

@@ -1,7 +1,7 @@
 """The one place that reads the environment. Producer, worker and local LLM server all take a Settings.
 
 Each field names its environment variable in its metadata, so `from_env` is a loop over the fields and
-the README's configuration table can be checked against them (tests/test_units.py does).
+the README's configuration table can be checked against them (tests/test_settings.py does).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
@@ -88,6 +88,9 @@ class Settings:
     """Every knob of the system; the README's configuration table says what each protects."""
 
     redis_url: Secret = env("REDIS_URL", Secret("redis://localhost:6379/0"))
+    #: the Celery broker when it is not the store's Redis (a store on a Redis Cluster needs one: kombu has no
+    #: Cluster transport); empty: REDIS_URL
+    broker_url: Secret = env("SUMMARIZE_BROKER_URL", Secret(""))
     #: CA bundle for rediss:// URLs; certificates are always verified
     redis_ca_certs: str | None = env("REDIS_CA_CERTS", None)
     redis_certfile: str | None = env("REDIS_CERTFILE", None)
@@ -225,9 +228,19 @@ class Settings:
                 and value < minimum
             ):
                 raise ConfigError(f"{f.metadata['env']}={value!r} must be at least {minimum}")
-        if urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
+        if urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
             raise ConfigError(
-                f"REDIS_URL {redact_url(self.redis_url)!r} must start with redis://, rediss:// or unix://"
+                f"REDIS_URL {redact_url(self.redis_url)!r} must start with redis://, rediss://, unix:// "
+                "(or redis+cluster://, rediss+cluster:// for a Redis Cluster)"
+            )
+        if self.broker_url and urlsplit(self.broker_url).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(
+                f"SUMMARIZE_BROKER_URL {redact_url(self.broker_url)!r} must start with redis://, rediss:// or unix://"
+            )
+        if "+cluster" in urlsplit(self.redis_url).scheme and not self.broker_url:
+            raise ConfigError(
+                "REDIS_URL names a Redis Cluster: set SUMMARIZE_BROKER_URL to a plain Redis for Celery's broker "
+                "(kombu has no Cluster transport)"
             )
         if urlsplit(self.openai_base_url).scheme not in ("http", "https"):
             raise ConfigError(f"OPENAI_BASE_URL {redact_url(self.openai_base_url)!r} must be an http(s) URL")
@@ -251,7 +264,7 @@ class Settings:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("redis_url", "openai_base_url"):
+            if f.name in ("redis_url", "broker_url", "openai_base_url"):
                 value = redact_url(value)
             elif isinstance(value, Secret):
                 value = "***" if value else ""
@@ -262,6 +275,35 @@ class Settings:
     def variables() -> dict[str, str]:
         """Environment variable -> field name, for documentation checks."""
         return {f.metadata["env"]: f.name for f in fields(Settings)}
+
+    # Each component is handed its section (see the bottom of this module).
+    @property
+    def redis(self) -> RedisSettings:
+        return _section(self, RedisSettings)
+
+    @property
+    def provider(self) -> ProviderSettings:
+        return _section(self, ProviderSettings)
+
+    @property
+    def retry(self) -> RetrySettings:
+        return _section(self, RetrySettings)
+
+    @property
+    def limits(self) -> LimitSettings:
+        return _section(self, LimitSettings)
+
+    @property
+    def batch_mode(self) -> BatchModeSettings:
+        return _section(self, BatchModeSettings)
+
+    @property
+    def output(self) -> OutputSettings:
+        return _section(self, OutputSettings)
+
+    @property
+    def worker(self) -> WorkerSettings:
+        return _section(self, WorkerSettings)
 
 
 def _type(f: Field[Any]) -> type:
@@ -281,3 +323,119 @@ def _parse(f: Field[Any], raw: str) -> Any:
         except ValueError:
             raise ConfigError(f"{var}={raw!r} is not a {kind.__name__}") from None
     return Secret(raw) if "Secret" in str(f.type) else raw
+
+
+# --- Sections -------------------------------------------------------------------------------------------------
+# One environment table and one validation (Settings above); each component is handed the section it reads, so
+# its signature says which knobs can change what it does. A section is a frozen view built from Settings' fields of
+# the same names; tests/test_settings.py checks every field is in exactly one section.
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Where the store and the broker live, and how the keys of one deployment are named."""
+
+    redis_url: Secret
+    broker_url: Secret
+    redis_ca_certs: str | None
+    redis_certfile: str | None
+    redis_keyfile: str | None
+    allow_eviction: bool
+    key_prefix: str
+    queue: str
+    visibility_timeout: int
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """The LLM endpoint, its model, how a request to it is shaped and counted."""
+
+    openai_base_url: str
+    openai_api_key: Secret
+    model: str
+    llm_timeout: float
+    max_completion_tokens: int
+    model_family: str
+    reasoning_effort: str
+    reasoning_tokens: int
+    context_tokens: int
+    fallback_model: str
+    prices: str
+    token_counter: str
+    tiktoken_encoding: str
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """How long and how often a failing call is tried again, and when a job or a batch gives up."""
+
+    attempt_budget: float
+    max_attempts_per_run: int
+    retry_horizon: float
+    defer_base: float
+    max_unusable: int
+    halt_after_same_errors: int
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """The provider's limits shared by every worker, and the bounds on what Redis and a process hold."""
+
+    rpm: int
+    tpm: int
+    concurrency: int
+    max_queued: int
+    max_article_bytes: int
+
+
+@dataclass(frozen=True)
+class BatchModeSettings:
+    """The provider's Batch API: packing, polling, its price and its limits."""
+
+    batch_linger: float
+    batch_poll: float
+    batch_discount: float
+    batch_enqueued_tokens: int
+    batch_max_requests: int
+    batch_max_bytes: int
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """What a summary may be, and how long results and cached answers are kept."""
+
+    max_words: int
+    max_summary_chars: int
+    cache_ttl: int
+    result_ttl: int
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How a worker carries jobs: messages, leases, the reaper, the submit lease, metrics, the offline server."""
+
+    jobs_per_message: int
+    lease_seconds: float
+    queued_grace: float
+    reap_interval: float
+    submit_lease: float
+    metrics_port: int
+    llm_serve_api_key: Secret
+
+
+SECTIONS: dict[str, type] = {
+    "redis": RedisSettings,
+    "provider": ProviderSettings,
+    "retry": RetrySettings,
+    "limits": LimitSettings,
+    "batch_mode": BatchModeSettings,
+    "output": OutputSettings,
+    "worker": WorkerSettings,
+}
+
+
+_S = TypeVar("_S")
+
+
+def _section(settings: Settings, kind: type[_S]) -> _S:
+    return kind(**{f.name: getattr(settings, f.name) for f in fields(kind)})  # type: ignore[arg-type]

@@ -17,7 +17,8 @@ from . import scripts
 from .errors import BatchNotFound, ConfigError
 from .job import COUNTERS, unfinished
 from .keys import Keys
-from .record import Article, Final, JobResult, pack, public_row, text, unpack
+from .record import Article, Final, JobResult, pack, public_row, text
+from .schema import CREATED, JOB, NEW_JOB
 from .settings import Settings
 from .spec import BatchSpec
 
@@ -65,7 +66,8 @@ class JobStore:
         self._gens: dict[str, str] = {}
 
     def run(self, name: str, **params: Any) -> Any:
-        return self._scripts[name](args=scripts.load(name).args(self.keys, **params))
+        keys, args = scripts.load(name).call(self.keys, **params)
+        return self._scripts[name](keys=keys, args=args)
 
     # ---- producer side -------------------------------------------------------------------------
 
@@ -93,7 +95,8 @@ class JobStore:
     def admit(self, submit_id: str, jobs: int, step: int) -> tuple[bool, int, int]:
         """Ask for room for a chunk under SUMMARIZE_MAX_QUEUED: (let in, backlog, place in line)."""
         reply = self.run("admit", submit=submit_id, jobs=jobs, max=self.settings.max_queued, step=step)
-        return (True, 0, 0) if int(reply[0]) == 1 else (False, int(reply[1]), int(reply[2] or 0))
+        let_in, backlog, place = [*reply, 0, 0][:3]  # {1} when let in, else {0, backlog, place in line}
+        return (True, 0, 0) if int(let_in) == 1 else (False, int(backlog), int(place or 0))
 
     def create_jobs(self, batch_id: str, jobs: Sequence[NewJob], admit: str = "") -> Created:
         """Store a chunk in one script call; returns what was created and the messages to publish."""
@@ -101,12 +104,12 @@ class JobStore:
         if not jobs:
             return out
         payload = [
-            [
-                j.job_id,
-                j.article.pack() if j.error is None else b"",
-                json.dumps(j.metadata, ensure_ascii=False) if j.metadata else "",
-                b"" if j.error is None else self.invalid_record(j),
-            ]
+            NEW_JOB.row(
+                id=j.job_id,
+                article=j.article.pack() if j.error is None else b"",
+                metadata=json.dumps(j.metadata, ensure_ascii=False) if j.metadata else "",
+                final=b"" if j.error is None else self.invalid_record(j),
+            )
             for j in jobs
         ]
         try:
@@ -124,11 +127,12 @@ class JobStore:
                     batch_id, "it is gone (purged, or expired while this submit was stopped): submit again"
                 ) from None
             raise
-        for job, row in zip(jobs, results, strict=True):
-            if row[0] == 1:
+        for job, raw in zip(jobs, results, strict=True):
+            row = CREATED.read(raw)
+            if row["created"] == 1:
                 out.created.append(job.job_id)
             else:
-                out.existing.append((job, text(row[1]), text(row[2])))
+                out.existing.append((job, text(row["digest"]), text(row["origin"])))
         out.messages = [(int(step), text(member)) for step, member in messages]
         return out
 
@@ -162,11 +166,9 @@ class JobStore:
         found: dict[str, tuple[str, str]] = {}
         for job_id, blob, final in zip(job_ids, blobs, finals, strict=True):
             if blob:
-                d, origin, _ = unpack(blob)
-                found[job_id] = (text(d), text(origin))
+                found[job_id] = Article.where(blob)
             elif final:
-                rec = unpack(final)
-                found[job_id] = (text(rec[1]), text(rec[2]))
+                found[job_id] = Final.where(final)
         return found
 
     def sources(self, batch_id: str) -> list[str]:
@@ -293,7 +295,8 @@ class JobStore:
     def invariants(self, batch_id: str) -> list[str]:
         """What is wrong with the batch's state, checked atomically (contract/lua/invariants.lua): counters
         against job statuses, holds against live runs. Empty when all holds."""
-        return [text(v) for v in self.run("invariants", batch=batch_id)]
+        ids = [text(i) for i in self.r.lrange(self.keys.batch_ids(batch_id), 0, -1)]  # type: ignore[union-attr]
+        return [text(v) for v in self.run("invariants", batch=batch_id, ids=pack(ids))]
 
     def spec(self, batch_id: str) -> BatchSpec:
         return BatchSpec.from_json(self.require_batch(batch_id)["spec"])
@@ -397,8 +400,9 @@ class JobStore:
         while True:
             over = self._over(batch_id)  # before reading: a batch over now has written its last event
             block = None if over or not stop_when_over else block_ms
-            reply = self.r.xread({events: after}, count=1000, block=block)
-            entries: list[tuple[bytes, dict[bytes, bytes]]] = reply[0][1] if reply else []  # type: ignore[index,assignment]
+            # redis-py's XREAD reply: [(stream, entries)] for the one stream read, not a record of ours
+            streams = self.r.xread({events: after}, count=1000, block=block)
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = streams[0][1] if streams else []  # type: ignore[index,assignment]
             if entries:
                 rows = self._rows(batch_id, [fields[b"id"] for _, fields in entries], structured)
                 yield [(text(position), JobResult.from_row(r)) for (position, _), r in zip(entries, rows, strict=True)]
@@ -431,7 +435,7 @@ class JobStore:
     def _unfinished_states(self, batch_id: str, raw_ids: list[bytes]) -> dict[str, str]:
         with self.r.pipeline(transaction=False) as p:
             for raw_id in raw_ids:
-                p.hget(self.keys.job(batch_id, text(raw_id)), "s")
+                p.hget(self.keys.job(batch_id, text(raw_id)), JOB.status)
             states = p.execute()
         return {text(i): text(s) if s else "queued" for i, s in zip(raw_ids, states, strict=True)}
 

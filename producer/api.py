@@ -10,6 +10,7 @@ for result in batch.results():
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 import uuid
@@ -28,11 +29,9 @@ from contract.settings import Settings
 from contract.spec import PLACEHOLDERS, BatchSpec, unknown_placeholders
 from contract.store import JobStore
 
+from . import output
+from .output import ROW_STATUS
 from .progress import ProgressBar, counts_line
-
-#: a result row's status as `summarize status` counts it: a job waiting for its retry's time (deferred)
-#: or for its paused batch's resume (parked) is queued there, so it is queued in the rows too
-ROW_STATUS = {"deferred": "queued", "parked": "queued"}
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -143,7 +142,7 @@ def check_budget(budget_usd: float | None, budget_tokens: int | None) -> None:
 
 
 class Batch:
-    """A handle on one batch: status, wait, results, retry."""
+    """A handle on one batch: status, wait, results, export, retry."""
 
     def __init__(self, client: Client, batch_id: str, report: SubmitReport | None = None) -> None:
         self.client, self.id, self.report = client, batch_id, report
@@ -189,6 +188,14 @@ class Batch:
         """Every job in input order (unfinished ones with their current status: queued or running)."""
         for r in self.client.store.results(self.id):
             yield dataclasses.replace(r, status=ROW_STATUS[r.status]) if r.status in ROW_STATUS else r
+
+    def export(self, path: str | os.PathLike[str], format: str | output.Format | None = None) -> output.Exported:
+        """Every job's row in input order to the file `path` ('-': stdout), in `format` (a name of
+        producer.output.FORMATS: "jsonl", "csv"; None: the one the path's suffix names, `.jsonl` or `.csv`),
+        exactly as `summarize results --out` writes it. Returns what it wrote: `.rows`, `.path`, `.format`,
+        `.unfinished` (jobs not finished yet: their rows say queued or running) and the batch's `.status`.
+        ConfigError for a suffix no format has, an unknown format, or a file that can't be written."""
+        return output.export(self, path, output.resolve(path, format))
 
     def iter_results(self, follow: bool = False, after: str = "0-0") -> Iterator[JobResult]:
         """Finished jobs in the order they finished. With follow=True it waits for the rest and ends when

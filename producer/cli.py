@@ -10,26 +10,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import gc
 import json
 import os
 import shlex
 import signal
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any
 
-import orjson
-
 from contract.errors import BatchPaused, ConfigError, SummarizeError
-from contract.job import unfinished
 from contract.keys import PRIORITIES
-from contract.record import JobResult
 from contract.settings import Settings
 from contract.spec import PLACEHOLDERS, unknown_placeholders
 
+from . import output
 from .progress import counts_line, print_table, status_notes, status_table
 
 if TYPE_CHECKING:
@@ -40,82 +35,10 @@ EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT, EXIT_ERROR, EXIT_PAUSED = 0, 1, 2, 3, 4
 EXIT_USAGE = EXIT_TIMEOUT
 #: 128 + SIGINT, as shells report a process stopped by Ctrl-C
 EXIT_INTERRUPTED = 128 + signal.SIGINT
-#: a row's status as `summarize status` counts it (deferred and parked jobs are queued there); the api's
-#: Batch.results maps the same (producer.api.ROW_STATUS, not imported: reading commands start without it)
-ROW_STATUS = {"deferred": "queued", "parked": "queued"}
 
 
 class UsageError(SummarizeError):
     """Raised when options are given that mean nothing together (exit 2, naming them)."""
-
-
-CSV_FIELDS = [
-    "id",
-    "status",
-    "summary",
-    "error",
-    "error_type",
-    "model",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cost_usd",
-    "cached",
-    "chunks",
-    "attempts",
-    "metadata",
-]
-
-
-class RowWriter:
-    """Result rows as JSON lines or CSV; CSV flattens a structured answer's top-level fields as `data.<field>`."""
-
-    def __init__(self, out: IO[str], fmt: str, header: bool = True, data_fields: Sequence[str] = ()) -> None:
-        self.out, self.fmt, self.pending, self.written = out, fmt, 0, 0
-        self.data_fields = list(data_fields)
-        self._csv: csv.DictWriter[str] | None = None
-        if fmt == "csv":
-            self._csv = csv.DictWriter(out, fieldnames=CSV_FIELDS + [f"data.{f}" for f in self.data_fields])
-            if header:
-                self._csv.writeheader()
-
-    def write(self, r: JobResult | dict[str, Any]) -> None:
-        """One row: a JobResult, or its dict form (the export path builds those straight from Redis)."""
-        row = r.to_dict() if isinstance(r, JobResult) else r
-        if row["status"] in ROW_STATUS:
-            row = {**row, "status": ROW_STATUS[row["status"]]}
-        if self._csv is None:
-            self.out.write(orjson.dumps(row).decode("utf-8") + "\n")
-        else:
-            self._csv.writerow(self._flat(row))
-        self.pending += 1
-        self.written += 1
-
-    def _flat(self, row: dict[str, Any]) -> dict[str, Any]:
-        row = dict(row)
-        usage = row.pop("usage") or {}
-        row.update({k: usage.get(k, "") for k in ("prompt_tokens", "completion_tokens", "total_tokens")})
-        data = row["data"] if isinstance(row.get("data"), dict) else {}
-        row["metadata"] = json.dumps(row.get("metadata") or {}, ensure_ascii=False)
-        for name in self.data_fields:
-            value = data.get(name)
-            row[f"data.{name}"] = (
-                value
-                if isinstance(value, str | int | float)
-                else ("" if value is None else json.dumps(value, ensure_ascii=False))
-            )
-        return {k: "" if row.get(k) is None else row[k] for k in self._csv.fieldnames} if self._csv else row
-
-    def flush(self) -> int:
-        """Flush to disk; returns the file's size (what a cursor records)."""
-        self.out.flush()
-        with contextlib.suppress(OSError, ValueError):
-            os.fsync(self.out.fileno())
-        self.pending = 0
-        try:
-            return self.out.tell()
-        except (OSError, ValueError):
-            return 0
 
 
 class Cursor:
@@ -141,47 +64,14 @@ class Cursor:
             raise ConfigError(f"--out {self.path}: {exc.strerror or exc} (its cursor {self.file} is there)") from None
         return str(saved["after"])
 
-    def open(self) -> IO[str]:
-        return open_out(self.path, "a" if self.offset else "w")
+    def open(self, fmt: output.Format) -> IO[Any]:
+        return output.open_file(self.path, fmt, append=bool(self.offset), label="--out ")
 
     def save(self, after: str, offset: int) -> None:
         tmp = self.file + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump({"after": after, "offset": offset}, f)
         os.replace(tmp, self.file)
-
-
-def data_fields(batch: Batch) -> list[str]:
-    schema = batch.client.store.spec(batch.id).json_schema or {}
-    props = schema.get("properties")
-    return list(props) if isinstance(props, dict) else []
-
-
-def write_results(
-    results: Iterable[JobResult | dict[str, Any]], out: IO[str], fmt: str, fields: Sequence[str] = ()
-) -> int:
-    writer = RowWriter(out, fmt, data_fields=fields)
-    for r in results:
-        writer.write(r)
-    return writer.written
-
-
-@contextlib.contextmanager
-def output(path: str | None) -> Iterator[IO[str]]:
-    """The --out file (or stdout for none or '-')."""
-    if path is None or path == "-":
-        yield sys.stdout
-        return
-    with open_out(path, "w") as f:
-        yield f
-
-
-def open_out(path: str, mode: str) -> IO[str]:
-    """--out FILE opened for writing, or ConfigError naming it (a missing directory, no permission...)."""
-    try:
-        return open(path, mode, encoding="utf-8", newline="")
-    except OSError as exc:
-        raise ConfigError(f"--out {path}: {_why(exc, path)}") from None
 
 
 def check_out(path: str | None) -> None:
@@ -197,40 +87,19 @@ def check_out(path: str | None) -> None:
         raise ConfigError(f"--out {path}: permission denied")
 
 
-def _why(exc: OSError, path: str) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return f"no such directory {os.path.dirname(os.path.abspath(path))}"
-    return (exc.strerror or str(exc)).lower()
-
-
 def export(batch: Batch, path: str | None, fmt: str) -> int:
-    # JSON lines pass each row's stored metadata through as it is (orjson.Fragment); CSV flattens it
-    rows = batch.client.store.rows(batch.id, raw_metadata=fmt == "jsonl")
-    with output(path) as out, no_cyclic_gc():
-        n = write_results(rows, out, fmt, data_fields(batch))
+    done = output.export(batch, path, fmt, label="--out ")
     if path not in (None, "-"):
-        print(f"wrote {n} result(s) to {path}", file=sys.stderr)
-    status = batch.status()
-    if unfinished(status) > 0:
+        print(f"wrote {done.rows} result(s) to {path}", file=sys.stderr)
+    if done.unfinished > 0:
+        status = done.status
         state = status["state"] + (f" ({status['reason']})" if status.get("reason") else "")
         print(
             f"batch {batch.id} is not finished ({state}: {counts_line(status)}): the rows of unfinished jobs "
             f"say queued or running; summarize wait {batch.id} first, or results --follow",
             file=sys.stderr,
         )
-    return n
-
-
-@contextlib.contextmanager
-def no_cyclic_gc() -> Iterator[None]:
-    """The rows of an export are acyclic and freed by reference counting; the cyclic collector would only
-    walk every object the imports made, again and again as rows are allocated (a sixth of the time)."""
-    gc.freeze()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+    return done.rows
 
 
 def _client(settings: Settings) -> Client:
@@ -355,7 +224,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     if args.wait or args.out:
         code = _wait(batch, args.timeout, not args.quiet, args.keep_waiting, "submit")
         if args.out:  # also after a timeout or a pause: what is there, and stderr says it is not finished
-            export(batch, args.out, args.format or "jsonl")
+            export(batch, args.out, _format(args))
     print(batch.id)
     return code
 
@@ -411,6 +280,14 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _format(args: argparse.Namespace) -> str:
+    """--format, else the one the --out file's suffix names (results.csv is CSV), else JSON lines."""
+    if args.format:
+        return str(args.format)
+    named = output.infer(args.out) if args.out and args.out != "-" else None
+    return named.name if named else "jsonl"
+
+
 def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
     return _wait(_client(settings).batch(args.batch), args.timeout, not args.quiet, args.keep_waiting, "wait")
 
@@ -418,9 +295,9 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     batch = _client(settings).batch(args.batch)
     if args.follow:
-        return follow(batch, args.out, args.format)
+        return follow(batch, args.out, _format(args))
     check_out(args.out)
-    export(batch, args.out, args.format)
+    export(batch, args.out, _format(args))
     return EXIT_OK
 
 
@@ -429,17 +306,24 @@ def follow(batch: Batch, path: str | None, fmt: str) -> int:
     beside it (FILE.cursor: stream position and file size after the last whole page) makes a second run
     go on where the first stopped: the file is cut back to that size, so no row is written twice."""
     store = batch.client.store
+    form = output.get(fmt)
     check_out(path)
     cursor = Cursor(path) if path not in (None, "-") else None
+    if cursor and not form.appendable:
+        can = ", ".join(f.name for f in output.FORMATS.values() if f.appendable)
+        raise UsageError(f"--follow --out: a {form.name} file can't be appended to (one of {can} can)")
     after = cursor.load() if cursor else "0-0"
-    with cursor.open() if cursor else contextlib.nullcontext(sys.stdout) as out:
-        writer = RowWriter(out, fmt, header=cursor is None or cursor.offset == 0, data_fields=data_fields(batch))
+    with cursor.open(form) if cursor else contextlib.nullcontext(output.stdout(form)) as out:
+        writer = output.RowWriter(
+            out, form, header=cursor is None or cursor.offset == 0, data_fields=output.data_fields(batch)
+        )
         for page in store.follow_pages(batch.id, after):
             for _, row in page:
                 writer.write(row)
             size = writer.flush()
             if cursor:
                 cursor.save(page[-1][0], size)
+        writer.close()
     status = store.status(batch.id)
     print(_status_line(status), file=sys.stderr)
     return EXIT_FAILED if status["failed"] or status["cancelled"] else EXIT_OK
@@ -617,7 +501,9 @@ def _add_submit(sub: Any) -> None:
     )
     _add_keep_waiting(s)
     s.add_argument("--out", help="write results here when finished (implies --wait)")
-    s.add_argument("--format", choices=["jsonl", "csv"], default=None, help="of the --out file (default jsonl)")
+    s.add_argument(
+        "--format", choices=output.names(), default=None, help="of the --out file (default: by its suffix, else jsonl)"
+    )
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_submit)
 
@@ -641,7 +527,9 @@ def _add_reading(sub: Any) -> None:
     r = sub.add_parser("results", help="one line per job: id, status, summary, error, model, usage, attempts, metadata")
     r.add_argument("batch")
     r.add_argument("--out", help="write to this file (default stdout)")
-    r.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    r.add_argument(
+        "--format", choices=output.names(), default=None, help="default: by the --out file's suffix, else jsonl"
+    )
     r.add_argument(
         "--follow",
         action="store_true",
@@ -732,7 +620,7 @@ def _add_exporter(sub: Any) -> None:
     ex.add_argument("--port", type=int, default=9809, help="port of /metrics (default 9809)")
 
     def run(args: argparse.Namespace, settings: Settings) -> int:
-        from .exporter import serve
+        from .prometheus import serve
 
         return serve(settings, args.host, args.port)
 

@@ -168,6 +168,7 @@ def assert_invariants(url: str, since_ms: int = 0) -> None:
     import redis as redis_lib
 
     from contract import scripts
+    from contract.record import pack
 
     script = scripts.load("invariants")
     r = redis_lib.Redis.from_url(url)
@@ -175,11 +176,13 @@ def assert_invariants(url: str, since_ms: int = 0) -> None:
         run = r.register_script(script.source)
         problems: list[str] = []
         for key in r.scan_iter(match="*:batches", count=1000):
-            prefix = key.decode().rsplit(":", 1)[0]
+            prefix = key.decode().rsplit(":", 1)[0].strip("{}")  # store keys carry the prefix as a hash tag
             keys = Keys(prefix)
             for raw in r.zrangebyscore(key, since_ms, "+inf"):
                 bid = raw.decode() if isinstance(raw, bytes) else str(raw)
-                found = run(args=script.args(keys, batch=bid))
+                ids = [i.decode() if isinstance(i, bytes) else str(i) for i in r.lrange(keys.batch_ids(bid), 0, -1)]
+                names, args = script.call(keys, batch=bid, ids=pack(ids))
+                found = run(keys=names, args=args)
                 problems += [f"{prefix}/{bid}: {v.decode() if isinstance(v, bytes) else v}" for v in found]
         assert not problems, "invariants broken:\n" + "\n".join(problems)
     finally:

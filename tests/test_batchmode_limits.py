@@ -27,7 +27,7 @@ FAST_LOOP = {**FAST_BATCH, "SUMMARIZE_BATCH_POLL": "0.1", "SUMMARIZE_REAP_INTERV
 
 def line_tokens(spec: BatchSpec, text: str) -> tuple[int, int]:
     """(enqueued tokens, completion room) of one article's line, as the worker counts them."""
-    built = LineBuilder(spec, Settings().max_summary_chars, prompt_bound_counter(Settings())).build(
+    built = LineBuilder(spec, Settings().max_summary_chars, prompt_bound_counter(Settings().provider)).build(
         [("probe", Article("d", "0:1", text))], Room(10, 10**9, float("inf"))
     )
     return built.tokens, built.completion_room
@@ -35,7 +35,7 @@ def line_tokens(spec: BatchSpec, text: str) -> tuple[int, int]:
 
 def pack_keys(g: Group) -> int:
     prefix = g.env["SUMMARIZE_KEY_PREFIX"]
-    return sum(1 for _ in g.client().store.r.scan_iter(f"{prefix}:pk:*", count=1000))
+    return sum(1 for _ in g.client().store.r.scan_iter(f"{{{prefix}}}:pk:*", count=1000))
 
 
 def test_many_articles_under_an_enqueued_token_limit_of_four_and_a_half_requests(stack: Stack, redis_url: str) -> None:
@@ -66,8 +66,8 @@ def test_many_articles_under_an_enqueued_token_limit_of_four_and_a_half_requests
         # Keys of packs only while they are open: at most 4 open at once, 3 keys each; none once over.
         assert most_keys <= 3 * 4, most_keys
         assert pack_keys(g) == 0
-        prefix = g.env["SUMMARIZE_KEY_PREFIX"]
-        assert all(int(g.client().store.r.get(k) or 0) == 0 for k in g.client().store.r.scan_iter(f"{prefix}:enq:*"))
+        r = g.client().store.r
+        assert all(int(r.get(k) or 0) == 0 for k in r.scan_iter(f"{{{g.env['SUMMARIZE_KEY_PREFIX']}}}:enq:*"))
 
 
 def test_a_create_answered_502_after_it_was_accepted_makes_exactly_one_provider_batch(

@@ -22,7 +22,10 @@ def _forget_everything(g: Group) -> None:
     """What a Redis restart without AOF does to this deployment: every key under its prefix is gone
     (the generation counter included), while its workers keep running."""
     r = g.client().redis
-    for k in list(r.scan_iter(match=f"{g.settings.key_prefix}:*")):
+    # the store's keys ({prefix}:..., a hash tag) and the broker's (prefix:...): one Redis here
+    for k in list(r.scan_iter(match=f"{{{g.settings.key_prefix}}}:*")) + list(
+        r.scan_iter(match=f"{g.settings.key_prefix}:*")
+    ):
         r.delete(k)
 
 
@@ -37,11 +40,11 @@ def test_purge_force_with_a_twin_waiting_leaves_no_waiters_set(stack: Stack, red
         bid = batch_id()
         batch = g.client().submit([{"id": "a", "text": text}, {"id": "b", "text": text}], batch_id=bid)
         wait_until(lambda: batch.status()["running"] == 1, 30, "the leader's call in flight")
-        assert _keys(g, f"{g.settings.key_prefix}:w:*"), "the twin waits in a waiters set"
+        assert _keys(g, f"{{{g.settings.key_prefix}}}:w:*"), "the twin waits in a waiters set"
         assert g.cli("purge", bid, "--force").returncode == 0
         wait_until(lambda: srv.stats()["requests"] >= 1 and srv.stats()["ok"] >= 1, 30, "the leader's answer")
         time.sleep(float(g.settings.lease_seconds) + 1)  # the old run settles; its flight key lapses
-        leftovers = _keys(g, f"{g.settings.key_prefix}:w:*") + _keys(g, f"{g.settings.key_prefix}:f:*")
+        leftovers = _keys(g, f"{{{g.settings.key_prefix}}}:w:*") + _keys(g, f"{{{g.settings.key_prefix}}}:f:*")
         assert leftovers == [], f"keys left behind by a purged batch (no TTL): {leftovers}"
 
 
@@ -80,7 +83,11 @@ def test_a_budget_given_to_a_running_batch_caps_what_the_batch_spends(stack: Sta
         ]
         batch = g.client().submit(items, batch_id=batch_id(), no_cache=True)
         wait_until(lambda: batch.status()["done"] >= 8, 60, "half the batch done without a budget")
-        s = batch.status()
+        # Paused first, so the cap is computed from a total no call in flight can still move (read while
+        # running, ~8 calls a second landed between the read and the resume on a busy machine: the batch was
+        # then over the cap before it had one, and the test failed with nothing overspent).
+        assert g.cli("pause", batch.id).returncode == 0
+        s = _settled(batch)
         cap = s["total_tokens"] + 4 * (s["total_tokens"] // max(1, s["done"]))  # room for ~4 more jobs
         assert g.cli("resume", batch.id, "--budget-tokens", str(cap)).returncode == 0
         s = _settled(batch)

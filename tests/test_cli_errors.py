@@ -118,7 +118,7 @@ def test_meaningless_submit_options_are_refused_naming_them(
     src = write_jsonl(tmp_path / "in.jsonl", articles("opt", 1))
     r = idle.cli("submit", str(src), *args)
     assert r.returncode == 2 and "Traceback" not in r.stderr and named in r.stderr.splitlines()[-1], r.stderr
-    assert idle.client().store.r.keys(f"{idle.settings.key_prefix}:*") == []  # nothing was submitted
+    assert idle.client().store.r.keys(f"{{{idle.settings.key_prefix}}}:*") == []  # nothing was submitted
 
 
 @pytest.mark.parametrize("args", [["--budget-usd", "-1"], ["--budget-tokens", "0"]])

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from contract.settings import Settings
-from producer.cli import CSV_FIELDS
+from producer.output import CSV_FIELDS
 from scripts.stack import BIN
 from tests.conftest import Group
 

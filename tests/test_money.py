@@ -36,7 +36,7 @@ def redis_keys_of(g: Group, bid: str) -> list[str]:
     """Every key of the group's prefix that names the batch (its own keys and its jobs')."""
     r = g.client().redis
     return sorted(
-        k.decode() if isinstance(k, bytes) else k for k in r.scan_iter(match=f"{g.settings.key_prefix}:*{bid}*")
+        k.decode() if isinstance(k, bytes) else k for k in r.scan_iter(match=f"{{{g.settings.key_prefix}}}:*{bid}*")
     )
 
 

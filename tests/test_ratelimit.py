@@ -83,7 +83,7 @@ def test_requests_are_paced_evenly_and_the_first_minute_is_still_used(redis_url:
     rpm = 600
 
     async def go(w: WorkerStore, s: Settings) -> list[Booking]:
-        return await book(RateLimiter(w, s, "w"), 700, 10)
+        return await book(RateLimiter(w, s.limits, "w"), 700, 10)
 
     slots = [(b.slot_ms / 1000, 1) for b in run(redis_url, go, rpm=rpm)]
     five, minute, any_minute = busiest(slots, 5), first(slots, 60), busiest(slots, 60)
@@ -100,7 +100,7 @@ def test_tokens_are_paced_the_same_way(redis_url: str, tpm: int, tokens: int) ->
     n = int(1.3 * tpm / tokens)
 
     async def go(w: WorkerStore, s: Settings) -> list[Booking]:
-        return await book(RateLimiter(w, s, "w"), n, tokens)
+        return await book(RateLimiter(w, s.limits, "w"), n, tokens)
 
     slots = [(b.slot_ms / 1000, b.tokens) for b in run(redis_url, go, tpm=tpm)]
     five, minute, any_minute = busiest(slots, 5), first(slots, 60), busiest(slots, 60)
@@ -112,7 +112,7 @@ def test_tokens_are_paced_the_same_way(redis_url: str, tpm: int, tokens: int) ->
 
 def test_release_gives_the_slot_to_the_next_request(redis_url: str) -> None:
     async def go(w: WorkerStore, s: Settings) -> tuple[list[int], list[int], int, int]:
-        lim = RateLimiter(w, s, "w")  # 60 rpm, burst 1: a slot a second
+        lim = RateLimiter(w, s.limits, "w")  # 60 rpm, burst 1: a slot a second
         a, b, c = await book(lim, 3, 10)
         await lim.release(b)
         d, e = await book(lim, 2, 10)
@@ -128,7 +128,7 @@ def test_release_gives_the_slot_to_the_next_request(redis_url: str) -> None:
 
 def test_a_slot_given_back_too_late_or_too_small_is_not_taken(redis_url: str) -> None:
     async def go(w: WorkerStore, s: Settings) -> tuple[bool, int, int, int]:
-        lim = RateLimiter(w, s, "w")
+        lim = RateLimiter(w, s.limits, "w")
         (small,) = await book(lim, 1, 100)
         small_slot = small.slot_ms
         await lim.release(small)
@@ -150,7 +150,7 @@ def test_a_slot_given_back_too_late_or_too_small_is_not_taken(redis_url: str) ->
 
 def test_a_worker_stopping_while_it_waits_gives_its_slot_back(redis_url: str) -> None:
     async def go(w: WorkerStore, s: Settings) -> tuple[int, int]:
-        lim, stop = RateLimiter(w, s, "w"), asyncio.Event()
+        lim, stop = RateLimiter(w, s.limits, "w"), asyncio.Event()
         first_ = await lim.acquire(10, stop)
         waiting = asyncio.create_task(lim.acquire(10, stop))
         keys = Keys(s.key_prefix)
@@ -159,7 +159,7 @@ def test_a_worker_stopping_while_it_waits_gives_its_slot_back(redis_url: str) ->
         stop.set()
         with pytest.raises(HandBack):
             await waiting
-        (other,) = await book(RateLimiter(w, s, "w2"), 1, 10)
+        (other,) = await book(RateLimiter(w, s.limits, "w2"), 1, 10)
         return first_.slot_ms, other.slot_ms
 
     a, other = run(redis_url, go, rpm=60)
@@ -170,7 +170,7 @@ def test_a_cooldown_banks_no_refill_for_a_burst_after_it(redis_url: str) -> None
     rpm = 1200
 
     async def go(w: WorkerStore, s: Settings) -> tuple[list[int], int]:
-        lim = RateLimiter(w, s, "w")
+        lim = RateLimiter(w, s.limits, "w")
         await book(lim, 1, 10)
         await lim.cool_down(2.0)
         until = int((await w.r.time())[0]) * 1000 + 2000
@@ -184,7 +184,7 @@ def test_a_cooldown_banks_no_refill_for_a_burst_after_it(redis_url: str) -> None
 
 def test_tokens_the_provider_counted_beyond_the_booking_delay_the_next(redis_url: str) -> None:
     async def go(w: WorkerStore, s: Settings) -> int:
-        lim = RateLimiter(w, s, "w")  # 6000 tpm: 10 ms a token, burst 50
+        lim = RateLimiter(w, s.limits, "w")  # 6000 tpm: 10 ms a token, burst 50
         (a,) = await book(lim, 1, 50)
         await lim.settle(a, 550)
         (b,) = await book(lim, 1, 50)
@@ -230,13 +230,13 @@ class ModelsServer:
 
 def windows(server: ModelsServer, lim: RateLimiter, s: Settings) -> ContextWindows:
     client = AsyncOpenAI(base_url=server.url, api_key="sk-test", max_retries=0)
-    return ContextWindows(client, s, lim)
+    return ContextWindows(client, s.provider, lim)
 
 
 def test_forty_jobs_at_once_make_one_models_request(redis_url: str) -> None:
     async def go(w: WorkerStore, s: Settings) -> tuple[list[int], int, int]:
         async with ModelsServer() as srv:
-            cw = windows(srv, RateLimiter(w, s, "w"), s)
+            cw = windows(srv, RateLimiter(w, s.limits, "w"), s)
             sizes = await asyncio.gather(*(cw.of("m1") for _ in range(40)))
             await cw.of("m1")
             return list(sizes), srv.seen, await w.cooldown_ms()
@@ -251,7 +251,7 @@ def test_a_models_request_answered_retry_after_pauses_the_fleet_and_is_not_repea
 ) -> None:
     async def go(w: WorkerStore, s: Settings) -> tuple[list[int], int, int]:
         async with ModelsServer(status) as srv:
-            cw = windows(srv, RateLimiter(w, s, "w"), s)
+            cw = windows(srv, RateLimiter(w, s.limits, "w"), s)
             sizes = await asyncio.gather(*(cw.of("gpt-4o-mini") for _ in range(40)))
             cool = await w.cooldown_ms()
             await cw.of("gpt-4o-mini")
@@ -266,8 +266,8 @@ def test_a_models_request_answered_retry_after_pauses_the_fleet_and_is_not_repea
 def test_the_models_request_waits_out_the_shared_cooldown(redis_url: str) -> None:
     async def go(w: WorkerStore, s: Settings) -> tuple[int, int, int]:
         async with ModelsServer() as srv:
-            lim = RateLimiter(w, s, "w")
-            await RateLimiter(w, s, "other").cool_down(1.0)  # another worker saw a 429
+            lim = RateLimiter(w, s.limits, "w")
+            await RateLimiter(w, s.limits, "other").cool_down(1.0)  # another worker saw a 429
             cw = windows(srv, lim, s)
             lookup = asyncio.create_task(cw.of("m1"))
             seen_during = []

@@ -31,7 +31,7 @@ def settings(redis_url: str) -> Settings:
 
 
 def limiter(settings: Settings, w: WorkerStore) -> RateLimiter:
-    return RateLimiter(w, settings, f"w-{uuid.uuid4().hex[:4]}")
+    return RateLimiter(w, settings.limits, f"w-{uuid.uuid4().hex[:4]}")
 
 
 def test_limiter_paces_tokens_and_never_fills_a_window_past_the_limit(settings: Settings) -> None:
@@ -92,8 +92,8 @@ def test_a_cooldown_holds_every_worker_including_booked_requests(settings: Setti
 def test_token_estimate_is_on_the_safe_side_of_four_characters_a_token() -> None:
     messages = [{"role": "system", "content": "x" * 401}, {"role": "user", "content": "y" * 4000}]
     provider_count = -(-4401 // 4) + 200
-    assert token_counter(Settings())(messages, 200) >= provider_count
+    assert token_counter(Settings().provider)(messages, 200) >= provider_count
     assert estimate_tokens(4000, 2, 200) == 1000 + 8 + 200
     # tiktoken is not a dependency; asked for without it (or without its files), the estimate is used.
-    count = token_counter(Settings(token_counter="tiktoken", tiktoken_encoding="no-such-encoding"))
-    assert count(messages, 200) == token_counter(Settings())(messages, 200)
+    count = token_counter(Settings(token_counter="tiktoken", tiktoken_encoding="no-such-encoding").provider)
+    assert count(messages, 200) == token_counter(Settings().provider)(messages, 200)

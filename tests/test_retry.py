@@ -27,7 +27,7 @@ def run_policy(attempt: Any, **over: Any) -> tuple[Any, list[float]]:
 
     async def go() -> Any:
         settings = Settings(**{"max_attempts_per_run": 4, "attempt_budget": 30.0, **over})
-        async for a in retry.policy(settings, sleep, lambda: failures[0]):
+        async for a in retry.policy(settings.retry, sleep, lambda: failures[0]):
             with a:
                 try:
                     return attempt()

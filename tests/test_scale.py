@@ -95,7 +95,7 @@ def test_purge_removes_a_batch_only_once_it_is_over_unless_forced(stack: Stack, 
         assert g.cli("results", bid, "--out", str(tmp_path / "out.jsonl")).returncode == 0
         assert g.cli("purge", bid).returncode == 0
         r = g.client().redis
-        left = [k for k in r.scan_iter(f"{g.settings.key_prefix}:*{bid}*", count=1000)]
+        left = [k for k in r.scan_iter(f"{{{g.settings.key_prefix}}}:*{bid}*", count=1000)]
         assert left == [], left
         assert g.cli("status", bid).returncode == 3
         forced = batch_id()

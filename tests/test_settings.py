@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from contract.errors import (
     ConfigError,
 )
-from contract.settings import LOCAL_BASE_URL, LOCAL_MODEL, Secret, Settings, redact_url
+from contract.settings import LOCAL_BASE_URL, LOCAL_MODEL, SECTIONS, Secret, Settings, redact_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,3 +59,17 @@ def test_secrets_are_masked_everywhere_settings_are_shown() -> None:
     assert "sk-secret-1" not in shown and "pw-secret" not in shown
     assert repr(Secret("x")) == "Secret('***')"
     assert redact_url("rediss://u:p@h:6380/0") == "rediss://u:***@h:6380/0"
+
+
+def test_every_setting_is_in_exactly_one_section() -> None:
+    owners: dict[str, list[str]] = {}
+    for name, kind in SECTIONS.items():
+        for f in fields(kind):
+            owners.setdefault(f.name, []).append(name)
+    assert {f.name for f in fields(Settings)} == set(owners), "a setting in no section, or a section's stray field"
+    assert all(len(v) == 1 for v in owners.values()), {k: v for k, v in owners.items() if len(v) > 1}
+
+
+def test_a_section_reads_the_settings_it_was_built_from() -> None:
+    s = Settings(defer_base=3.0, rpm=7, batch_linger=2.0)
+    assert (s.retry.defer_base, s.limits.rpm, s.batch_mode.batch_linger) == (3.0, 7, 2.0)

@@ -13,13 +13,13 @@ from contract.errors import (
     ConfigError,
 )
 from contract.keys import Keys
+from contract.ops import Bill, Counts, Defer, Done, Fail, Run
 from contract.record import Article, Final, digest
 from contract.redisconn import make_redis
 from contract.settings import Settings
 from contract.spec import BatchSpec
 from contract.store import JobStore, NewJob
 from tests.redisunits import worker_call
-from worker.storage import Op
 
 
 @pytest.fixture
@@ -58,17 +58,10 @@ def test_a_job_delivered_twice_is_stored_and_counted_once(settings: Settings, st
     assert [j.job_id for j in first.jobs] == ["j0"]
     assert claim(settings, msg).skipped == {"j0": "busy"}  # a duplicate message while it runs
     job = first.jobs[0]
-    done = Op(
-        "done",
-        "b1",
-        "j0",
-        job.token,
-        1,
-        0,
-        10,
-        5,
-        0.0,
-        Final("done", job.article.digest, job.article.origin, summary="sum", attempts=1).pack(),
+    done = Done(
+        run=Run("b1", "j0", job.token),
+        counts=Counts(1, 0, Bill(10, 5, 0.0)),
+        final=Final("done", job.article.digest, job.article.origin, summary="sum", attempts=1),
     )
     assert worker_call(settings, lambda w: w.settle([done, done]))[0] == [1, 0]
     assert claim(settings, msg).skipped == {"j0": "done"}
@@ -108,10 +101,10 @@ def test_renewal_keeps_a_lease_alive(settings: Settings, store: JobStore) -> Non
 def test_late_result_after_failure_wins_and_counters_follow(settings: Settings, store: JobStore) -> None:
     (msg,) = new_batch(store, "b4", "text")
     job = claim(settings, msg).jobs[0]
-    fail = Op("fail", "b4", "j0", job.token, 1, extra=[Final("failed", error="x").pack(), ""])
+    fail = Fail(run=Run("b4", "j0", job.token), counts=Counts(1), final=Final("failed", error="x"))
     assert worker_call(settings, lambda w: w.settle([fail]))[0] == [1]
     assert store.status("b4")["failed"] == 1
-    done = Op("done", "b4", "j0", "another-run", 1, extra=Final("done", summary="s").pack())
+    done = Done(run=Run("b4", "j0", "another-run"), counts=Counts(1), final=Final("done", summary="s"))
     assert worker_call(settings, lambda w: w.settle([done]))[0] == [1]
     s = store.status("b4")
     assert (s["failed"], s["done"]) == (0, 1)
@@ -122,8 +115,8 @@ def test_a_stale_run_can_not_fail_or_defer_a_job_another_run_holds(settings: Set
     (msg,) = new_batch(store, "b5", "text")
     claim(settings, msg)
     stale = [
-        Op("fail", "b5", "j0", "old-token", extra=[Final("failed").pack(), ""]),
-        Op("defer", "b5", "j0", "old-token", extra=[1000, "X", "x", 1]),
+        Fail(run=Run("b5", "j0", "old-token"), final=Final("failed")),
+        Defer(run=Run("b5", "j0", "old-token"), delay_ms=1000, error_type="X", error="x", counts_as_failure=True),
     ]
     assert worker_call(settings, lambda w: w.settle(stale))[0] == [0, 0]
 
@@ -170,7 +163,7 @@ def test_unfinished_work_never_expires_and_results_expire_after_the_batch(settin
     (msg,) = new_batch(store, "b11", "one", "two")
     assert all(store.r.ttl(k) == -1 for k in store.keys.batch_keys("b11") if store.r.exists(k))
     jobs = claim(settings, msg).jobs
-    ops = [Op("done", "b11", j.job_id, j.token, 1, extra=Final("done", summary="s").pack()) for j in jobs]
+    ops = [Done(run=Run("b11", j.job_id, j.token), counts=Counts(1), final=Final("done", summary="s")) for j in jobs]
     worker_call(settings, lambda w: w.settle(ops[:1]))
     assert store.r.ttl(store.keys.batch("b11")) == -1  # one job left: nothing expires
     worker_call(settings, lambda w: w.settle(ops[1:]))

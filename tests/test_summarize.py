@@ -19,7 +19,7 @@ def test_summarize_is_pure_given_a_call() -> None:
         seen.update(model=ask.model, max_tokens=ask.max_tokens, text=ask.messages[1]["content"])
         return llm.Completion(ask.check("  The gist.\n"), "m-2024")
 
-    fit = Fit(8192, token_counter(Settings()))
+    fit = Fit(8192, token_counter(Settings().provider))
     out = asyncio.run(summarize("Body.", BatchSpec("m", 40), call, fit, 100))
     assert out.text == "The gist." and out.model == "m-2024" and out.chunks == 0
     assert seen["max_tokens"] == prompt.max_tokens_for(40) and "Body." in seen["text"]
@@ -44,7 +44,7 @@ def test_a_long_article_is_mapped_and_reduced_and_kept_parts_are_not_paid_again(
         async def put(self, key: str, text: str) -> None:
             self.kept[key] = text
 
-    fit = Fit(1000, token_counter(Settings()))
+    fit = Fit(1000, token_counter(Settings().provider))
     text = "\n\n".join("A sentence about the harbour works. " * 20 for _ in range(30))
     kept = Kept()
     out = asyncio.run(summarize(text, BatchSpec("m", 40), call, fit, 4000, kept))

@@ -101,7 +101,7 @@ class EngineStep(bootsteps.StartStopStep):
     def start(self, parent: Any) -> None:
         wait_for_redis()
         engine.engine(settings, app)
-        metrics.start(settings)
+        metrics.start(settings.worker)
         log.info(
             "summarize worker ready: %s",
             {

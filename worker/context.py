@@ -17,7 +17,7 @@ import openai
 from openai import AsyncOpenAI
 
 from contract.models import DEFAULT_CONTEXT, known_context
-from contract.settings import Settings
+from contract.settings import ProviderSettings
 
 from .llm import retry_after
 from .ratelimit import RateLimiter
@@ -33,7 +33,7 @@ class ContextWindows:
     def __init__(
         self,
         client: AsyncOpenAI,
-        settings: Settings,
+        settings: ProviderSettings,
         limiter: RateLimiter | None = None,
         stop: asyncio.Event | None = None,
     ) -> None:

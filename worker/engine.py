@@ -27,7 +27,6 @@ from contract.errors import (
     BatchCancelled,
     BatchNotFound,
     BatchPaused,
-    BudgetWait,
     ContextExceeded,
     MalformedResponse,
     PermanentLLMError,
@@ -37,19 +36,20 @@ from contract.errors import (
 )
 from contract.job import ClaimedJob
 from contract.messaging import publish
-from contract.models import Price
+from contract.ops import Part, Run
 from contract.redisconn import make_async_redis
 from contract.settings import Settings
 from contract.spec import BatchSpec
 from contract.store import Message
 
 from . import llm, metrics, outcome
-from .batches import Batches, cache_key, raise_for
+from .account import JobAccount
+from .batches import Batches, cache_key
 from .context import ContextWindows
 from .housekeeping import Housekeeper, Leases
 from .ratelimit import RateLimiter
-from .storage import Op, WorkerStore
-from .summarize import Billed, Fit, Hold, Provider, Summary, Tally, summarize
+from .storage import WorkerStore
+from .summarize import Fit, Provider, Summary, Tally, summarize
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -104,12 +104,14 @@ class Engine:
         s = self.settings
         self.stop = asyncio.Event()
         self.redis = make_async_redis(s, max_connections=32)
-        self.store = WorkerStore(self.redis, s)
+        # the reaper's look at the broker's queue: another Redis when the store is not the broker's
+        self.broker = make_async_redis(s, max_connections=2, url=s.broker_url) if s.broker_url else None
+        self.store = WorkerStore(self.redis, s, broker=self.broker)
         self.batches = Batches(self.redis, self.store.keys, s.openai_base_url)
         worker = f"{socket.gethostname()}:{threading.get_native_id()}"
-        self.limiter = RateLimiter(self.store, s, worker)
-        self.provider = Provider(llm.make_client(s), self.limiter, s, self.stop)
-        self.contexts = ContextWindows(self.provider.client, s, self.limiter, self.stop)
+        self.limiter = RateLimiter(self.store, s.limits, worker)
+        self.provider = Provider(llm.make_client(s.provider, s.limits.concurrency), self.limiter, s, self.stop)
+        self.contexts = ContextWindows(self.provider.client, s.provider, self.limiter, self.stop)
         self.slots = asyncio.Semaphore(s.concurrency)
         self.writer = Writer(self.store, self._publish)
         self.writer.start()
@@ -123,6 +125,8 @@ class Engine:
         await self.writer.close()
         await self.provider.client.close()
         await self.redis.aclose()
+        if self.broker is not None:
+            await self.broker.aclose()
 
     async def _publish(self, messages: list[Message]) -> None:
         # kombu's producer is synchronous: publish off the loop.
@@ -247,6 +251,10 @@ class Engine:
             return (job.failing_for or 0.0) + time.monotonic() - started >= self.settings.retry_horizon
         return True
 
+    def account(self, job: ClaimedJob, spec: BatchSpec) -> JobAccount:
+        """The run's account under `spec`: the pieces of the process it uses, never the engine itself."""
+        return JobAccount(job, spec, store=self.store, batches=self.batches, writer=self.writer)
+
     async def summarize(self, spec: BatchSpec, job: ClaimedJob, tally: Tally) -> Summary:
         async def guard() -> None:
             await self.batches.check(job.batch_id)
@@ -256,7 +264,7 @@ class Engine:
             return await summarize(
                 job.text,
                 spec,
-                self.provider.for_job(job.unusable, tally, guard, JobAccount(self, job, spec)),
+                self.provider.for_job(job.unusable, tally, guard, self.account(job, spec)),
                 fit,
                 self.settings.max_summary_chars,
                 JobPartials(self.writer, job, tally),
@@ -279,67 +287,7 @@ class JobPartials:
 
     async def put(self, key: str, text: str) -> None:
         self.known[key] = text
-        requests, unusable, pt, ct, cost = self.tally.unflushed()
-        j = self.job
-        await self.writer.settle(
-            Op("part", j.batch_id, j.job_id, j.token, requests, unusable, pt, ct, cost, [key, text], gen=j.gen)
-        )
-
-
-class JobAccount:
-    """Prices a job's calls from its batch's spec; right before each call leaves, asks send.lua whether it
-    may (batch state, the run's lease, the budget) and holds its worst case until the call is billed."""
-
-    def __init__(self, engine: Engine, job: ClaimedJob, spec: BatchSpec) -> None:
-        self.engine, self.job, self.spec = engine, job, spec
-
-    def price(self, model: str) -> Price | None:
-        return self.spec.price(model)
-
-    async def admit(self, model: str, prompt_bound: int, max_tokens: int) -> Hold:
-        price = self.price(model)
-        held = Hold(price.cost(prompt_bound, max_tokens) if price else -1.0, prompt_bound + max_tokens)
-        j = self.job
-        verdict, detail = await self.engine.store.send(j, held.usd, held.tokens)
-        if verdict == "go":
-            return held if held.usd >= 0 else replace(held, usd=0.0)
-        if verdict == "wait":
-            raise BudgetWait(f"batch {j.batch_id}: waiting for calls in flight to settle")
-        if verdict in ("lost", "gone"):
-            raise RunLost(f"job {j.batch_id}/{j.job_id}: this run no longer holds it ({verdict})")
-        self.engine.batches.note(j.batch_id, verdict, detail)
-        raise_for(j.batch_id, verdict, detail)
-        raise RunLost(f"batch {j.batch_id}: unknown verdict {verdict!r}")
-
-    async def release(self, hold: Hold, model: str, billed: Billed) -> None:
-        if hold == Hold():
-            return
-        price = self.price(model)
-        if billed.estimated:
-            spent, tokens = hold.usd, hold.tokens
-        else:
-            spent = price.cost(billed.prompt_tokens, billed.completion_tokens) if price else 0.0
-            tokens = billed.prompt_tokens + billed.completion_tokens
-        save = billed.save_tokens
-        j = self.job
-        await self.engine.writer.settle(
-            Op(
-                "spend",
-                j.batch_id,
-                j.job_id,
-                j.token,
-                extra=[
-                    hold.usd,
-                    hold.tokens,
-                    spent,
-                    tokens,
-                    1 if billed.estimated else 0,
-                    save,
-                    price.cost(save, 0) if price and save else 0.0,
-                ],
-                gen=j.gen,
-            )
-        )
+        await self.writer.settle(Part(run=Run.of(self.job), counts=self.tally.unflushed(), key=key, summary=text))
 
 
 _lock = threading.Lock()

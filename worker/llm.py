@@ -28,7 +28,7 @@ from contract.errors import (
     TruncatedSummary,
 )
 from contract.openai_shapes import CONTEXT_LENGTH_EXCEEDED
-from contract.settings import Settings
+from contract.settings import ProviderSettings
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 _CONTEXT_LIMIT = re.compile(r"maximum context length is (\d+)")
@@ -59,9 +59,10 @@ class Completion:
     usage: Usage = field(default_factory=Usage)
 
 
-def make_client(settings: Settings) -> AsyncOpenAI:
-    """One client per process, made on its event loop: it owns the connection pool."""
-    limits = httpx.Limits(max_connections=settings.concurrency + 8, max_keepalive_connections=settings.concurrency)
+def make_client(settings: ProviderSettings, concurrency: int) -> AsyncOpenAI:
+    """One client per process, made on its event loop: it owns the connection pool (a connection for each
+    request in flight, and a few spare)."""
+    limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency)
     return AsyncOpenAI(
         base_url=settings.openai_base_url,
         api_key=settings.openai_api_key,

@@ -2,7 +2,7 @@
 is taken, so several processes can share a host; 0 turns it off).
 
 Only what this process sees: its jobs, its requests, its waits. What lives in Redis (queue length,
-unfinished jobs per batch) is exported from one place, `summarize exporter` (producer/exporter.py), not
+unfinished jobs per batch) is exported from one place, `summarize exporter` (producer/prometheus.py), not
 from every worker. Labels are few and fixed: never a batch or job id on a per-job metric.
 """
 
@@ -13,7 +13,7 @@ import logging
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from contract.models import Price
-from contract.settings import Settings
+from contract.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ PACKS = Counter(
 )
 
 
-def start(settings: Settings) -> int | None:
+def start(settings: WorkerSettings) -> int | None:
     """Serve /metrics; returns the port, or None when turned off or no port was free."""
     if not settings.metrics_port:
         return None

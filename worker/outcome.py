@@ -9,82 +9,82 @@ from typing import Any
 
 from contract.errors import HandBack, PermanentLLMError, ProviderRejected, TransientLLMError
 from contract.job import ClaimedJob
+from contract.ops import Cancel, Defer, Done, Fail, Op, Park, Run
 from contract.record import Final
 from contract.settings import Settings
 
 from .retry import defer_delay
-from .storage import Op
 from .summarize import Summary, Tally
 
 log = logging.getLogger(__name__)
 
 
-def _op(kind: str, job: ClaimedJob, tally: Tally, extra: object, cache_key: str = "") -> Op:
-    # Only what a part's op did not already store: billing is counted once.
-    requests, unusable, prompt_tokens, completion_tokens, cost = tally.unflushed()
-    return Op(
-        kind,
-        job.batch_id,
-        job.job_id,
-        job.token,
-        requests,
-        unusable,
-        prompt_tokens,
-        completion_tokens,
-        cost,
-        extra,
-        cache_key,
-        job.gen,
-    )
-
-
 def _final(job: ClaimedJob, tally: Tally, status: str, **fields: Any) -> Final:
+    bill = job.bill + tally.billed
     counts = Final(
         status,
         job.article.digest,
         job.article.origin,
-        prompt_tokens=job.prompt_tokens + tally.prompt_tokens,
-        completion_tokens=job.completion_tokens + tally.completion_tokens,
+        prompt_tokens=bill.prompt_tokens,
+        completion_tokens=bill.completion_tokens,
         attempts=job.attempts + tally.requests,
         unusable=job.unusable + tally.unusable,
         finished_ms=int(time.time() * 1000),
         # Null, never 0, once some call's price was unknown.
-        cost_usd=None if job.cost_usd is None or not tally.cost_known else round(job.cost_usd + tally.cost_usd, 9),
+        cost_usd=round(bill.cost_usd, 9) if bill.cost_known else None,
     )
     return replace(counts, **fields)
 
 
-def done(job: ClaimedJob, summary: Summary, tally: Tally, cache_key: str | None = None) -> Op:
+def done(job: ClaimedJob, summary: Summary, tally: Tally, cache_key: str | None = None) -> Done:
     """`cache_key`: what the answer is cached under (the job's own, unless a fallback model wrote it)."""
     key = job.cache_key if cache_key is None else cache_key
     final = _final(job, tally, "done", summary=summary.text, model=summary.model, chunks=summary.chunks, cache_key=key)
-    return _op("done", job, tally, final.pack(), key)
+    # Only what a part's op did not already store: billing is counted once (so for every op below).
+    return Done(run=Run.of(job), counts=tally.unflushed(), final=final)
 
 
-def parked(job: ClaimedJob, tally: Tally) -> Op:
+def parked(job: ClaimedJob, tally: Tally) -> Park:
     """The batch was paused (by the user or its budget): the job waits, failed by nothing."""
-    return _op("park", job, tally, b"")
+    return Park(run=Run.of(job), counts=tally.unflushed())
 
 
-def cancelled(job: ClaimedJob, tally: Tally) -> Op:
-    return _op("cancel", job, tally, b"")
+def cancelled(job: ClaimedJob, tally: Tally) -> Cancel:
+    return Cancel(run=Run.of(job), counts=tally.unflushed())
 
 
 def failed(job: ClaimedJob, exc: Exception, tally: Tally, settings: Settings, running_for: float) -> tuple[Op, str]:
     """The op for a run that raised, and the outcome name the task reports to Flower."""
     if isinstance(exc, HandBack):
-        return _op("defer", job, tally, [0, type(exc).__name__, str(exc), 0]), "handed-back"
+        op: Op = Defer(
+            run=Run.of(job),
+            counts=tally.unflushed(),
+            delay_ms=0,
+            error_type=type(exc).__name__,
+            error=str(exc),
+            counts_as_failure=False,
+        )
+        return op, "handed-back"
     if isinstance(exc, TransientLLMError):
         failing_for = (job.failing_for or 0.0) + running_for
         if failing_for < settings.retry_horizon:
             delay = defer_delay(job.deferrals, exc.retry_after, settings.defer_base)
             log.warning("job %s/%s deferred %.0fs after %s", job.batch_id, job.job_id, delay, exc)
-            return _op("defer", job, tally, [int(delay * 1000), type(exc).__name__, str(exc), 1]), "deferred"
+            op = Defer(
+                run=Run.of(job),
+                counts=tally.unflushed(),
+                delay_ms=int(delay * 1000),
+                error_type=type(exc).__name__,
+                error=str(exc),
+                counts_as_failure=True,
+            )
+            return op, "deferred"
         exc = type(exc)(f"gave up after {settings.retry_horizon:.0f}s of retries; last error: {exc}")
     # Thousands of jobs would fail the same way: stop paying for the discovery one at a time.
     halt = f"{type(exc).__name__}: {exc}"[:2000] if isinstance(exc, ProviderRejected) else ""
     record = _final(job, tally, "failed", error=str(exc)[:2000], error_type=type(exc).__name__)
-    return _op("fail", job, tally, [record.pack(), halt, same_error_signature(exc)]), "failed"
+    op = Fail(run=Run.of(job), counts=tally.unflushed(), final=record, halt=halt, signature=same_error_signature(exc))
+    return op, "failed"
 
 
 def same_error_signature(exc: Exception) -> str:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contract.errors import HandBack, RequestTooLarge
-from contract.settings import Settings
+from contract.settings import LimitSettings, ProviderSettings
 
 from . import metrics
 from .storage import WorkerStore
@@ -61,7 +61,7 @@ def estimate_tokens(prompt_chars: int, messages: int, max_tokens: int) -> int:
     return -(-prompt_chars // 4) + 4 * messages + max_tokens
 
 
-def token_counter(settings: Settings) -> Callable[[list[dict[str, Any]], int], int]:
+def token_counter(settings: ProviderSettings) -> Callable[[list[dict[str, Any]], int], int]:
     """(messages, max_tokens) -> tokens to book. tiktoken when asked for and loadable, else the estimate."""
     if settings.token_counter == "tiktoken":
         try:
@@ -97,7 +97,7 @@ class RateLimiter:
     """One per worker process."""
 
     store: WorkerStore
-    settings: Settings
+    settings: LimitSettings
     worker: str
     rpm: int = 0
     tpm: int = 0

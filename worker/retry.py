@@ -17,7 +17,7 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from contract.errors import HandBack, MalformedResponse, TransientLLMError
-from contract.settings import Settings
+from contract.settings import RetrySettings
 
 #: the pause before asking again after an unusable answer: the provider is up, it answered
 UNUSABLE_PAUSE = 0.05
@@ -81,7 +81,9 @@ def interruptible_sleep(stop: asyncio.Event) -> Callable[[float], Awaitable[None
     return sleep
 
 
-def policy(settings: Settings, sleep: Callable[[float], Awaitable[None]], failures: Callable[[], int]) -> AsyncRetrying:
+def policy(
+    settings: RetrySettings, sleep: Callable[[float], Awaitable[None]], failures: Callable[[], int]
+) -> AsyncRetrying:
     return AsyncRetrying(
         retry=retry_if_exception_type(TransientLLMError),
         # tenacity's full-jitter exponential backoff, unless the provider said how long (Retry-After).

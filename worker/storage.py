@@ -4,15 +4,18 @@ well below one."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio
 
 from contract import scripts
 from contract.job import ClaimedJob
-from contract.keys import Keys
+from contract.keys import PRIORITY_STEPS, Keys
+from contract.ops import Op
 from contract.record import pack, text
+from contract.schema import CLAIM_REPLY, CLAIMED, HELD
 from contract.settings import Settings
 from contract.store import Message
 
@@ -21,43 +24,6 @@ def pack_lease_ms(settings: Settings) -> int:
     """How long a worker holds a provider batch (batch mode) through one external step: an upload of
     200 MB or a slow create can take far longer than an LLM request."""
     return int(max(settings.lease_seconds, 30) * 1000)
-
-
-@dataclass
-class Op:
-    """One outcome for settle.lua: what happened to a job in one run, and what the provider billed."""
-
-    kind: str  # done, fail, defer, part, park, cancel, repack or spend: see contract/lua/settle.lua
-    batch_id: str
-    job_id: str
-    token: str
-    attempts: int = 0
-    unusable: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    extra: Any = field(default=b"")
-    #: the result-cache key the done answer is stored under ('' for none)
-    cache_key: str = ""
-    #: the batch generation the run was made for: an op for another one (the batch was purged, expired or
-    #: made again under its id) writes nothing ('' : batch mode, which only needs the batch to exist)
-    gen: str = ""
-
-    def row(self) -> list[Any]:
-        return [
-            self.kind,
-            self.batch_id,
-            self.job_id,
-            self.token,
-            self.attempts,
-            self.unusable,
-            self.prompt_tokens,
-            self.completion_tokens,
-            self.cost_usd,
-            self.extra,
-            self.cache_key,
-            self.gen,
-        ]
 
 
 @dataclass
@@ -79,14 +45,19 @@ class Reaped:
 
 
 class WorkerStore:
-    def __init__(self, client: redis.asyncio.Redis, settings: Settings) -> None:
+    def __init__(
+        self, client: redis.asyncio.Redis, settings: Settings, broker: redis.asyncio.Redis | None = None
+    ) -> None:
         self.r = client
+        #: the broker's Redis (SUMMARIZE_BROKER_URL), when it is not the store's
+        self.broker = broker or client
         self.settings = settings
         self.keys = Keys(settings.key_prefix, settings.queue)
         self._scripts = {name: client.register_script(scripts.load(name).source) for name in scripts.names()}
 
     async def script(self, name: str, **params: Any) -> Any:
-        return await self._scripts[name](args=scripts.load(name).args(self.keys, **params))
+        keys, args = scripts.load(name).call(self.keys, **params)
+        return await self._scripts[name](keys=keys, args=args)
 
     async def claim(
         self,
@@ -99,7 +70,7 @@ class WorkerStore:
         rev: str = "0",
         to_pack: bool = False,
     ) -> Claimed:
-        state, now_ms, rows = await self.script(
+        reply = await self.script(
             "claim",
             batch=batch_id,
             step=step,
@@ -112,15 +83,17 @@ class WorkerStore:
             gen=gen,
             rev=rev,
         )
-        claimed = Claimed(text(state), [], {})
-        for row in rows:
-            if text(row[1]) == "claimed":
-                claimed.jobs.append(ClaimedJob.from_reply(batch_id, token, int(now_ms), row, gen))
+        r = CLAIM_REPLY.read(reply)
+        claimed = Claimed(text(r["state"]), [], {})
+        for row in r["jobs"]:
+            job = CLAIMED.read(row)
+            if text(job["why"]) == "claimed":
+                claimed.jobs.append(ClaimedJob.from_reply(batch_id, token, int(r["now_ms"]), row, gen))
             else:
-                claimed.skipped[text(row[0])] = text(row[1])
+                claimed.skipped[text(job["id"])] = text(job["why"])
         return claimed
 
-    async def settle(self, ops: list[Op]) -> tuple[list[int], list[Message]]:
+    async def settle(self, ops: Sequence[Op]) -> tuple[list[int], list[Message]]:
         """Store the ops; returns which were applied, and messages to publish (twins queued again)."""
         applied, messages = await self.script(
             "settle",
@@ -142,12 +115,23 @@ class WorkerStore:
 
     async def renew(self, held: list[ClaimedJob]) -> list[ClaimedJob]:
         """Extend the leases of `held`; returns those that are no longer ours."""
-        rows = [[j.batch_id, j.job_id, j.token] for j in held]
+        # the cache key too: renew.lua extends the flight the job leads, which is declared from it
+        rows = [HELD.row(batch=j.batch_id, id=j.job_id, token=j.token, cache_key=j.cache_key) for j in held]
         lost = await self.script("renew", lease_ms=int(self.settings.lease_seconds * 1000), held=pack(rows))
         return [held[int(i) - 1] for i in lost]
 
+    async def empty_queues(self) -> list[int]:
+        """The priority steps whose broker queue is empty now (asked of the broker, not the store)."""
+        async with self.broker.pipeline(transaction=False) as p:
+            for step in PRIORITY_STEPS:
+                p.llen(self.keys.broker_queue(step))
+            lengths = await p.execute()
+        return [step for step, n in zip(PRIORITY_STEPS, lengths, strict=True) if int(n) == 0]
+
     async def reap(self, limit: int = 1000) -> Reaped:
         s = self.settings
+        # Before the script: a message published after this look is newer than any orphan `grace` old.
+        empty = await self.empty_queues()
         messages, reclaimed, due, republished = await self.script(
             "reap",
             lease_ms=int(s.lease_seconds * 1000),
@@ -155,6 +139,7 @@ class WorkerStore:
             gap_ms=int(max(3 * s.reap_interval, s.lease_seconds / 3 + 2 * s.reap_interval) * 1000),
             per_message=s.jobs_per_message,
             limit=limit,
+            empty=pack(empty),
         )
         return Reaped([(int(step), text(m)) for step, m in messages], int(reclaimed), int(due), int(republished))
 

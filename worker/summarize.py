@@ -29,7 +29,8 @@ from contract.errors import (
     UnusableAnswers,
 )
 from contract.models import CallStyle, Price
-from contract.settings import Settings
+from contract.ops import Bill, Counts
+from contract.settings import ProviderSettings, Settings
 from contract.spec import BatchSpec
 
 from . import chunking, llm, metrics, prompt, retry
@@ -49,7 +50,7 @@ MESSAGE_OVERHEAD = 4
 REPLY_PRIMING = 3
 
 
-def prompt_bound_counter(settings: Settings) -> Callable[[list[dict[str, Any]]], int]:
+def prompt_bound_counter(settings: ProviderSettings) -> Callable[[list[dict[str, Any]]], int]:
     """messages -> an upper bound of the prompt's tokens, for budget holds. The exact count where the
     model's tokenizer is known (tiktoken, when configured and loadable); else the byte bound: OpenAI's
     and most open models' tokenizers are byte-level BPE, so a token covers at least one UTF-8 byte and
@@ -275,7 +276,8 @@ class Tally:
     cost_usd: float = 0.0
     #: False once a billed call's price was unknown: the cost is then null, never a made-up number
     cost_known: bool = True
-    flushed: tuple[int, int, int, int, float] = field(default=(0, 0, 0, 0, 0.0))
+    #: what was stored already (the Counts of earlier ops)
+    flushed: Counts = field(default_factory=Counts)
 
     def bill(self, prompt_tokens: int, completion_tokens: int, price: Price | None = None) -> None:
         self.prompt_tokens += prompt_tokens
@@ -285,13 +287,17 @@ class Tally:
         else:
             self.cost_usd += price.cost(prompt_tokens, completion_tokens)
 
-    def unflushed(self) -> tuple[int, int, int, int, float]:
-        """(requests, unusable, prompt, completion, cost; -1 when unknown) not stored yet; marks them stored."""
-        now = (self.requests, self.unusable, self.prompt_tokens, self.completion_tokens, self.cost_usd)
+    @property
+    def billed(self) -> Bill:
+        """What was billed so far (cost -1 once a price was unknown)."""
+        return Bill(self.prompt_tokens, self.completion_tokens, self.cost_usd if self.cost_known else -1.0)
+
+    def unflushed(self) -> Counts:
+        """What is not stored yet (cost -1 when unknown); marks it stored."""
         done = self.flushed
+        now = Counts(self.requests, self.unusable, self.billed)
         self.flushed = now
-        cost = now[4] - done[4] if self.cost_known else -1.0
-        return now[0] - done[0], now[1] - done[1], now[2] - done[2], now[3] - done[3], cost
+        return Counts(now.requests - done.requests, now.unusable - done.unusable, now.bill - done.bill)
 
 
 @dataclass(frozen=True)
@@ -315,7 +321,8 @@ class Billed:
 
 
 class Account(Protocol):
-    """Prices and budget of the batch a job belongs to, and the last word before each of its calls."""
+    """Prices and budget of the batch a job belongs to, and the last word before each of its calls
+    (worker/account.py's JobAccount: built per run from only the pieces of the process it uses)."""
 
     def price(self, model: str) -> Price | None: ...
 
@@ -353,8 +360,8 @@ class Provider:
     stop: asyncio.Event
 
     def __post_init__(self) -> None:
-        self.count_tokens = token_counter(self.settings)
-        self.prompt_bound = prompt_bound_counter(self.settings)
+        self.count_tokens = token_counter(self.settings.provider)
+        self.prompt_bound = prompt_bound_counter(self.settings.provider)
 
     def for_job(self, unusable_before: int, tally: Tally, guard: Guard, account: Account | None = None) -> Call:
         """The call path of one job. `guard` runs before every request and raises to stop the job
@@ -363,7 +370,7 @@ class Provider:
 
         async def call(ask: Ask) -> llm.Completion:
             room = [ask.max_tokens]
-            policy = retry.policy(self.settings, retry.interruptible_sleep(self.stop), lambda: tally.transient)
+            policy = retry.policy(self.settings.retry, retry.interruptible_sleep(self.stop), lambda: tally.transient)
             async for attempt in policy:
                 with attempt:
                     return await self._once(ask, room, unusable_before, tally, guard, acct)

@@ -13,9 +13,10 @@ from collections.abc import Awaitable, Callable
 
 import redis
 
+from contract.ops import Op
 from contract.store import Message
 
-from .storage import Op, WorkerStore
+from .storage import WorkerStore
 
 log = logging.getLogger(__name__)
 

@@ -1,17 +1,89 @@
--- _lib.lua: helpers prepended to every script by contract/scripts.py. Every script's ARGV[1] is the
--- key layout (JSON from contract/keys.py Keys.layout): scripts build no key name of their own.
-local L = cjson.decode(ARGV[1])
+-- _lib.lua: helpers prepended to every script by contract/scripts.py. Every script's ARGV[1] (Script.call)
+-- holds `s`, the layout (separators, where each part of a batch, job or pack sits in KEYS, pointer
+-- prefixes), and `i`, which KEYS entry is which: every key a script names is declared in KEYS by its
+-- caller (contract/keys.py Declared). The deployment's keys (`L.due`, ...) are bound here to theirs.
+local A = cjson.decode(ARGV[1])
+local L, I = A.s, A.i
+for name, i in pairs(I.g) do L[name] = KEYS[i] end
 
 local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local sec, usec = unpack(redis.call('TIME'))
+  return tonumber(sec) * 1000 + math.floor(tonumber(usec) / 1000)
 end
 
-local function bkey(b) return L.b .. b end
-local function part(b, name) return L.b .. b .. L.parts[name] end
-local function jkey(b, id) return L.j .. b .. L.sep .. id end
-local function tkey(b, id) return L.t .. b .. L.sep .. id end
-local function pkey(b, id) return L.p .. b .. L.sep .. id end
+-- HMGET by name: field -> value (nil when absent), so a reply is never read by position.
+local function hmget(key, ...)
+  local names = {...}
+  local values = redis.call('HMGET', key, unpack(names))
+  local out = {}
+  for i, name in ipairs(names) do out[name] = values[i] end
+  return out
+end
+
+-- The batch and job id of a member string (`batch\x1fjob`).
+local function unmember(m)
+  local at = string.find(m, L.msep, 1, true)
+  return string.sub(m, 1, at - 1), string.sub(m, at + #L.msep)
+end
+
+-- The one place a key name is built: a key reached by following a pointer the script itself read (a
+-- cached record in another batch, a twin's job, a member of the due set), which no caller could declare.
+-- All keys share one hash tag, so on a Cluster it is in the script's slot all the same; `strict` (tests)
+-- refuses it. docs/scale.md lists where this happens and why.
+local function follow(kind, ident, suffix)
+  if A.strict then error('UNDECLARED ' .. kind .. ' ' .. ident) end
+  return L.ptr[kind] .. ident .. (suffix or '')
+end
+
+local function bkey(b)
+  local i = I.b[b]
+  if i then return KEYS[i] end
+  return follow('b', b)
+end
+local function part(b, name)
+  local i = I.b[b]
+  if i then return KEYS[i + L.parts[name]] end
+  return follow('b', b, L.ptr.parts[name])
+end
+local function job_key(b, id, offset, kind)
+  local i = I.j[b .. L.msep .. id]
+  if i then return KEYS[i + offset] end
+  return follow(kind, b .. L.sep .. id)
+end
+local function jkey(b, id) return job_key(b, id, 0, 'j') end
+local function tkey(b, id) return job_key(b, id, 1, 't') end
+local function pkey(b, id) return job_key(b, id, 2, 'p') end
+-- A pack's journal (name nil) or one of its parts ('jobs', 'twins').
+local function pack_key(pk, name)
+  local i = I.pk[pk]
+  if i then return KEYS[i + (name and L.pack_parts[name] or 0)] end
+  return follow('pack', pk, name and L.ptr.pack_parts[name])
+end
+local function orphans_key(step)
+  local i = I.orphans[tostring(step)]
+  if not i then error('UNDECLARED orphans ' .. tostring(step)) end
+  return KEYS[i]
+end
+local function cache_week(w)
+  local i = I.cache[tostring(w)]
+  if i then return KEYS[i] end
+  return follow('cache', tostring(w))
+end
+local function flight_key(k)
+  local i = I.flight[k]
+  if i then return KEYS[i] end
+  return follow('flight', k)
+end
+local function waiters_key(k)
+  local i = I.waiters[k]
+  if i then return KEYS[i] end
+  return follow('waiters', k)
+end
+local function enq_key(scope)
+  local i = I.enq[scope]
+  if i then return KEYS[i] end
+  return follow('enq', scope)
+end
 local function member(b, id) return b .. L.msep .. id end
 
 local function split(s, sep)
@@ -42,7 +114,7 @@ end
 
 local function batch_keys(b)
   local out = {bkey(b)}
-  for _, suffix in pairs(L.parts) do out[#out + 1] = bkey(b) .. suffix end
+  for name in pairs(L.parts) do out[#out + 1] = part(b, name) end
   return out
 end
 
@@ -104,14 +176,14 @@ local function drop_holds(b, id, token)
   put_hold(b, '~' .. field, et + t, eu + u, en + n)
   local jk = jkey(b, id)
   if redis.call('EXISTS', jk) == 1 then
-    local dr = redis.call('HGET', jk, 'dr')
-    redis.call('HSET', jk, 'dr', dr and (dr .. ' ' .. token) or token)
+    local dr = redis.call('HGET', jk, H.dead_runs)
+    redis.call('HSET', jk, H.dead_runs, dr and (dr .. ' ' .. token) or token)
   end
 end
 
 -- Whoever holds job `id` now (its hash's token) gives it up.
 local function release_run(b, id)
-  drop_holds(b, id, redis.call('HGET', jkey(b, id), 'tk'))
+  drop_holds(b, id, redis.call('HGET', jkey(b, id), H.token))
 end
 
 -- A batch op may touch only the generation of the batch it was made for: a batch purged (or expired)
@@ -128,11 +200,11 @@ end
 -- A submit still storing chunks holds a lease on its batch (`submitting`, Redis time): the batch is not
 -- over until that lease is given back or lapses (the reaper then finishes it).
 local function maybe_finish(b, now)
-  local h = redis.call('HMGET', bkey(b), 'queued', 'running', 'ttl', 'submitting')
-  if tonumber(h[4] or '0') > now then return end
-  if tonumber(h[1] or '0') <= 0 and tonumber(h[2] or '0') <= 0 then
-    redis.call('HSET', bkey(b), 'finished', now)
-    local ttl = tonumber(h[3] or '604800')
+  local h = hmget(bkey(b), B.queued, B.running, B.ttl, B.submitting)
+  if tonumber(h[B.submitting] or '0') > now then return end
+  if tonumber(h[B.queued] or '0') <= 0 and tonumber(h[B.running] or '0') <= 0 then
+    redis.call('HSET', bkey(b), B.finished, now)
+    local ttl = tonumber(h[B.ttl] or '604800')
     for _, k in ipairs(batch_keys(b)) do redis.call('EXPIRE', k, ttl) end
   end
 end
@@ -148,10 +220,10 @@ end
 -- The job's status: its hash's `s`, or 'queued' for a job never taken (only its text exists), or its
 -- final record's status, or false when the job does not exist.
 local function status_of(b, id)
-  local s = redis.call('HGET', jkey(b, id), 's')
+  local s = redis.call('HGET', jkey(b, id), H.status)
   if s then return s end
   local rec = redis.call('HGET', part(b, 'out'), id)
-  if rec then return cmsgpack.unpack(rec)[1] end
+  if rec then return cmsgpack.unpack(rec)[F.status] end
   if redis.call('EXISTS', tkey(b, id)) == 1 then return 'queued' end
   return false
 end
@@ -161,17 +233,34 @@ local function article_of(b, id)
   local blob = redis.call('GET', tkey(b, id)) or redis.call('HGET', part(b, 'kept'), id)
   if not blob then return '', '' end
   local article = cmsgpack.unpack(blob)
-  return article[1], article[2]
+  return article[AR.digest], article[AR.origin]
 end
 
--- The final record of a job settled inside Redis (cancelled, or failed by a halt), in the layout of
--- contract/record.py Final: status, digest, origin, summary, error, error_type, model, prompt and
--- completion tokens, attempts, cached, chunks, unusable, finished, cost, cache key.
+-- A positional record of `layout` (one of contract/schema.py's, e.g. C) from its values by name. The
+-- values given must be its first fields, with no gap: a table with holes would not pack as an array.
+local function record(layout, v)
+  local rec = {}
+  for name, i in pairs(layout) do rec[i] = v[name] end
+  return rec
+end
+
+-- A final record (contract/schema.py FINAL) from its fields by name: the one place Lua builds one.
+-- Fields not given are empty (FE: '', 0, false; cost -1, unknown).
+local function pack_final(v)
+  local full = {}
+  for name in pairs(F) do
+    if v[name] == nil then full[name] = FE[name] else full[name] = v[name] end
+  end
+  return cmsgpack.pack(record(F, full))
+end
+
+-- The final record of a job settled inside Redis (cancelled, or failed by a halt): its counts so far.
 local function lua_final(b, id, status, err, etype, now)
   local digest, origin = article_of(b, id)
-  local h = redis.call('HMGET', jkey(b, id), 'a', 'x', 'pt', 'ct')
-  return cmsgpack.pack({status, digest, origin, '', err, etype, '', tonumber(h[3] or '0'),
-    tonumber(h[4] or '0'), tonumber(h[1] or '0'), false, 0, tonumber(h[2] or '0'), now, -1, ''})
+  local h = hmget(jkey(b, id), H.attempts, H.unusable, H.prompt_tokens, H.completion_tokens)
+  return pack_final({status = status, digest = digest, origin = origin, error = err, error_type = etype,
+    prompt_tokens = tonumber(h[H.prompt_tokens] or '0'), completion_tokens = tonumber(h[H.completion_tokens] or '0'),
+    attempts = tonumber(h[H.attempts] or '0'), unusable = tonumber(h[H.unusable] or '0'), finished_ms = now})
 end
 
 -- Store a final record and drop everything the unfinished job had. `keep_text` keeps the article
@@ -203,7 +292,7 @@ local function enqueue_messages(b, ids, per, now, out)
   for i = 1, #ids, per do
     local m = b
     for k = i, math.min(i + per - 1, #ids) do m = m .. L.msep .. ids[k] end
-    redis.call('ZADD', L.orphans .. step, now, m)
+    redis.call('ZADD', orphans_key(step), now, m)
     out[#out + 1] = {tonumber(step), m}
   end
 end
@@ -219,14 +308,14 @@ local function cache_key(fp, digest) return string.sub(redis.sha1hex(fp .. diges
 local function cache_lookup(key, ttl_s, now)
   local week = math.floor(now / WEEK_MS)
   for w = week, week - math.ceil(ttl_s * 1000 / WEEK_MS), -1 do
-    local ptr = redis.call('HGET', L.cache .. w, key)
+    local ptr = redis.call('HGET', cache_week(w), key)
     if ptr then return ptr end
   end
   return nil
 end
 
 local function cache_store(key, ptr, ttl_s, now)
-  local bucket = L.cache .. math.floor(now / WEEK_MS)
+  local bucket = cache_week(math.floor(now / WEEK_MS))
   redis.call('HSET', bucket, key, ptr)
   redis.call('EXPIRE', bucket, ttl_s + 7 * 24 * 3600)
 end
@@ -236,11 +325,11 @@ end
 -- fingerprint). After a purge, an expiry or a batch id reused for other articles the pointer leads
 -- elsewhere, and that is a miss, never another article's summary.
 local function cached_record(ptr, key)
-  local p = split(ptr, L.msep)
-  local rec = redis.call('HGET', part(p[1], 'out'), p[2])
+  local pb, pid = unmember(ptr)
+  local rec = redis.call('HGET', part(pb, 'out'), pid)
   if not rec then return nil end
   local f = cmsgpack.unpack(rec)
-  if f[1] ~= 'done' or f[16] ~= key then return nil end
+  if f[F.status] ~= 'done' or f[F.cache_key] ~= key then return nil end
   return f
 end
 
@@ -248,15 +337,16 @@ end
 local function cache_forget(key, ptr, ttl_s, now)
   local week = math.floor(now / WEEK_MS)
   for w = week, week - math.ceil(ttl_s * 1000 / WEEK_MS), -1 do
-    if redis.call('HGET', L.cache .. w, key) == ptr then redis.call('HDEL', L.cache .. w, key) end
+    if redis.call('HGET', cache_week(w), key) == ptr then redis.call('HDEL', cache_week(w), key) end
   end
 end
 
 -- A job answered without a call: its own final record carries the summary, no tokens, no cost.
 local function finalize_cached(b, id, from, f, now)
   local digest, origin = article_of(b, id)
-  local rec = cmsgpack.pack({'done', digest, origin, f[4], '', '', f[7], 0, 0, 0, true, f[12] or 0, 0, now, 0,
-    f[16] or ''})
+  local rec = pack_final({status = 'done', digest = digest, origin = origin, summary = f[F.summary],
+    model = f[F.model], cached = true, chunks = f[F.chunks] or 0, finished_ms = now, cost_usd = 0,
+    cache_key = f[F.cache_key] or ''})
   finalize(b, id, from, 'done', rec, false, now)
   redis.call('HINCRBY', bkey(b), 'cached', 1)
 end
@@ -266,31 +356,31 @@ end
 -- flight is for), or else queued again so one of them makes the call. Appends the messages to publish
 -- to `messages`.
 local function land(b, id, f, now, per, messages, failed)
-  local key = redis.call('HGET', jkey(b, id), 'fk')
+  local key = redis.call('HGET', jkey(b, id), H.flight)
   if not key then return end
-  if redis.call('GET', L.flight .. key) == member(b, id) then redis.call('DEL', L.flight .. key) end
+  if redis.call('GET', flight_key(key)) == member(b, id) then redis.call('DEL', flight_key(key)) end
   local again, order = {}, {}
-  for _, w in ipairs(redis.call('SMEMBERS', L.waiters .. key)) do
-    local p = split(w, L.msep)
-    local wb, wid = p[1], p[2]
-    if redis.call('HGET', jkey(wb, wid), 's') == 'waiting' then
-      redis.call('HDEL', jkey(wb, wid), 'fk')
+  for _, w in ipairs(redis.call('SMEMBERS', waiters_key(key))) do
+    local wb, wid = unmember(w)
+    if redis.call('HGET', jkey(wb, wid), H.status) == 'waiting' then
+      redis.call('HDEL', jkey(wb, wid), H.flight)
       redis.call('ZREM', L.due, w)
       if f then
         finalize_cached(wb, wid, 'waiting', f, now)
       elseif failed then
-        local err = 'an identical article (' .. id .. ' of batch ' .. b .. ') failed: ' .. failed[5]
-        finalize(wb, wid, 'waiting', 'failed', lua_final(wb, wid, 'failed', string.sub(err, 1, 2000), failed[6], now),
+        local err = 'an identical article (' .. id .. ' of batch ' .. b .. ') failed: ' .. failed[F.error]
+        finalize(wb, wid, 'waiting', 'failed',
+          lua_final(wb, wid, 'failed', string.sub(err, 1, 2000), failed[F.error_type], now),
           true, now)
       else
-        redis.call('HSET', jkey(wb, wid), 's', 'queued')
+        redis.call('HSET', jkey(wb, wid), H.status, 'queued')
         if not again[wb] then again[wb] = {}; order[#order + 1] = wb end
         table.insert(again[wb], wid)
       end
     end
   end
-  redis.call('DEL', L.waiters .. key)
-  redis.call('HDEL', jkey(b, id), 'fk')
+  redis.call('DEL', waiters_key(key))
+  redis.call('HDEL', jkey(b, id), H.flight)
   for _, wb in ipairs(order) do enqueue_messages(wb, again[wb], per, now, messages) end
 end
 
@@ -300,8 +390,8 @@ end
 -- the set of batches to pack (scored by when it first had something to pack).
 local function to_packing(b, id, from, now)
   move(b, from, 'packing')
-  redis.call('HSET', jkey(b, id), 's', 'packing')
-  redis.call('HDEL', jkey(b, id), 'tk', 'l')
+  redis.call('HSET', jkey(b, id), H.status, 'packing')
+  redis.call('HDEL', jkey(b, id), H.token, H.lease)
   redis.call('ZADD', part(b, 'packing'), 'NX', now, id)
   redis.call('ZADD', L.packing, 'NX', now, b)
 end

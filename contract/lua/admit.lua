@@ -24,11 +24,11 @@ end
 -- A waiter is seen again each time it asks; one not seen for a while has gone.
 redis.call('ZADD', L.admission, 'NX', step * 1e13 + now, id)
 redis.call('HSET', L.admission_seen, id, now)
-local head = redis.call('ZRANGE', L.admission, 0, 0)[1]
+local head = unpack(redis.call('ZRANGE', L.admission, 0, 0))
 while head and head ~= id and tonumber(redis.call('HGET', L.admission_seen, head) or '0') < now - STALE_MS do
   redis.call('ZREM', L.admission, head)
   redis.call('HDEL', L.admission_seen, head)
-  head = redis.call('ZRANGE', L.admission, 0, 0)[1]
+  head = unpack(redis.call('ZRANGE', L.admission, 0, 0))
 end
 local backlog = tonumber(redis.call('GET', L.backlog) or '0')
 if head == id and backlog + held + n <= max then

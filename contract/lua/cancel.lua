@@ -14,8 +14,8 @@ for _, id in ipairs(cmsgpack.unpack(ARGV[3])) do
   local s = status_of(b, id)
   if s and s ~= 'running' and bucket(s) == 'queued' then
     if s == 'waiting' then
-      local key = redis.call('HGET', jkey(b, id), 'fk')
-      if key then redis.call('SREM', L.waiters .. key, member(b, id)) end
+      local key = redis.call('HGET', jkey(b, id), H.flight)
+      if key then redis.call('SREM', waiters_key(key), member(b, id)) end
     end
     finalize(b, id, s, 'cancelled', lua_final(b, id, 'cancelled', 'the batch was cancelled', 'Cancelled', now),
       false, now)

@@ -19,7 +19,8 @@
 --
 -- With a cache fingerprint, a job whose answer is cached is done at once (0 calls), and a job whose twin
 -- is being summarized right now waits for it (status waiting: no slot, no call) instead of calling.
--- Returns {state, now_ms, jobs}: state = the batch's state ('stale': see gen), now_ms = Redis time; jobs[i] = {id, 'claimed', article, attempts,
+-- Returns a CR record (contract/schema.py CLAIM_REPLY: state, now_ms, jobs): state = the batch's state
+-- ('stale': see gen), now_ms = Redis time; each job a C record (CLAIMED): {id, 'claimed', article, attempts,
 -- unusable, deferrals, first_failure_ms, prompt_tokens, completion_tokens, partials (flat field/value
 -- list of the parts of a long article summarized by earlier runs), cache key ('' for none), cost so far
 -- (USD, '-1' when a price was unknown)} or
@@ -28,9 +29,11 @@
 local b, step, msg, token, lease = ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local fp, cache_ttl, to_pack, gen, rev = ARGV[7], tonumber(ARGV[8]), ARGV[9] == '1', ARGV[10], ARGV[11]
 local now = now_ms()
-local bv = redis.call('HMGET', bkey(b), 'gen', 'rev')
-if bv[1] and gen ~= '' and (bv[1] ~= gen or (bv[2] or '0') ~= rev) then return {'stale', now, {}} end
-local orphans = L.orphans .. step
+local bv = hmget(bkey(b), B.gen, B.rev)
+if bv[B.gen] and gen ~= '' and (bv[B.gen] ~= gen or (bv[B.rev] or '0') ~= rev) then
+  return record(CR, {state = 'stale', now_ms = now, jobs = {}})
+end
+local orphans = orphans_key(step)
 -- The message arrived: it is not lost. Its queued time is how far the queue has come.
 local queued_at = redis.call('ZSCORE', orphans, msg)
 if queued_at then
@@ -40,6 +43,8 @@ if queued_at then
   end
 end
 -- A queued job this run may take: answered from the cache, waiting for its twin's call, or claimed.
+local function skip(id, why) return record(C, {id = id, why = why}) end
+
 local function take(id, s)
   local jk, m = jkey(b, id), member(b, id)
   local key = ''
@@ -49,37 +54,41 @@ local function take(id, s)
     local f = ptr and cached_record(ptr, key)
     if f then
       finalize_cached(b, id, s, f, now)
-      return {id, 'cached'}
+      return skip(id, 'cached')
     end
-    if to_pack and redis.call('HGET', jk, 'online') ~= '1' then
+    if to_pack and redis.call('HGET', jk, H.online) ~= '1' then
       to_packing(b, id, s, now)  -- twins of one pack share its line (worker/batchmode.py)
-      return {id, 'packing'}
+      return skip(id, 'packing')
     end
-    local leader = redis.call('GET', L.flight .. key)
+    local leader = redis.call('GET', flight_key(key))
     if leader and leader ~= m then
       move(b, s, 'waiting')
-      redis.call('HSET', jk, 's', 'waiting', 'fk', key)
-      redis.call('SADD', L.waiters .. key, m)
+      redis.call('HSET', jk, H.status, 'waiting', H.flight, key)
+      redis.call('SADD', waiters_key(key), m)
       redis.call('ZADD', L.due, now + lease, m)  -- the reaper looks again if the leader goes quiet
-      return {id, 'waiting'}
+      return skip(id, 'waiting')
     end
-    redis.call('SET', L.flight .. key, m, 'PX', lease)
-    redis.call('HSET', jk, 'fk', key)
+    redis.call('SET', flight_key(key), m, 'PX', lease)
+    redis.call('HSET', jk, H.flight, key)
   end
-  if to_pack and redis.call('HGET', jk, 'online') ~= '1' then
+  if to_pack and redis.call('HGET', jk, H.online) ~= '1' then
     to_packing(b, id, s, now)
-    return {id, 'packing'}
+    return skip(id, 'packing')
   end
   move(b, s, 'running')
-  redis.call('HSET', jk, 's', 'running', 'tk', token, 'l', now + lease)
+  redis.call('HSET', jk, H.status, 'running', H.token, token, H.lease, now + lease)
   redis.call('ZADD', L.due, now + lease, m)
-  local h = redis.call('HMGET', jk, 'a', 'x', 'd', 'f', 'pt', 'ct', 'c')
-  return {id, 'claimed', redis.call('GET', tkey(b, id)), h[1] or '0', h[2] or '0', h[3] or '0', h[4] or '0',
-    h[5] or '0', h[6] or '0', redis.call('HGETALL', pkey(b, id)), key, h[7] or '0'}
+  local h = hmget(jk, H.attempts, H.unusable, H.deferrals, H.first_failure, H.prompt_tokens, H.completion_tokens,
+    H.cost)
+  return record(C, {id = id, why = 'claimed', article = redis.call('GET', tkey(b, id)),
+    attempts = h[H.attempts] or '0', unusable = h[H.unusable] or '0', deferrals = h[H.deferrals] or '0',
+    first_failure_ms = h[H.first_failure] or '0', prompt_tokens = h[H.prompt_tokens] or '0',
+    completion_tokens = h[H.completion_tokens] or '0', partials = redis.call('HGETALL', pkey(b, id)),
+    cache_key = key, cost_usd = h[H.cost] or '0'})
 end
 
-local bstate = redis.call('HMGET', bkey(b), 'state', 'halt')
-local state = bstate[1] or 'missing'
+local bstate = hmget(bkey(b), B.state, B.halt)
+local state = bstate[B.state] or 'missing'
 local jobs = {}
 local ids = split(msg, L.msep)
 for i = 2, #ids do
@@ -89,7 +98,7 @@ for i = 2, #ids do
   if not s then
     why = 'missing'
   elseif s == 'running' then
-    if tonumber(redis.call('HGET', jk, 'l') or '0') > now then why = 'busy' end
+    if tonumber(redis.call('HGET', jk, H.lease) or '0') > now then why = 'busy' end
   elseif s == 'deferred' then
     if tonumber(redis.call('ZSCORE', L.due, member(b, id)) or '0') > now then why = 'early' end
   elseif s ~= 'queued' then
@@ -98,26 +107,26 @@ for i = 2, #ids do
   if not why and s == 'running' then
     -- Its lease lapsed before the reaper got to it: the run that had it is gone, and so are its holds.
     release_run(b, id)
-    redis.call('HDEL', jk, 'tk', 'l')
+    redis.call('HDEL', jk, H.token, H.lease)
   end
   if why then
-    jobs[#jobs + 1] = {id, why}
+    jobs[#jobs + 1] = skip(id, why)
   elseif state == 'cancelled' then
     finalize(b, id, s, 'cancelled', lua_final(b, id, 'cancelled', 'the batch was cancelled', 'Cancelled', now),
       false, now)
-    jobs[#jobs + 1] = {id, 'cancelled'}
+    jobs[#jobs + 1] = skip(id, 'cancelled')
   elseif state == 'halted' then
-    local err = 'batch halted by an earlier provider error: ' .. (bstate[2] or '')
+    local err = 'batch halted by an earlier provider error: ' .. (bstate[B.halt] or '')
     finalize(b, id, s, 'failed', lua_final(b, id, 'failed', err, 'ProviderRejected', now), true, now)
-    jobs[#jobs + 1] = {id, 'failed'}
+    jobs[#jobs + 1] = skip(id, 'failed')
   elseif state == 'paused' then
     move(b, s, 'parked')
-    redis.call('HSET', jk, 's', 'parked')
+    redis.call('HSET', jk, H.status, 'parked')
     redis.call('SADD', part(b, 'parked'), id)
     redis.call('ZREM', L.due, member(b, id))
-    jobs[#jobs + 1] = {id, 'paused'}
+    jobs[#jobs + 1] = skip(id, 'paused')
   else
     jobs[#jobs + 1] = take(id, s)
   end
 end
-return {state, now, jobs}
+return record(CR, {state = state, now_ms = now, jobs = jobs})

@@ -25,5 +25,5 @@ elseif action == 'cancel' and state ~= 'cancelled' then
   redis.call('HSET', bk, 'state', 'cancelled')
   redis.call('HDEL', bk, 'reason')
 end
-local h = redis.call('HMGET', bk, 'state', 'reason')
-return {h[1], h[2] or ''}
+local h = hmget(bk, B.state, B.reason)
+return {h[B.state], h[B.reason] or ''}

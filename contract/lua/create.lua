@@ -25,15 +25,15 @@ local now = now_ms()
 local results, queued_ids, failed = {}, {}, 0
 local out, ids, meta, dead = part(b, 'out'), part(b, 'ids'), part(b, 'meta'), part(b, 'dead')
 for i, job in ipairs(jobs) do
-  local id, article, metadata, final = job[1], job[2], job[3], job[4]
+  local id, article, metadata, final = job[NJ.id], job[NJ.article], job[NJ.metadata], job[NJ.final]
   local tk = tkey(b, id)
   local blob, rec = redis.call('GET', tk), redis.call('HGET', out, id)
   if blob then
     local a = cmsgpack.unpack(blob)
-    results[i] = {0, a[1], a[2]}
+    results[i] = record(CJ, {created = 0, digest = a[AR.digest], origin = a[AR.origin]})
   elseif rec then
     local f = cmsgpack.unpack(rec)
-    results[i] = {0, f[2], f[3]}
+    results[i] = record(CJ, {created = 0, digest = f[F.digest], origin = f[F.origin]})
   else
     redis.call('RPUSH', ids, id)
     if metadata ~= '' then redis.call('HSET', meta, id, metadata) end

@@ -27,5 +27,5 @@ end
 local src = part(b, 'sources')
 local index = redis.call('LPOS', src, source)
 if not index then index = redis.call('RPUSH', src, source) - 1 end
-local h = redis.call('HMGET', bk, 'spec', 'gen')
-return {created, h[1], index, h[2] or ''}
+local h = hmget(bk, B.spec, B.gen)
+return {created, h[B.spec], index, h[B.gen] or ''}

@@ -7,6 +7,8 @@
 --
 -- ARGV[1] layout: key names (Keys.layout)
 -- ARGV[2] batch: batch id
+-- ARGV[3] ids: msgpack array of the batch's job ids, read by the caller just before (so it can declare
+--   their keys); a job listed since is looked at by pointer (contract/lua/_lib.lua follow)
 --
 -- Returns a list of violations (empty: all hold).
 local b = ARGV[2]
@@ -26,13 +28,13 @@ for _, id in ipairs(ids) do
     if k == 'running' then live_runs = live_runs + 1 end
   end
 end
-local h = redis.call('HMGET', bk, 'total', 'queued', 'running', 'done', 'failed', 'cancelled', 'held_tokens')
-if tonumber(h[1] or '0') ~= #ids then
-  out[#out + 1] = 'total is ' .. (h[1] or 'nil') .. ' but ' .. #ids .. ' jobs are listed'
+local h = hmget(bk, B.total, B.queued, B.running, B.done, B.failed, B.cancelled, B.held_tokens)
+if tonumber(h[B.total] or '0') ~= #ids then
+  out[#out + 1] = 'total is ' .. (h[B.total] or 'nil') .. ' but ' .. #ids .. ' jobs are listed'
 end
-for i, name in ipairs({'queued', 'running', 'done', 'failed', 'cancelled'}) do
-  if tonumber(h[i + 1] or '0') ~= counts[name] then
-    out[#out + 1] = name .. ' is ' .. (h[i + 1] or 'nil') .. ' but ' .. counts[name] .. ' jobs are ' .. name
+for _, name in ipairs({'queued', 'running', 'done', 'failed', 'cancelled'}) do
+  if tonumber(h[B[name]] or '0') ~= counts[name] then
+    out[#out + 1] = name .. ' is ' .. (h[B[name]] or 'nil') .. ' but ' .. counts[name] .. ' jobs are ' .. name
   end
 end
 local held = 0
@@ -42,23 +44,22 @@ for i = 1, #holds, 2 do
   if string.sub(field, 1, 1) ~= '~' then
     local t = tonumber(string.match(holds[i + 1], '^(%-?%d+):'))
     held = held + t
-    local p = split(field, L.msep)
-    local id, token = p[1], p[2]
+    local id, token = unmember(field)
     if id == '' then
       if redis.call('SISMEMBER', part(b, 'packs'), token) == 0 then
         out[#out + 1] = 'pack ' .. token .. ' holds ' .. t .. ' tokens but is not one of the batch'
       end
     else
-      local j = redis.call('HMGET', jkey(b, id), 's', 'tk')
-      if j[1] ~= 'running' or j[2] ~= token then
+      local j = hmget(jkey(b, id), H.status, H.token)
+      if j[H.status] ~= 'running' or j[H.token] ~= token then
         out[#out + 1] = 'run ' .. token .. ' of job ' .. id .. ' holds ' .. t .. ' tokens but does not hold the job ('
-          .. tostring(j[1]) .. ')'
+          .. tostring(j[H.status]) .. ')'
       end
     end
   end
 end
-if held ~= tonumber(h[7] or '0') then
-  out[#out + 1] = 'held_tokens is ' .. (h[7] or 'nil') .. ' but the holds add up to ' .. held
+if held ~= tonumber(h[B.held_tokens] or '0') then
+  out[#out + 1] = 'held_tokens is ' .. (h[B.held_tokens] or 'nil') .. ' but the holds add up to ' .. held
 end
 if live_runs == 0 and held ~= 0 then
   out[#out + 1] = held .. ' tokens held with no job running'

@@ -32,7 +32,7 @@ for _, pk in ipairs(redis.call('ZRANGEBYSCORE', L.packs_due, '-inf', now, 'LIMIT
   packs[#packs + 1] = pk
   -- A pack's step is leased for as long as its calls can take (its own lease_ms): no second worker
   -- joins one that is still working.
-  local own = tonumber(redis.call('HGET', L.pack .. pk, 'lease_ms') or '0')
+  local own = tonumber(redis.call('HGET', pack_key(pk), 'lease_ms') or '0')
   redis.call('ZADD', L.packs_due, 'XX', now + math.max(lease, own), pk)
 end
 return {batches, packs}

@@ -14,16 +14,16 @@
 --
 -- Returns 1 if it moved, 0 if it was not in `expect`.
 local pk, expect, to, due = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local key = L.pack .. pk
+local key = pack_key(pk)
 local state = redis.call('HGET', key, 'state')
 if not state or (expect ~= '' and state ~= expect) then return 0 end
 for k, v in pairs(cmsgpack.unpack(ARGV[6])) do redis.call('HSET', key, k, v) end
 redis.call('HSET', key, 'state', to)
 if ARGV[7] == '1' then
-  local h = redis.call('HMGET', key, 'enq', 'scope')
-  if h[1] then
-    redis.call('DECRBY', L.enq .. h[2], tonumber(h[1]))
-    redis.call('DECRBY', L.packs_tokens, tonumber(h[1]))
+  local h = hmget(key, 'enq', 'scope')
+  if h.enq then
+    redis.call('DECRBY', enq_key(h.scope), tonumber(h.enq))
+    redis.call('DECRBY', L.packs_tokens, tonumber(h.enq))
     redis.call('HDEL', key, 'enq')
   end
 end
@@ -43,7 +43,7 @@ if to == 'done' then
     if ttl > 0 then redis.call('EXPIRE', part(b, 'packlog'), ttl) end
   end
   if b then redis.call('SREM', part(b, 'packs'), pk) end
-  redis.call('DEL', key, key .. L.pack_parts.jobs, key .. L.pack_parts.twins)
+  redis.call('DEL', key, pack_key(pk, 'jobs'), pack_key(pk, 'twins'))
   redis.call('ZREM', L.packs_due, pk)
 end
 return 1

@@ -37,10 +37,10 @@ if not live(b, gen) or redis.call('HGET', bk, 'state') ~= 'running' then return 
 
 local sent = {}
 for _, id in ipairs(online) do
-  if redis.call('HGET', jkey(b, id), 's') == 'packing' then
+  if redis.call('HGET', jkey(b, id), H.status) == 'packing' then
     redis.call('ZREM', packing, id)
     move(b, 'packing', 'queued')
-    redis.call('HSET', jkey(b, id), 's', 'queued', 'online', '1')
+    redis.call('HSET', jkey(b, id), H.status, 'queued', H.online, '1')
     sent[#sent + 1] = id
   elseif redis.call('ZSCORE', packing, id) then
     redis.call('ZREM', packing, id)  -- left in the set by a job that ended meanwhile (cancelled)
@@ -49,8 +49,8 @@ end
 enqueue_messages(b, sent, per, now, messages)
 
 local function settle_index()
-  local oldest = redis.call('ZRANGE', packing, 0, 0, 'WITHSCORES')
-  if #oldest == 0 then redis.call('ZREM', L.packing, b) else redis.call('ZADD', L.packing, oldest[2], b) end
+  local _, score = unpack(redis.call('ZRANGE', packing, 0, 0, 'WITHSCORES'))
+  if not score then redis.call('ZREM', L.packing, b) else redis.call('ZADD', L.packing, score, b) end
 end
 if #jobs == 0 then settle_index(); return {'none', messages} end
 
@@ -59,19 +59,21 @@ for _, id in ipairs(jobs) do all[#all + 1] = id end
 for twin, _ in pairs(twins) do all[#all + 1] = twin end
 local busy = false
 for _, id in ipairs(all) do
-  if redis.call('HGET', jkey(b, id), 's') ~= 'packing' then
+  if redis.call('HGET', jkey(b, id), H.status) ~= 'packing' then
     redis.call('ZREM', packing, id)  -- taken by another worker, or ended: it is no longer waiting here
     busy = true
   end
 end
 if busy then settle_index(); return {'busy', messages} end
-local enq = L.enq .. scope
+local enq = enq_key(scope)
 if limit > 0 and tonumber(redis.call('GET', enq) or '0') + tokens > limit then return {'full', messages} end
-local h = redis.call('HMGET', bk, 'budget_usd', 'budget_tokens', 'spent_usd', 'spent_tokens', 'held_usd',
-  'held_tokens')
-if h[1] or h[2] then
-  local over_usd = h[1] and tonumber(h[3] or '0') + tonumber(h[5] or '0') + usd > tonumber(h[1])
-  local over_tokens = h[2] and tonumber(h[4] or '0') + tonumber(h[6] or '0') + tokens > tonumber(h[2])
+local h = hmget(bk, B.budget_usd, B.budget_tokens, B.spent_usd, B.spent_tokens, B.held_usd, B.held_tokens)
+local capped = h[B.budget_usd] or h[B.budget_tokens]
+if capped then
+  local over_usd = h[B.budget_usd]
+    and tonumber(h[B.spent_usd] or '0') + tonumber(h[B.held_usd] or '0') + usd > tonumber(h[B.budget_usd])
+  local over_tokens = h[B.budget_tokens]
+    and tonumber(h[B.spent_tokens] or '0') + tonumber(h[B.held_tokens] or '0') + tokens > tonumber(h[B.budget_tokens])
   if over_usd or over_tokens then
     redis.call('HSET', bk, 'state', 'paused', 'reason', 'budget')
     return {'paused', messages}
@@ -83,16 +85,16 @@ end
 for _, id in ipairs(all) do
   redis.call('ZREM', packing, id)
   move(b, 'packing', 'packed')
-  redis.call('HSET', jkey(b, id), 's', 'packed', 'tk', pk)
+  redis.call('HSET', jkey(b, id), H.status, 'packed', H.token, pk)
 end
 settle_index()
-local pkey_ = L.pack .. pk
+local pkey_ = pack_key(pk)
 for i = 1, #all, 1000 do  -- unpack() has a limit on how many values it spreads
-  redis.call('RPUSH', pkey_ .. L.pack_parts.jobs, unpack(all, i, math.min(i + 999, #all)))
+  redis.call('RPUSH', pack_key(pk, 'jobs'), unpack(all, i, math.min(i + 999, #all)))
 end
-for twin, leader in pairs(twins) do redis.call('HSET', pkey_ .. L.pack_parts.twins, twin, leader) end
+for twin, leader in pairs(twins) do redis.call('HSET', pack_key(pk, 'twins'), twin, leader) end
 redis.call('HSET', pkey_, 'batch', b, 'gen', gen, 'state', 'new', 'created', now, 'jobs', #all, 'scope', scope,
-  'enq', tokens, 'held_usd', (h[1] or h[2]) and usd or 0, 'held_tokens', (h[1] or h[2]) and tokens or 0,
+  'enq', tokens, 'held_usd', capped and usd or 0, 'held_tokens', capped and tokens or 0,
   'lease_ms', lease)
 for k, v in pairs(cmsgpack.unpack(ARGV[14])) do redis.call('HSET', pkey_, k, v) end
 redis.call("INCRBY", enq, tokens)

@@ -19,7 +19,8 @@ for _, id in ipairs(cmsgpack.unpack(ARGV[3])) do
     -- The cache pointers to this job's answer would lead to nothing (or, once the id is reused, to
     -- another article): they go with it.
     local f = cmsgpack.unpack(redis.call('HGET', part(b, 'out'), id))
-    if f[16] and f[16] ~= '' then cache_forget(f[16], member(b, id), cache_ttl, now) end
+    local key = f[F.cache_key]
+    if key and key ~= '' then cache_forget(key, member(b, id), cache_ttl, now) end
   end
   if s then
     local final = s == 'done' or s == 'failed' or s == 'cancelled'
@@ -29,10 +30,10 @@ for _, id in ipairs(cmsgpack.unpack(ARGV[3])) do
       redis.call('ZREM', L.due, member(b, id))
     end
     -- A flight it leads or waits for: its twins must not wait for an answer that will write nothing.
-    local fk = redis.call('HGET', jkey(b, id), 'fk')
+    local fk = redis.call('HGET', jkey(b, id), H.flight)
     if fk then
-      redis.call('SREM', L.waiters .. fk, member(b, id))
-      if redis.call('GET', L.flight .. fk) == member(b, id) then redis.call('DEL', L.flight .. fk) end
+      redis.call('SREM', waiters_key(fk), member(b, id))
+      if redis.call('GET', flight_key(fk)) == member(b, id) then redis.call('DEL', flight_key(fk)) end
     end
     redis.call('DEL', jkey(b, id), tkey(b, id), pkey(b, id))
     n = n + 1
@@ -40,7 +41,7 @@ for _, id in ipairs(cmsgpack.unpack(ARGV[3])) do
 end
 if last then
   for _, pk in ipairs(redis.call('SMEMBERS', part(b, 'packs'))) do
-    redis.call('DEL', L.pack .. pk, L.pack .. pk .. L.pack_parts.jobs, L.pack .. pk .. L.pack_parts.twins)
+    redis.call('DEL', pack_key(pk), pack_key(pk, 'jobs'), pack_key(pk, 'twins'))
     redis.call('ZREM', L.packs_due, pk)
   end
   for _, k in ipairs(batch_keys(b)) do redis.call('DEL', k) end

@@ -26,9 +26,9 @@ local rpm, tpm, tokens, window = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(
 local rburst, tburst, late = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local now = now_ms()
 local start = now + math.max(0, redis.call('PTTL', L.cooldown))
-local h = redis.call('HMGET', L.rate, 'n', 't', 'last', 'rq', 'tk')
-local n, t = tonumber(h[1] or '0'), tonumber(h[2] or '0')
-local last, rq, tk = tonumber(h[3] or '0'), tonumber(h[4] or '0'), tonumber(h[5] or '0')
+local h = hmget(L.rate, 'n', 't', 'last', 'rq', 'tk')
+local n, t = tonumber(h.n or '0'), tonumber(h.t or '0')
+local last, rq, tk = tonumber(h.last or '0'), tonumber(h.rq or '0'), tonumber(h.tk or '0')
 -- ms per request, ms per token
 local rT = rpm > 0 and 60000 / rpm or 0
 local tT = tpm > 0 and 60000 / tpm or 0

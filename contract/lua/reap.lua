@@ -12,14 +12,18 @@
 -- ARGV[4] gap_ms: a pause in reaping longer than this counts as a gap
 -- ARGV[5] per_message: jobs per Celery message
 -- ARGV[6] limit: most members looked at per set per call
+-- ARGV[7] empty: msgpack array of the priority steps whose broker queue was empty just before this call
+--   (the caller asks the broker: it is another Redis than the store's, see docs/scale.md)
 --
 -- Returns {messages, reclaimed, due, republished}: messages = {step, member} pairs to publish.
 local lease, grace, gap = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local per, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
+local empty = {}
+for _, step in ipairs(cmsgpack.unpack(ARGV[7])) do empty[tostring(step)] = true end
 local now = now_ms()
-local clock = redis.call('HMGET', L.reaper, 'last', 'resumed')
-local resumed = tonumber(clock[2] or '0')
-if not clock[1] or now - tonumber(clock[1]) > gap then
+local clock = hmget(L.reaper, 'last', 'resumed')
+local resumed = tonumber(clock.resumed or '0')
+if not clock.last or now - tonumber(clock.last) > gap then
   resumed = now
   redis.call('HSET', L.reaper, 'resumed', now)
 end
@@ -35,35 +39,34 @@ end
 -- Leases and deferrals.
 local reclaimed, due = 0, 0
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', L.due, '-inf', now, 'LIMIT', 0, limit)) do
-  local parts = split(m, L.msep)
-  local b, id = parts[1], parts[2]
+  local b, id = unmember(m)
   local jk = jkey(b, id)
-  local s = redis.call('HGET', jk, 's')
+  local s = redis.call('HGET', jk, H.status)
   if s == 'running' then
-    if leases_trusted and tonumber(redis.call('HGET', jk, 'l') or '0') <= now then
+    if leases_trusted and tonumber(redis.call('HGET', jk, H.lease) or '0') <= now then
       release_run(b, id)  -- its calls may have been billed: their holds become estimated spend
       move(b, 'running', 'queued')
-      redis.call('HSET', jk, 's', 'queued')
-      redis.call('HDEL', jk, 'tk', 'l')
+      redis.call('HSET', jk, H.status, 'queued')
+      redis.call('HDEL', jk, H.token, H.lease)
       redis.call('ZREM', L.due, m)
       reclaimed = reclaimed + 1
       requeue(b, id)
     end
   elseif s == 'deferred' then
-    redis.call('HSET', jk, 's', 'queued')
+    redis.call('HSET', jk, H.status, 'queued')
     redis.call('ZREM', L.due, m)
     due = due + 1
     requeue(b, id)
   elseif s == 'waiting' then
     -- Waiting for a twin's call: while its leader's flight lives, look again later; once it lapsed (the
     -- leader's worker died), this job takes over.
-    local key = redis.call('HGET', jk, 'fk')
-    if key and redis.call('EXISTS', L.flight .. key) == 1 then
+    local key = redis.call('HGET', jk, H.flight)
+    if key and redis.call('EXISTS', flight_key(key)) == 1 then
       redis.call('ZADD', L.due, now + lease, m)
     else
-      if key then redis.call('SREM', L.waiters .. key, m) end
-      redis.call('HSET', jk, 's', 'queued')
-      redis.call('HDEL', jk, 'fk')
+      if key then redis.call('SREM', waiters_key(key), m) end
+      redis.call('HSET', jk, H.status, 'queued')
+      redis.call('HDEL', jk, H.flight)
       redis.call('ZREM', L.due, m)
       due = due + 1
       requeue(b, id)
@@ -76,18 +79,18 @@ end
 -- Lost messages: the queue has moved past them (a message queued `grace` later was claimed), or
 -- the queue is empty and they have waited `grace`. Only their still-queued jobs go out again.
 local republished = 0
-for step, queue in pairs(L.queues) do
-  local orphans = L.orphans .. step
+for step in pairs(I.orphans) do
+  local orphans = orphans_key(step)
   local cutoff = tonumber(redis.call('HGET', L.hw, step) or '0') - grace
-  if redis.call('LLEN', queue) == 0 then cutoff = math.max(cutoff, now - grace) end
+  if empty[step] then cutoff = math.max(cutoff, now - grace) end
   for _, m in ipairs(redis.call('ZRANGEBYSCORE', orphans, '-inf', '(' .. cutoff, 'LIMIT', 0, limit)) do
     redis.call('ZREM', orphans, m)
     local ids = split(m, L.msep)
-    local b = ids[1]
-    for i = 2, #ids do
-      if status_of(b, ids[i]) == 'queued' then
+    local b = table.remove(ids, 1)  -- a message: its batch, then its jobs
+    for _, id in ipairs(ids) do
+      if status_of(b, id) == 'queued' then
         republished = republished + 1
-        requeue(b, ids[i])
+        requeue(b, id)
       end
     end
   end

@@ -10,14 +10,14 @@ local held = cmsgpack.unpack(ARGV[3])
 local until_ms = now_ms() + lease
 local lost = {}
 for i, h in ipairs(held) do
-  local b, id, token = h[1], h[2], h[3]
+  local b, id, token = h[HD.batch], h[HD.id], h[HD.token]
   local jk = jkey(b, id)
-  local cur = redis.call('HMGET', jk, 's', 'tk', 'fk')
-  if cur[1] == 'running' and cur[2] == token then
-    redis.call('HSET', jk, 'l', until_ms)
+  local cur = hmget(jk, H.status, H.token, H.flight)
+  if cur[H.status] == 'running' and cur[H.token] == token then
+    redis.call('HSET', jk, H.lease, until_ms)
     redis.call('ZADD', L.due, 'XX', until_ms, member(b, id))
     -- A leader's flight lives as long as its lease: its twins wait for it, not for a dead worker.
-    if cur[3] then redis.call('PEXPIRE', L.flight .. cur[3], lease) end
+    if cur[H.flight] then redis.call('PEXPIRE', flight_key(cur[H.flight]), lease) end
   else
     lost[#lost + 1] = i
   end

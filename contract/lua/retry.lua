@@ -13,20 +13,22 @@ local ids = {}
 for _, id in ipairs(cmsgpack.unpack(ARGV[4])) do
   local rec = redis.call('HGET', part(b, 'out'), id)
   local f = rec and cmsgpack.unpack(rec)
-  local kept = f and f[1] == 'failed' and redis.call('HGET', part(b, 'kept'), id)
+  local failed = f and f[F.status] == 'failed'
+  local kept = failed and redis.call('HGET', part(b, 'kept'), id)
   if kept then
     redis.call('SET', tkey(b, id), kept)
     redis.call('HDEL', part(b, 'kept'), id)
   end
-  if f and f[1] == 'failed' and redis.call('EXISTS', tkey(b, id)) == 1 then
+  if failed and redis.call('EXISTS', tkey(b, id)) == 1 then
     -- What it cost so far stays with it: a fresh horizon and unusable allowance, the same totals.
-    redis.call('HSET', jkey(b, id), 's', 'queued', 'a', f[10] or 0, 'pt', f[8] or 0, 'ct', f[9] or 0)
+    redis.call('HSET', jkey(b, id), H.status, 'queued', H.attempts, f[F.attempts] or 0,
+      H.prompt_tokens, f[F.prompt_tokens] or 0, H.completion_tokens, f[F.completion_tokens] or 0)
     redis.call('HDEL', part(b, 'out'), id)
     redis.call('SREM', part(b, 'dead'), id)
     move(b, 'failed', 'queued')
     redis.call('INCR', L.backlog)
     ids[#ids + 1] = id
-  elseif not f or f[1] ~= 'failed' then
+  elseif not failed then
     redis.call('SREM', part(b, 'dead'), id)
   end
 end

@@ -25,17 +25,20 @@
 local b, gen, id, token = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local usd, tokens = tonumber(ARGV[6]), tonumber(ARGV[7])
 local bk = bkey(b)
-local h = redis.call('HMGET', bk, 'state', 'gen', 'halt', 'reason', 'budget_usd', 'budget_tokens', 'spent_usd',
-  'spent_tokens', 'held_usd', 'held_tokens')
-if not h[1] or (h[2] or '') ~= gen then return {'gone', ''} end
-local j = redis.call('HMGET', jkey(b, id), 's', 'tk', 'l')
-if j[1] ~= 'running' or j[2] ~= token or tonumber(j[3] or '0') <= now_ms() then return {'lost', ''} end
-if h[1] == 'halted' then return {'halted', h[3] or ''} end
-if h[1] ~= 'running' then return {h[1], h[4] or ''} end
+local h = hmget(bk, B.state, B.gen, B.halt, B.reason, B.budget_usd, B.budget_tokens, B.spent_usd,
+  B.spent_tokens, B.held_usd, B.held_tokens)
+local state = h[B.state]
+if not state or (h[B.gen] or '') ~= gen then return {'gone', ''} end
+local j = hmget(jkey(b, id), H.status, H.token, H.lease)
+if j[H.status] ~= 'running' or j[H.token] ~= token or tonumber(j[H.lease] or '0') <= now_ms() then
+  return {'lost', ''}
+end
+if state == 'halted' then return {'halted', h[B.halt] or ''} end
+if state ~= 'running' then return {state, h[B.reason] or ''} end
 
-local spent_usd, spent_tokens = tonumber(h[7] or '0'), tonumber(h[8] or '0')
-local held_usd, held_tokens = tonumber(h[9] or '0'), tonumber(h[10] or '0')
-local cap_usd, cap_tokens = tonumber(h[5] or ''), tonumber(h[6] or '')
+local spent_usd, spent_tokens = tonumber(h[B.spent_usd] or '0'), tonumber(h[B.spent_tokens] or '0')
+local held_usd, held_tokens = tonumber(h[B.held_usd] or '0'), tonumber(h[B.held_tokens] or '0')
+local cap_usd, cap_tokens = tonumber(h[B.budget_usd] or ''), tonumber(h[B.budget_tokens] or '')
 local function pause(why)
   redis.call('HSET', bk, 'state', 'paused', 'reason', why)
   return {'paused', why}

@@ -4,8 +4,9 @@
 -- ARGV[1] layout: key names (Keys.layout)
 -- ARGV[2] per_message: jobs per Celery message (for twins queued again when their leader did not answer)
 -- ARGV[3] cache_ttl: seconds a cached answer is kept findable
--- ARGV[4] ops: msgpack array of {kind, batch, id, token, attempts, unusable, prompt_tokens,
---         completion_tokens, cost_usd, extra, cache_key, gen}; an op whose batch generation (gen) is
+-- ARGV[4] ops: msgpack array of ops, each laid out as contract/schema.py OP (read here as op[O.name]:
+--         kind, batch, id, token, attempts, unusable, prompt_tokens, completion_tokens, cost_usd,
+--         extra, cache_key, gen; each kind's extra as OF, OD, OP, OR, OS); an op whose batch generation (gen) is
 --         not the batch's (purged, expired, or made again under the same id) writes nothing at all;
 --         kind and extra:
 --           done:   extra = packed Final; stored even if the job failed or was re-run meanwhile (a late
@@ -30,7 +31,7 @@
 --                   its hold was counted as estimated spend (drop_holds): the estimate is corrected
 --         cost_usd is -1 when a call's price was unknown: the job's cost is then null, never 0.
 -- ARGV[5] halt_after: a batch none of whose jobs is done yet halts once this many of its jobs failed with
---         the same permanent provider error (fail's extra[3]; 0: never)
+--         the same permanent provider error (fail's extra signature; 0: never)
 --
 -- Returns {applied, messages}: applied[i] is 1 or 0 (already settled, or another run holds the job);
 -- messages are {step, member} pairs to publish (twins whose leader did not answer).
@@ -41,47 +42,49 @@ local applied, messages = {}, {}
 
 local function bill(b, op)
   local bk = bkey(b)
-  if op[7] > 0 then redis.call('HINCRBY', bk, 'prompt_tokens', op[7]) end
-  if op[8] > 0 then redis.call('HINCRBY', bk, 'completion_tokens', op[8]) end
-  if op[6] > 0 then redis.call('HINCRBY', bk, 'unusable', op[6]) end
-  if op[5] > 0 then redis.call('HINCRBY', bk, 'calls', op[5]) end
-  if op[9] > 0 then redis.call('HINCRBYFLOAT', bk, 'cost_usd', op[9]) end
+  if op[O.prompt_tokens] > 0 then redis.call('HINCRBY', bk, B.prompt_tokens, op[O.prompt_tokens]) end
+  if op[O.completion_tokens] > 0 then redis.call('HINCRBY', bk, B.completion_tokens, op[O.completion_tokens]) end
+  if op[O.unusable] > 0 then redis.call('HINCRBY', bk, B.unusable, op[O.unusable]) end
+  if op[O.attempts] > 0 then redis.call('HINCRBY', bk, B.calls, op[O.attempts]) end
+  if op[O.cost_usd] > 0 then redis.call('HINCRBYFLOAT', bk, B.cost_usd, op[O.cost_usd]) end
 end
 
 local function add_counts(jk, op)
-  for name, k in pairs({a = 5, x = 6, pt = 7, ct = 8}) do
-    if op[k] > 0 then redis.call('HINCRBY', jk, name, op[k]) end
+  for _, name in ipairs({'attempts', 'unusable', 'prompt_tokens', 'completion_tokens'}) do
+    if op[O[name]] > 0 then redis.call('HINCRBY', jk, H[name], op[O[name]]) end
   end
   -- A cost that was unknown stays unknown (-1) whatever comes after.
-  if op[9] < 0 then
-    redis.call('HSET', jk, 'c', -1)
-  elseif op[9] > 0 and tonumber(redis.call('HGET', jk, 'c') or '0') >= 0 then
-    redis.call('HINCRBYFLOAT', jk, 'c', op[9])
+  local cost = op[O.cost_usd]
+  if cost < 0 then
+    redis.call('HSET', jk, H.cost, -1)
+  elseif cost > 0 and tonumber(redis.call('HGET', jk, H.cost) or '0') >= 0 then
+    redis.call('HINCRBYFLOAT', jk, H.cost, cost)
   end
 end
 
 -- The run (or the pack, in batch mode) holding the job is the one settling it.
 local function holds(b, id, token)
-  local h = redis.call('HMGET', jkey(b, id), 's', 'tk')
-  return (h[1] == 'running' or h[1] == 'packed') and h[2] == token, h[1]
+  local h = hmget(jkey(b, id), H.status, H.token)
+  local s = h[H.status]
+  return (s == 'running' or s == 'packed') and h[H.token] == token, s
 end
 
 local function remember(b, id, op, record)
-  local key = op[11]
+  local key = op[O.cache_key]
   if key and key ~= '' then cache_store(key, member(b, id), cache_ttl, now) end
   land(b, id, cmsgpack.unpack(record), now, per, messages)
 end
 
 local function done(b, id, op)
-  local s = redis.call('HGET', jkey(b, id), 's')
+  local s = redis.call('HGET', jkey(b, id), H.status)
   if not s then
     local rec = redis.call('HGET', part(b, 'out'), id)
     if rec then
-      if cmsgpack.unpack(rec)[1] ~= 'failed' then return 0 end
+      if cmsgpack.unpack(rec)[F.status] ~= 'failed' then return 0 end
       -- A late result for a job that failed meanwhile: it was counted out of the backlog already.
       move(b, 'failed', 'done')
       redis.call('SREM', part(b, 'dead'), id)
-      redis.call('HSET', part(b, 'out'), id, op[10])
+      redis.call('HSET', part(b, 'out'), id, op[O.extra])
       redis.call('DEL', tkey(b, id))
       redis.call('HDEL', part(b, 'kept'), id)
       redis.call('XADD', part(b, 'events'), '*', 'id', id, 's', 'done')
@@ -90,23 +93,24 @@ local function done(b, id, op)
     if redis.call('EXISTS', tkey(b, id)) == 0 then return 0 end
     s = 'queued'
   end
-  remember(b, id, op, op[10])
-  finalize(b, id, s, 'done', op[10], false, now)
+  remember(b, id, op, op[O.extra])
+  finalize(b, id, s, 'done', op[O.extra], false, now)
   return 1
 end
 
 local function fail(b, id, op)
-  local ok, s = holds(b, id, op[4])
+  local ok, s = holds(b, id, op[O.token])
   if not ok then return 0 end
-  local record, halt, sig = op[10][1], op[10][2], op[10][3] or ''
+  local x = op[O.extra]
+  local record, halt, sig = x[OF.record], x[OF.halt], x[OF.signature] or ''
   local bk = bkey(b)
   if halt == '' and sig ~= '' and halt_after > 0 and tonumber(redis.call('HGET', bk, 'done') or '0') == 0 then
     -- The first calls of a batch all failing alike: the rest would too, one paid discovery at a time.
-    local seen = redis.call('HGET', bk, 'fsig')
+    local seen = redis.call('HGET', bk, B.same_error)
     if not seen then
-      redis.call('HSET', bk, 'fsig', sig, 'fsig_n', 1)
+      redis.call('HSET', bk, B.same_error, sig, B.same_errors, 1)
     elseif seen == sig then
-      if redis.call('HINCRBY', bk, 'fsig_n', 1) >= halt_after then
+      if redis.call('HINCRBY', bk, B.same_errors, 1) >= halt_after then
         halt = 'the first ' .. halt_after .. ' jobs all failed with the same error: ' .. sig
       end
     end
@@ -120,21 +124,21 @@ local function fail(b, id, op)
 end
 
 -- Batch mode: a line that came back as an error, unusable, or never ran (expired, a failed batch) goes
--- into a later pack, or (extra[1] == 1) online.
+-- into a later pack, or (extra's online == 1) online.
 local function repack(b, id, op)
-  local ok, s = holds(b, id, op[4])
+  local ok, s = holds(b, id, op[O.token])
   if not ok then return 0 end
-  local jk, x = jkey(b, id), op[10]
+  local jk, x = jkey(b, id), op[O.extra]
   add_counts(jk, op)
-  if x[2] ~= '' then  -- '' : no failure, only no room in that pack
-    redis.call('HSET', jk, 'e', x[2], 'em', string.sub(x[3], 1, 200))
-    redis.call('HINCRBY', jk, 'bx', 1)
+  if x[OR.error_type] ~= '' then  -- '' : no failure, only no room in that pack
+    redis.call('HSET', jk, H.error_type, x[OR.error_type], H.error, string.sub(x[OR.error], 1, 200))
+    redis.call('HINCRBY', jk, H.pack_tries, 1)
   end
   release_run(b, id)
-  if x[1] == 1 then
+  if x[OR.online] == 1 then
     move(b, s, 'queued')
-    redis.call('HSET', jk, 's', 'queued', 'online', '1')
-    redis.call('HDEL', jk, 'tk', 'l')
+    redis.call('HSET', jk, H.status, 'queued', H.online, '1')
+    redis.call('HDEL', jk, H.token, H.lease)
     enqueue_messages(b, {id}, per, now, messages)
   else
     to_packing(b, id, s, now)
@@ -143,54 +147,55 @@ local function repack(b, id, op)
 end
 
 local function defer(b, id, op)
-  if not holds(b, id, op[4]) then return 0 end
-  local jk, x = jkey(b, id), op[10]
+  if not holds(b, id, op[O.token]) then return 0 end
+  local jk, x = jkey(b, id), op[O.extra]
   land(b, id, nil, now, per, messages)
   release_run(b, id)
   move(b, 'running', 'deferred')
-  redis.call('HSET', jk, 's', 'deferred', 'e', x[2], 'em', string.sub(x[3], 1, 200))
-  redis.call('HDEL', jk, 'tk', 'l')
+  redis.call('HSET', jk, H.status, 'deferred', H.error_type, x[OD.error_type], H.error, string.sub(x[OD.error], 1, 200))
+  redis.call('HDEL', jk, H.token, H.lease)
   add_counts(jk, op)
   -- A worker handing a job back on shutdown is no failure: it must not start the retry horizon.
-  if x[4] == 1 then
-    redis.call('HSETNX', jk, 'f', now)
-    redis.call('HINCRBY', jk, 'd', 1)
+  if x[OD.counts_as_failure] == 1 then
+    redis.call('HSETNX', jk, H.first_failure, now)
+    redis.call('HINCRBY', jk, H.deferrals, 1)
   end
-  redis.call('ZADD', L.due, now + x[1], member(b, id))
+  redis.call('ZADD', L.due, now + x[OD.delay_ms], member(b, id))
   return 1
 end
 
 local function keep_part(b, id, op)
-  if not holds(b, id, op[4]) then return 0 end
+  if not holds(b, id, op[O.token]) then return 0 end
   add_counts(jkey(b, id), op)
-  redis.call('HSET', pkey(b, id), op[10][1], op[10][2])
+  local x = op[O.extra]
+  redis.call('HSET', pkey(b, id), x[OP.key], x[OP.summary])
   return 1
 end
 
 local function park(b, id, op)
-  if not holds(b, id, op[4]) then return 0 end
+  if not holds(b, id, op[O.token]) then return 0 end
   local jk = jkey(b, id)
   land(b, id, nil, now, per, messages)
   release_run(b, id)
-  redis.call('HDEL', jk, 'tk', 'l')
+  redis.call('HDEL', jk, H.token, H.lease)
   add_counts(jk, op)
   redis.call('ZREM', L.due, member(b, id))
   if redis.call('HGET', bkey(b), 'state') ~= 'paused' then
     -- Resumed (or cancelled) since the worker looked: resume has walked the parked set already, so
     -- the job goes back on the queue (a cancelled batch's claim ends it there).
     move(b, 'running', 'queued')
-    redis.call('HSET', jk, 's', 'queued')
+    redis.call('HSET', jk, H.status, 'queued')
     enqueue_messages(b, {id}, per, now, messages)
     return 1
   end
   move(b, 'running', 'parked')
-  redis.call('HSET', jk, 's', 'parked')
+  redis.call('HSET', jk, H.status, 'parked')
   redis.call('SADD', part(b, 'parked'), id)
   return 1
 end
 
 local function cancel(b, id, op)
-  local ok, s = holds(b, id, op[4])
+  local ok, s = holds(b, id, op[O.token])
   if not ok then return 0 end
   add_counts(jkey(b, id), op)
   land(b, id, nil, now, per, messages)
@@ -205,7 +210,7 @@ end
 -- once (and stay upper bounds: the completion part keeps its whole max_tokens).
 local function tighten(b, id, save_t, save_u)
   local jk = jkey(b, id)
-  local dr = redis.call('HGET', jk, 'dr')
+  local dr = redis.call('HGET', jk, H.dead_runs)
   if not dr then return end
   for _, token in ipairs(split(dr, ' ')) do
     local f = '~' .. hold_field(id, token)
@@ -216,19 +221,20 @@ local function tighten(b, id, save_t, save_u)
       add_spent(b, -cut_t, -cut_u, true)
     end
   end
-  redis.call('HDEL', jk, 'dr')
+  redis.call('HDEL', jk, H.dead_runs)
 end
 
 local function spend(b, id, op)
-  local x = op[10]
-  local hu, ht, su, st = x[1], x[2], x[3], x[4]
-  local field = hold_field(id, op[4])
+  local x = op[O.extra]
+  local hu, ht, su, st = x[OS.held_usd], x[OS.held_tokens], x[OS.spent_usd], x[OS.spent_tokens]
+  local estimated, save_t, save_u = x[OS.estimated] == 1, x[OS.save_tokens] or 0, x[OS.save_usd] or 0
+  local field = hold_field(id, op[O.token])
   local t, u, n = get_hold(b, field)
   if ht > 0 and t >= ht then
     put_hold(b, field, t - ht, u - hu, n - 1)
     add_held(b, -ht, -hu)
-    add_spent(b, st, su, x[5] == 1)
-    if (x[6] or 0) > 0 and x[5] ~= 1 then tighten(b, id, x[6], x[7] or 0) end
+    add_spent(b, st, su, estimated)
+    if save_t > 0 and not estimated then tighten(b, id, save_t, save_u) end
     return 1
   end
   local et, eu, en = get_hold(b, '~' .. field)
@@ -249,10 +255,10 @@ end
 local kinds = {done = done, fail = fail, defer = defer, part = keep_part, park = park, cancel = cancel,
   spend = spend, repack = repack}
 for i, op in ipairs(ops) do
-  local b, id = op[2], op[3]
-  if live(b, op[12]) then
+  local b, id = op[O.batch], op[O.id]
+  if live(b, op[O.gen]) then
     bill(b, op)
-    applied[i] = kinds[op[1]](b, id, op)
+    applied[i] = kinds[op[O.kind]](b, id, op)
   else
     applied[i] = 0
   end

@@ -11,8 +11,8 @@ local now = now_ms()
 local ids = {}
 for _, id in ipairs(cmsgpack.unpack(ARGV[4])) do
   redis.call('SREM', part(b, 'parked'), id)
-  if redis.call('HGET', jkey(b, id), 's') == 'parked' then
-    redis.call('HSET', jkey(b, id), 's', 'queued')
+  if redis.call('HGET', jkey(b, id), H.status) == 'parked' then
+    redis.call('HSET', jkey(b, id), H.status, 'queued')
     ids[#ids + 1] = id
   end
 end

@@ -137,7 +137,7 @@ class BatchClient:
                     raise
                 raise mapped from exc
 
-        async for turn in retry.policy(self.settings, asyncio.sleep, lambda: failures):
+        async for turn in retry.policy(self.settings.retry, asyncio.sleep, lambda: failures):
             with turn:
                 return await attempt()
         raise AssertionError("unreachable: the retry policy re-raises the last error")

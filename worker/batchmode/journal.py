@@ -20,14 +20,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contract.job import ClaimedJob
+from contract.ops import Bill
 from contract.record import Article, pack, text
+from contract.schema import JOB
 from contract.store import batched
 
 from ..storage import WorkerStore
 from .lines import Built
 
-#: job hash fields a settled line needs: status, holder, attempts, unusable, tries in packs, tokens, cost
-_JOB_FIELDS = ["s", "tk", "a", "x", "bx", "pt", "ct", "c"]
+#: job hash fields a settled line needs (contract/schema.py JOB): status, holder, and its counts so far
+_JOB_NAMES = ("status", "token", "attempts", "unusable", "pack_tries", "prompt_tokens", "completion_tokens", "cost")
+_JOB_FIELDS = [JOB.fields[name] for name in _JOB_NAMES]
 
 
 @dataclass(frozen=True)
@@ -150,9 +153,9 @@ class Journal:
                     p.get(self.keys.text(b, job_id))
                 replies = await p.execute()
             for job_id, h, blob in zip(chunk, replies[::2], replies[1::2], strict=True):
-                s, tk, *counts = (text(v) if v is not None else "0" for v in h)
-                if blob is not None and s == "packed" and tk == info.pack_id:
-                    out[job_id] = _claimed(info, job_id, Article.unpack(blob), counts)
+                job = {name: text(v) if v is not None else "0" for name, v in zip(_JOB_NAMES, h, strict=True)}
+                if blob is not None and job["status"] == "packed" and job["token"] == info.pack_id:
+                    out[job_id] = _claimed(info, job_id, Article.unpack(blob), job)
         return out
 
     async def batch_state(self, batch_id: str, gen: str) -> str:
@@ -171,18 +174,15 @@ class Journal:
         return int(await self.r.get(self.keys.enqueued(scope)) or 0)
 
 
-def _claimed(info: PackInfo, job_id: str, article: Article, counts: list[str]) -> ClaimedJob:
-    a, x, bx, pt, ct, c = counts
+def _claimed(info: PackInfo, job_id: str, article: Article, job: dict[str, str]) -> ClaimedJob:
     return ClaimedJob(
         info.batch_id,
         job_id,
         info.pack_id,
         article,
-        attempts=int(a),
-        unusable=int(x),
-        deferrals=int(bx),
-        prompt_tokens=int(pt),
-        completion_tokens=int(ct),
-        cost_usd=None if float(c) < 0 else float(c),
+        attempts=int(job["attempts"]),
+        unusable=int(job["unusable"]),
+        deferrals=int(job["pack_tries"]),
+        bill=Bill(int(job["prompt_tokens"]), int(job["completion_tokens"]), float(job["cost"])),
         gen=info.gen,
     )

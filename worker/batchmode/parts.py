@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from contract.errors import BatchNotFound
+from contract.ops import Op, Run, Spend
 from contract.settings import Settings
 from contract.spec import BatchSpec
 from contract.store import Message
 
 from ..batches import Batches, cache_key
-from ..storage import Op
 from ..writer import Writer
 from .client import BatchClient
 from .journal import Journal, PackInfo
@@ -64,7 +64,7 @@ class Parts:
             return ""
         return cache_key(self.batches.fingerprint(batch_id, spec), digest)
 
-    async def settle(self, ops: list[Op]) -> list[int]:
+    async def settle(self, ops: Sequence[Op]) -> list[int]:
         """Every op through the process's writer (it gathers them into few script calls)."""
         return list(await asyncio.gather(*(self.writer.settle(op) for op in ops)))
 
@@ -72,5 +72,11 @@ class Parts:
         """The pack's budget hold replaced by what it was billed (nothing, if it sent nothing)."""
         held_usd, held_tokens = info.number("held_usd"), int(info.number("held_tokens"))
         if held_usd or held_tokens:
-            extra = [held_usd, held_tokens, usd, tokens]
-            await self.writer.settle(Op("spend", info.batch_id, "", info.pack_id, extra=extra, gen=info.gen))
+            spend = Spend(
+                run=Run(info.batch_id, "", info.pack_id, info.gen),
+                held_usd=held_usd,
+                held_tokens=held_tokens,
+                spent_usd=usd,
+                spent_tokens=tokens,
+            )
+            await self.writer.settle(spend)

@@ -151,8 +151,11 @@ class Pilot:
             for job_id, job in (await self.j.held(info)).items()
         }
         settled = Reader(self.s, spec, info, cancelled).settle(lines, held, await self.j.twins(info.pack_id))
+        # The hold becomes spend before the jobs settle: a `wait` that sees the last job done then never reads a
+        # finished batch still holding the pack's money. A retry after a crash between the two finds the hold
+        # gone, and spend.lua's op then changes nothing (nothing billed twice).
+        await self.parts.release(info, settled.bill.cost_usd, settled.bill.tokens)
         await self.parts.settle(settled.ops)
-        await self.parts.release(info, settled.bill.usd, settled.bill.tokens)
         await self.steps.move(Move(info.pack_id, "fetching", "done", -1, release=True))
         if not cancelled:
             await self.parts.pack_later(info.batch_id)

@@ -17,13 +17,12 @@ from typing import Any
 from contract.errors import MalformedResponse, PermanentLLMError, UnusableAnswers
 from contract.job import ClaimedJob
 from contract.openai_shapes import BATCH_CANCELLED, BATCH_EXPIRED
-from contract.record import Final
+from contract.ops import Bill, Op, Repack, Run
 from contract.settings import Settings
 from contract.spec import BatchSpec
 
 from .. import llm, outcome
 from ..prompt import WHOLE
-from ..storage import Op
 from ..summarize import Summary, Tally, request
 from .journal import PackInfo
 
@@ -75,19 +74,12 @@ def parse(raw: bytes) -> dict[str, Line]:
 
 
 @dataclass
-class Bill:
-    """What the provider billed for the pack's lines (every line once, settled now or earlier)."""
-
-    usd: float = 0.0
-    tokens: int = 0
-
-
-@dataclass
 class Settled:
     ops: list[Op] = field(default_factory=list)
     done: int = 0
     retried: int = 0
     failed: int = 0
+    #: what the provider billed for the pack's lines (every line once, settled now or earlier)
     bill: Bill = field(default_factory=Bill)
 
 
@@ -100,8 +92,7 @@ class Reader:
         out = Settled()
         for line in lines.values():
             usage = line.usage
-            out.bill.tokens += usage.prompt_tokens + usage.completion_tokens
-            out.bill.usd += self._cost(usage)
+            out.bill += Bill(usage.prompt_tokens, usage.completion_tokens, self._cost(usage))
         for job_id, job in held.items():
             leader = twins.get(job_id)
             if leader is None:
@@ -171,8 +162,7 @@ class Reader:
             if summary is not None:
                 done = outcome.done(job, summary, Tally())
                 # Answered by the leader's call: a cached answer in its record, like an online twin's.
-                done.extra = replace(Final.unpack(done.extra), cached=True).pack()
-                out.ops.append(done)
+                out.ops.append(replace(done, final=replace(done.final, cached=True)))
                 out.done += 1
                 return
         if self.cancelled:
@@ -193,6 +183,4 @@ class Reader:
 
 def repack(job: ClaimedJob, tally: Tally, online: bool, error_type: str, error: str) -> Op:
     """The job's line goes into a later pack (or online): settle.lua's batch-mode kind."""
-    requests, unusable, pt, ct, cost = tally.unflushed()
-    extra = [1 if online else 0, error_type, error[:200]]
-    return Op("repack", job.batch_id, job.job_id, job.token, requests, unusable, pt, ct, cost, extra, "", job.gen)
+    return Repack(run=Run.of(job), counts=tally.unflushed(), online=online, error_type=error_type, error=error)

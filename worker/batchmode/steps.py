@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 
 from contract.errors import BatchCancelled, PermanentLLMError, TransientLLMError
 from contract.job import ClaimedJob
 from contract.models import known_context
 from contract.openai_shapes import TERMINAL_BATCH_STATUSES
+from contract.ops import Fail, Op
 from contract.settings import Settings
 from contract.spec import BatchSpec
 
 from .. import metrics, outcome
 from ..retry import defer_delay
-from ..storage import Op
 from ..summarize import Tally, prompt_bound_counter
 from .client import CreateRequest, Guard, call_seconds, counts_of
 from .journal import Move, PackInfo
@@ -47,7 +49,7 @@ class Steps:
         return check
 
     def builder(self, spec: BatchSpec) -> LineBuilder:
-        return LineBuilder(spec, self.s.max_summary_chars, prompt_bound_counter(self.s))
+        return LineBuilder(spec, self.s.max_summary_chars, prompt_bound_counter(self.s.provider))
 
     def room(self, spec: BatchSpec, tokens_left: float) -> Room:
         context = self.s.context_tokens or known_context(spec.model) or 0
@@ -171,7 +173,7 @@ class Steps:
         ops = [outcome.cancelled(job, Tally()) for job in (await self.j.held(info)).values()]
         return await self.close(info, ops, {"status": "cancelled before its provider batch was created"})
 
-    async def close(self, info: PackInfo, ops: list[Op], fields: dict[str, object]) -> str:
+    async def close(self, info: PackInfo, ops: Sequence[Op], fields: dict[str, object]) -> str:
         await self.parts.settle(ops)
         await self.parts.release(info, 0.0, 0)
         await self.move(Move(info.pack_id, info.state, "done", -1, fields, release=True))
@@ -188,6 +190,5 @@ def _error_entry(error: Exception) -> dict[str, object]:
 
 def _fail_op(job: ClaimedJob, error: Exception, halt: str, settings: Settings) -> Op:
     op, _ = outcome.failed(job, error, Tally(), settings, 0.0)
-    record, _, sig = op.extra
-    op.extra = [record, halt, sig]
-    return op
+    # A pack's failure is permanent (Fail), its halt the pack's; anything else goes as failed() made it.
+    return replace(op, halt=halt) if isinstance(op, Fail) else op

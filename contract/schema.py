@@ -1,0 +1,255 @@
+"""The one definition of every record that crosses between Python and the Lua scripts of contract/lua/.
+
+Records cross as positional msgpack arrays (cmsgpack knows no maps with a stable order, and arrays are
+small): their field order is defined here and nowhere else. Python builds them with `Layout.row` and
+reads them with `Layout.read` (by name); the Lua scripts get the same layouts as constant tables baked
+into their source when they are loaded (`lua_prelude`, prepended by contract/scripts.py):
+
+    local F = {status=1, digest=2, ...}     -- the final record: f[F.summary]
+    local H = {status='s', token='tk', ...} -- the job hash: HGET(jk, H.status)
+
+so a script reads `f[F.summary]`, never `f[4]` (tests/test_schema.py refuses a literal index).
+A field is only ever appended: records stored by an older version are read with the missing fields nil.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A positional record: the Lua table naming its positions, and its field names in order."""
+
+    lua: str
+    fields: tuple[str, ...]
+
+    def at(self, name: str) -> int:
+        """The 0-based position of `name` (Lua's is one more)."""
+        return self.fields.index(name)
+
+    def row(self, **values: Any) -> list[Any]:
+        """The positional form, every field given by name (none missing, none unknown)."""
+        if values.keys() != set(self.fields):
+            given, wanted = set(values), set(self.fields)
+            raise TypeError(f"{self.lua}: missing {sorted(wanted - given)}, unknown {sorted(given - wanted)}")
+        return [values[name] for name in self.fields]
+
+    def read(self, row: Sequence[Any]) -> dict[str, Any]:
+        """Field name -> value of a positional record; fields a shorter (older) record lacks are None."""
+        out = dict(zip(self.fields, row, strict=False))
+        for name in self.fields[len(row) :]:
+            out[name] = None
+        return out
+
+    def lua_table(self) -> str:
+        return f"local {self.lua} = {{" + ", ".join(f"{n}={i}" for i, n in enumerate(self.fields, 1)) + "}"
+
+
+@dataclass(frozen=True)
+class Fields:
+    """The fields of a Redis hash a script keeps: name -> the field's (short) name in Redis."""
+
+    lua: str
+    fields: Mapping[str, str]
+
+    def __getattr__(self, name: str) -> str:
+        try:
+            return self.fields[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def read(self, raw: Mapping[bytes, Any] | Mapping[str, Any]) -> dict[str, Any]:
+        """Name -> value of a hash as HGETALL returns it (bytes keys); fields it lacks are left out."""
+        by_field = {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+        return {name: by_field[f] for name, f in self.fields.items() if f in by_field}
+
+    def lua_table(self) -> str:
+        return f"local {self.lua} = {{" + ", ".join(f"{n}='{f}'" for n, f in self.fields.items()) + "}"
+
+
+# ---- records ------------------------------------------------------------------------------------------
+
+#: a finished job's record, in the batch's `out` hash (contract/record.py Final)
+FINAL = Layout(
+    "F",
+    (
+        "status",  # done, failed or cancelled
+        "digest",  # the article's digest (contract/record.py digest)
+        "origin",  # SOURCE_INDEX:LINE of the input record
+        "summary",  # compressed summary text, '' for none
+        "error",  # '' for none
+        "error_type",  # '' for none
+        "model",  # the model that answered, '' for none
+        "prompt_tokens",
+        "completion_tokens",
+        "attempts",  # calls made over all runs
+        "cached",  # answered from the result cache (or a twin's call)
+        "chunks",  # parts a long article was summarized in (0: whole)
+        "unusable",  # paid answers that could not be used
+        "finished_ms",
+        "cost_usd",  # -1 when some call's price was unknown
+        "cache_key",  # the result-cache key of a done answer: a cache pointer is trusted only if it matches
+    ),
+)
+
+#: an empty final record's values (Lua's pack_final fills a field not given with it, as FE)
+FINAL_EMPTY: dict[str, Any] = (
+    dict.fromkeys(FINAL.fields, "")
+    | dict.fromkeys(("prompt_tokens", "completion_tokens", "attempts", "chunks", "unusable", "finished_ms"), 0)
+    | {"cached": False, "cost_usd": -1.0}
+)
+
+#: an unfinished job's article, at its text key (contract/record.py Article)
+ARTICLE = Layout("AR", ("digest", "origin", "text"))
+
+#: one job of claim.lua's reply; a job not taken carries only id and why
+CLAIMED = Layout(
+    "C",
+    (
+        "id",
+        "why",  # claimed, or why not: done, failed, cancelled, cached, waiting, packing, busy, early, paused, missing
+        "article",  # the packed Article
+        "attempts",
+        "unusable",
+        "deferrals",
+        "first_failure_ms",  # Redis time of its first failure, 0 for none
+        "prompt_tokens",
+        "completion_tokens",
+        "partials",  # flat field/value list of the part summaries earlier runs stored
+        "cache_key",  # '' for none
+        "cost_usd",  # what earlier runs cost, -1 when a price was unknown
+    ),
+)
+
+#: claim.lua's reply
+CLAIM_REPLY = Layout("CR", ("state", "now_ms", "jobs"))
+
+#: one op of settle.lua (contract/ops.py builds them): `extra` is the kind's own record below
+OP = Layout(
+    "O",
+    (
+        "kind",  # done, fail, defer, part, park, cancel, repack, spend
+        "batch",
+        "id",  # '' for a pack's spend op
+        "token",  # the run's token (batch mode: the pack id)
+        "attempts",  # calls made since the last op of the run
+        "unusable",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",  # -1 when a call's price was unknown
+        "extra",
+        "cache_key",  # the result-cache key a done answer is stored under ('' for none)
+        "gen",  # the batch generation the run was made for ('' : batch mode, no check)
+    ),
+)
+
+#: the extra of each op kind (done's is the packed Final; park's and cancel's are '')
+FAIL_EXTRA = Layout("OF", ("record", "halt", "signature"))
+DEFER_EXTRA = Layout("OD", ("delay_ms", "error_type", "error", "counts_as_failure"))
+PART_EXTRA = Layout("OP", ("key", "summary"))
+REPACK_EXTRA = Layout("OR", ("online", "error_type", "error"))
+SPEND_EXTRA = Layout(
+    "OS", ("held_usd", "held_tokens", "spent_usd", "spent_tokens", "estimated", "save_tokens", "save_usd")
+)
+
+#: one job of create.lua's chunk: the packed Article ('' for an invalid record), its metadata JSON, and
+#: the packed failed Final of an invalid record ('' for a valid one)
+NEW_JOB = Layout("NJ", ("id", "article", "metadata", "final"))
+
+#: create.lua's answer for each job of its chunk: 1 when it was created, else 0 and the digest and origin
+#: of the job of that id the batch has already
+CREATED = Layout("CJ", ("created", "digest", "origin"))
+
+#: one job of renew.lua's list
+HELD = Layout("HD", ("batch", "id", "token", "cache_key"))
+
+RECORDS = (FINAL, ARTICLE, CLAIMED, CLAIM_REPLY, OP, FAIL_EXTRA, DEFER_EXTRA, PART_EXTRA, REPACK_EXTRA, SPEND_EXTRA,
+           NEW_JOB, CREATED, HELD)  # fmt: skip
+
+# ---- hashes -------------------------------------------------------------------------------------------
+
+#: an unfinished job's hash (deleted when it is final); fields are short, there are millions of jobs
+JOB = Fields(
+    "H",
+    {
+        "status": "s",  # queued, running, deferred, parked, waiting, packing, packed (no hash: queued)
+        "token": "tk",  # the run (or pack, batch mode) holding it
+        "lease": "l",  # Redis ms its run's lease lapses at
+        "attempts": "a",  # calls made over all runs
+        "unusable": "x",  # paid answers that could not be used
+        "deferrals": "d",  # times it was deferred for a transient failure
+        "first_failure": "f",  # Redis ms of its first counted failure (the retry horizon starts there)
+        "prompt_tokens": "pt",
+        "completion_tokens": "ct",
+        "cost": "c",  # USD of its calls so far, -1 once a price was unknown
+        "error_type": "e",  # of its last deferral or repack
+        "error": "em",  # message of its last deferral or repack (200 characters)
+        "pack_tries": "bx",  # batch mode: packs its line failed in
+        "flight": "fk",  # the cache key of the flight it leads or waits for
+        "dead_runs": "dr",  # space-separated tokens of runs it lost with calls in flight (estimated holds)
+        "online": "online",  # '1': batch mode gave up packing it, it runs online
+    },
+)
+
+#: a batch's hash
+BATCH = Fields(
+    "B",
+    {
+        "spec": "spec",  # the BatchSpec JSON
+        "step": "step",  # its kombu priority step
+        "ttl": "ttl",  # seconds results are kept once it is over
+        "state": "state",  # running, paused, cancelled, halted
+        "reason": "reason",  # why it is paused: user, budget, ...
+        "halt": "halt",  # the provider error that halted it
+        "created": "created",  # Redis ms
+        "finished": "finished",  # Redis ms it was over (its keys then expire)
+        "submitting": "submitting",  # Redis ms a submit's lease on it lapses at
+        "gen": "gen",  # its generation: a batch made again under its id is another one
+        "rev": "rev",  # the spec's revision (respec)
+        "total": "total",  # public counters
+        "queued": "queued",
+        "running": "running",
+        "done": "done",
+        "failed": "failed",
+        "cancelled": "cancelled",
+        "cached": "cached",  # jobs answered from the cache
+        "prompt_tokens": "prompt_tokens",  # billed over all jobs
+        "completion_tokens": "completion_tokens",
+        "calls": "calls",
+        "unusable": "unusable",
+        "cost_usd": "cost_usd",
+        "budget_usd": "budget_usd",  # caps ('' or absent: none)
+        "budget_tokens": "budget_tokens",
+        "spent_usd": "spent_usd",  # what counts against the budget
+        "spent_tokens": "spent_tokens",
+        "held_usd": "held_usd",  # worst cases of calls in flight
+        "held_tokens": "held_tokens",
+        "est_usd": "est_usd",  # spent at the bound for runs that died with calls in flight
+        "est_tokens": "est_tokens",
+        "same_error": "fsig",  # signature of the first failures, while they are all alike
+        "same_errors": "fsig_n",  # how many failed with it
+    },
+)
+
+HASHES = (JOB, BATCH)
+
+
+@cache
+def lua_prelude() -> str:
+    """The layouts as Lua constants, prepended to every script at load (never decoded per call)."""
+    lines = ["-- generated from contract/schema.py: record positions and hash fields"]
+    lines += [r.lua_table() for r in RECORDS]
+    lines.append("local FE = {" + ", ".join(f"{n}={_lua_value(v)}" for n, v in FINAL_EMPTY.items()) + "}")
+    lines += [h.lua_table() for h in HASHES]
+    return "\n".join(lines) + "\n"
+
+
+def _lua_value(value: Any) -> str:
+    """A constant as Lua source: Python's repr of a number or a plain string is Lua's too."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
