@@ -35,16 +35,15 @@ local function follow(kind, ident, suffix)
   return L.ptr[kind] .. ident .. (suffix or '')
 end
 
-local function bkey(b)
-  local i = I.b[b]
-  if i then return KEYS[i] end
-  return follow('b', b)
+-- The key a caller declared for `ident` under index I[index] (plus `offset` for a record's parts), else followed.
+local function declared(index, kind, ident, offset, suffix)
+  local i = I[index][ident]
+  if i then return KEYS[i + (offset or 0)] end
+  return follow(kind, ident, suffix)
 end
-local function part(b, name)
-  local i = I.b[b]
-  if i then return KEYS[i + L.parts[name]] end
-  return follow('b', b, L.ptr.parts[name])
-end
+
+local function bkey(b) return declared('b', 'b', b) end
+local function part(b, name) return declared('b', 'b', b, L.parts[name], L.ptr.parts[name]) end
 local function job_key(b, id, offset, kind)
   local i = I.j[b .. L.msep .. id]
   if i then return KEYS[i + offset] end
@@ -55,35 +54,17 @@ local function tkey(b, id) return job_key(b, id, 1, 't') end
 local function pkey(b, id) return job_key(b, id, 2, 'p') end
 -- A pack's journal (name nil) or one of its parts ('jobs', 'twins').
 local function pack_key(pk, name)
-  local i = I.pk[pk]
-  if i then return KEYS[i + (name and L.pack_parts[name] or 0)] end
-  return follow('pack', pk, name and L.ptr.pack_parts[name])
+  return declared('pk', 'pack', pk, name and L.pack_parts[name] or 0, name and L.ptr.pack_parts[name])
 end
 local function orphans_key(step)
   local i = I.orphans[tostring(step)]
   if not i then error('UNDECLARED orphans ' .. tostring(step)) end
   return KEYS[i]
 end
-local function cache_week(w)
-  local i = I.cache[tostring(w)]
-  if i then return KEYS[i] end
-  return follow('cache', tostring(w))
-end
-local function flight_key(k)
-  local i = I.flight[k]
-  if i then return KEYS[i] end
-  return follow('flight', k)
-end
-local function waiters_key(k)
-  local i = I.waiters[k]
-  if i then return KEYS[i] end
-  return follow('waiters', k)
-end
-local function enq_key(scope)
-  local i = I.enq[scope]
-  if i then return KEYS[i] end
-  return follow('enq', scope)
-end
+local function cache_week(w) return declared('cache', 'cache', tostring(w)) end
+local function flight_key(k) return declared('flight', 'flight', k) end
+local function waiters_key(k) return declared('waiters', 'waiters', k) end
+local function enq_key(scope) return declared('enq', 'enq', scope) end
 local function member(b, id) return b .. L.msep .. id end
 
 local function split(s, sep)
