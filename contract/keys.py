@@ -97,7 +97,8 @@ class Keys:
 
     def batch_keys(self, batch_id: str) -> list[str]:
         """Every per-batch key (not the per-job ones): what expires together once the batch is over."""
-        return [self.batch(batch_id)] + [self.batch(batch_id) + part for part in BATCH_PARTS.values()]
+        base = self.batch(batch_id)
+        return [base] + [base + part for part in BATCH_PARTS.values()]
 
     # ---- one job (only while it is unfinished, and a failed one's text for `retry`) --------------
 
@@ -353,21 +354,20 @@ class Declared:
             self.names.extend(names)
 
     def glob(self, name: str) -> None:
-        self._add("g", name, getattr(self.keys, GLOBALS[name]))
+        if name not in self.index["g"]:
+            self._add("g", name, getattr(self.keys, GLOBALS[name]))
 
     def batch(self, batch_id: str) -> None:
-        self._add("b", batch_id, *self.keys.batch_keys(batch_id))
+        # a message names one batch and up to jobs_per_message jobs of it: its 13 names are built once a call
+        if batch_id not in self.index["b"]:
+            self._add("b", batch_id, *self.keys.batch_keys(batch_id))
 
     def job(self, batch_id: str, job_id: str) -> None:
         self.batch(batch_id)
-        k = self.keys
-        self._add(
-            "j",
-            Keys.member(batch_id, job_id),
-            k.job(batch_id, job_id),
-            k.text(batch_id, job_id),
-            k.partials(batch_id, job_id),
-        )
+        member = batch_id + MEMBER_SEP + job_id
+        if member not in self.index["j"]:
+            k = self.keys
+            self._add("j", member, k.job(batch_id, job_id), k.text(batch_id, job_id), k.partials(batch_id, job_id))
 
     def pack(self, pack_id: str) -> None:
         k = self.keys

@@ -12,6 +12,7 @@ from .schema import DEFER_EXTRA, FAIL_EXTRA, OP, PART_EXTRA, REPACK_EXTRA, SPEND
 
 if TYPE_CHECKING:
     from .job import ClaimedJob
+    from .models import Price
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,16 @@ class Bill:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+
+    @classmethod
+    def priced(cls, prompt_tokens: int, completion_tokens: int, price: Price | None, discount: float = 1.0) -> Bill:
+        """The bill of a provider's usage at `price` (times a batch discount); no price: unknown (-1),
+        unless nothing was billed."""
+        if price is not None:
+            cost = price.cost(prompt_tokens, completion_tokens) * discount
+        else:
+            cost = 0.0 if prompt_tokens + completion_tokens == 0 else -1.0
+        return cls(prompt_tokens, completion_tokens, cost)
 
     @property
     def tokens(self) -> int:

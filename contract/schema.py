@@ -167,8 +167,43 @@ CREATED = Layout("CJ", ("created", "digest", "origin"))
 #: one job of renew.lua's list
 HELD = Layout("HD", ("batch", "id", "token", "cache_key"))
 
+# ---- script replies -------------------------------------------------------------------------------
+# Replies are not stored: their shape may change freely, so long as Lua builds them with `record(X, {...})`
+# and Python reads them with `X.read(reply)` (tests/test_schema.py refuses a bare `return {a, b}`).
+
+#: one message to publish (_lib.lua enqueue_messages): its priority step and member (`batch\x1fjob\x1f...`)
+MESSAGE = Layout("MG", ("step", "member"))
+
+#: settle.lua: per op 1 (applied) or 0, and the messages to publish (twins queued again)
+SETTLE_REPLY = Layout("SR", ("applied", "messages"))
+#: reap.lua: the messages to publish, and how many jobs came back by lapsed lease, due retry, lost message
+REAP_REPLY = Layout("RP", ("messages", "reclaimed", "due", "republished"))
+#: init_batch.lua: 1 when it made the batch, the spec it has, the source's index, the batch generation
+INIT_REPLY = Layout("IB", ("created", "spec", "index", "gen"))
+#: send.lua: go, wait, paused, cancelled, halted, lost or gone; the halt message, pause reason or 'held'
+SEND_REPLY = Layout("SD", ("verdict", "detail"))
+#: control.lua: the batch's state and the reason it is paused ('' for none)
+CONTROL_REPLY = Layout("CT", ("state", "reason"))
+#: pack_due.lua: batch ids to pack now, pack ids to move on
+PACK_DUE_REPLY = Layout("PD", ("batches", "packs"))
+#: pack_take.lua: ok, none, full, paused, busy or gone; the messages of the jobs sent online
+PACK_TAKE_REPLY = Layout("PT", ("verdict", "messages"))
+#: admit.lua: 1 when let in (and nothing else), else 0, the backlog counted and the place in line (0 next)
+ADMIT_REPLY = Layout("AD", ("admitted", "backlog", "place"))
+#: create.lua: a CREATED per job of the chunk, and the messages to publish
+CREATE_REPLY = Layout("CE", ("results", "messages"))
+#: retry.lua and unpark.lua: the messages to publish and how many jobs were queued again
+REQUEUE_REPLY = Layout("RQ", ("messages", "count"))
+#: rate_acquire.lua: how long to wait for the slot booked, and the slot (Redis ms)
+RATE_SLOT = Layout("RS", ("wait_ms", "slot_ms"))
+#: rate_limits.lua: the strictest limits of the fleet's live workers (0: none)
+RATE_LIMITS_REPLY = Layout("RL", ("rpm", "tpm"))
+
+REPLIES = (MESSAGE, SETTLE_REPLY, REAP_REPLY, INIT_REPLY, SEND_REPLY, CONTROL_REPLY, PACK_DUE_REPLY, PACK_TAKE_REPLY,
+           ADMIT_REPLY, CREATE_REPLY, REQUEUE_REPLY, RATE_SLOT, RATE_LIMITS_REPLY)  # fmt: skip
+
 RECORDS = (FINAL, ARTICLE, CLAIMED, CLAIM_REPLY, OP, FAIL_EXTRA, DEFER_EXTRA, PART_EXTRA, REPACK_EXTRA, SPEND_EXTRA,
-           NEW_JOB, CREATED, HELD)  # fmt: skip
+           NEW_JOB, CREATED, HELD, *REPLIES)  # fmt: skip
 
 # ---- hashes -------------------------------------------------------------------------------------------
 
@@ -235,7 +270,65 @@ BATCH = Fields(
     },
 )
 
-HASHES = (JOB, BATCH)
+#: a pack's journal (batch mode, worker/batchmode/journal.py): pack_take.lua writes the first fields, the
+#: worker's steps record the rest through pack_state.lua; a pack in `done` is logged as JSON of them all
+PACK = Fields(
+    "PK",
+    {
+        "batch": "batch",
+        "gen": "gen",  # the batch generation its lines were built for
+        "state": "state",  # new, uploaded, creating, created, fetching, done (journal.py)
+        "created": "created",  # Redis ms
+        "jobs": "jobs",  # how many jobs it holds (leaders and twins)
+        "scope": "scope",  # the (endpoint, model) its enqueued tokens count in
+        "enq": "enq",  # its enqueued tokens, until they are given back (release)
+        "held_usd": "held_usd",  # its worst case held against the batch's budget
+        "held_tokens": "held_tokens",
+        "lease_ms": "lease_ms",  # how long a worker's step on it may take
+        "lines": "lines",  # requests in its input file
+        "bytes": "bytes",  # the input file's size
+        "endpoint": "endpoint",  # the provider endpoint it was made for
+        "file_id": "file_id",  # the uploaded input file
+        "create_tried": "create_tried",  # '1' once a create was attempted (look it up before another)
+        "provider_batch": "provider_batch",  # the provider's batch id
+        "status": "status",  # the provider batch's status (or why it closed without one)
+        "counts": "counts",  # JSON of its request counts
+        "errors": "errors",  # JSON list of {code, message}
+        "error": "error",  # the error that failed it
+        "failures": "failures",  # transient failures of the current step
+        "failing_since": "failing_since",
+        "output_file": "output_file",
+        "error_file": "error_file",
+    },
+)
+
+#: the rate limiter's shared state (rate_acquire.lua): counts in the window and the buckets' arrival times
+RATE = Fields(
+    "RT",
+    {
+        "requests": "n",  # requests in the log's window
+        "tokens": "t",  # tokens in the log's window
+        "last": "last",  # the last slot booked (slots are booked in order)
+        "request_tat": "rq",  # the request bucket's theoretical arrival time (GCRA)
+        "token_tat": "tk",  # the token bucket's
+        "seq": "seq",  # a counter making given-back slots unique (rate_release.lua)
+    },
+)
+
+#: the reaper's own clock and cursor (reap.lua)
+REAPER = Fields(
+    "RH",
+    {
+        "last": "last",  # Redis ms of the last reap
+        "resumed": "resumed",  # Redis ms reaping resumed after a gap (leases are trusted a lease later)
+        "batch_cursor": "bcursor",  # where its walk of the batches index stopped
+    },
+)
+
+#: the fleet's counters the reaper keeps (reap.lua)
+STATS = Fields("ST", {"reclaimed": "reclaimed", "republished": "republished"})
+
+HASHES = (JOB, BATCH, PACK, RATE, REAPER, STATS)
 
 
 @cache

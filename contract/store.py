@@ -18,13 +18,29 @@ from .errors import BatchNotFound, ConfigError
 from .job import COUNTERS, unfinished
 from .keys import Keys
 from .record import Article, Final, JobResult, pack, public_row, text
-from .schema import CREATED, JOB, NEW_JOB
+from .schema import (
+    ADMIT_REPLY,
+    CONTROL_REPLY,
+    CREATE_REPLY,
+    CREATED,
+    INIT_REPLY,
+    JOB,
+    MESSAGE,
+    NEW_JOB,
+    PACK,
+    REQUEUE_REPLY,
+)
 from .settings import Settings
 from .spec import BatchSpec
 
 T = TypeVar("T")
 #: a message as published: (kombu priority step, member string of the orphans set)
 Message = tuple[int, str]
+
+
+def messages_of(rows: Iterable[Any]) -> list[Message]:
+    """The messages of a script's reply (contract/schema.py MESSAGE records), read by name."""
+    return [(int(m["step"]), text(m["member"])) for m in map(MESSAGE.read, rows)]
 
 
 @dataclass(frozen=True)
@@ -74,29 +90,34 @@ class JobStore:
     def init_batch(self, batch_id: str, spec: BatchSpec, source: str) -> int:
         """Create the batch, or check a resume asks for the same spec; returns the source's index. The
         batch's generation is kept for create_jobs and submitting (see contract/lua/init_batch.lua)."""
-        _, stored, index, gen = self.run(
-            "init_batch",
-            batch=batch_id,
-            spec=spec.to_json(),
-            step=spec.step,
-            source=source,
-            ttl=self.settings.result_ttl,
+        reply = INIT_REPLY.read(
+            self.run(
+                "init_batch",
+                batch=batch_id,
+                spec=spec.to_json(),
+                step=spec.step,
+                source=source,
+                ttl=self.settings.result_ttl,
+            )
         )
-        self._gens[batch_id] = text(gen)
-        before = BatchSpec.from_json(stored)
+        self._gens[batch_id] = text(reply["gen"])
+        before = BatchSpec.from_json(reply["spec"])
         if before != spec:
             diff = "; ".join(before.differences(spec))
             raise ConfigError(
                 f"batch {batch_id!r} was submitted with another spec ({diff}): resume it with the "
                 "same options, or submit under a new --batch-id"
             )
-        return int(index)
+        return int(reply["index"])
 
     def admit(self, submit_id: str, jobs: int, step: int) -> tuple[bool, int, int]:
         """Ask for room for a chunk under SUMMARIZE_MAX_QUEUED: (let in, backlog, place in line)."""
-        reply = self.run("admit", submit=submit_id, jobs=jobs, max=self.settings.max_queued, step=step)
-        let_in, backlog, place = [*reply, 0, 0][:3]  # {1} when let in, else {0, backlog, place in line}
-        return (True, 0, 0) if int(let_in) == 1 else (False, int(backlog), int(place or 0))
+        reply = ADMIT_REPLY.read(
+            self.run("admit", submit=submit_id, jobs=jobs, max=self.settings.max_queued, step=step)
+        )
+        if int(reply["admitted"]) == 1:  # let in: the reply says nothing else
+            return True, 0, 0
+        return False, int(reply["backlog"]), int(reply["place"] or 0)
 
     def create_jobs(self, batch_id: str, jobs: Sequence[NewJob], admit: str = "") -> Created:
         """Store a chunk in one script call; returns what was created and the messages to publish."""
@@ -113,13 +134,15 @@ class JobStore:
             for j in jobs
         ]
         try:
-            results, messages = self.run(
-                "create",
-                batch=batch_id,
-                per_message=self.settings.jobs_per_message,
-                admit=admit,
-                jobs=pack(payload),
-                gen=self._gens.get(batch_id, ""),
+            reply = CREATE_REPLY.read(
+                self.run(
+                    "create",
+                    batch=batch_id,
+                    per_message=self.settings.jobs_per_message,
+                    admit=admit,
+                    jobs=pack(payload),
+                    gen=self._gens.get(batch_id, ""),
+                )
             )
         except redis.ResponseError as exc:
             if "NOBATCH" in str(exc):
@@ -127,13 +150,13 @@ class JobStore:
                     batch_id, "it is gone (purged, or expired while this submit was stopped): submit again"
                 ) from None
             raise
-        for job, raw in zip(jobs, results, strict=True):
+        for job, raw in zip(jobs, reply["results"], strict=True):
             row = CREATED.read(raw)
             if row["created"] == 1:
                 out.created.append(job.job_id)
             else:
                 out.existing.append((job, text(row["digest"]), text(row["origin"])))
-        out.messages = [(int(step), text(member)) for step, member in messages]
+        out.messages = messages_of(reply["messages"])
         return out
 
     def respec(self, batch_id: str, spec: BatchSpec) -> None:
@@ -186,18 +209,20 @@ class JobStore:
     ) -> tuple[str, str]:
         """pause | resume | cancel | budget (caps only); returns the batch's (state, reason)."""
         try:
-            state, reason = self.run(
-                "control",
-                batch=batch_id,
-                action=action,
-                budget_usd="" if budget_usd is None else budget_usd,
-                budget_tokens="" if budget_tokens is None else budget_tokens,
+            reply = CONTROL_REPLY.read(
+                self.run(
+                    "control",
+                    batch=batch_id,
+                    action=action,
+                    budget_usd="" if budget_usd is None else budget_usd,
+                    budget_tokens="" if budget_tokens is None else budget_tokens,
+                )
             )
         except redis.ResponseError as exc:
             if "NOBATCH" in str(exc):
                 raise BatchNotFound(batch_id) from None
             raise
-        return text(state), text(reason)
+        return text(reply["state"]), text(reply["reason"])
 
     def unpark(self, batch_id: str) -> tuple[list[Message], int]:
         """Queue a resumed batch's parked jobs again, streaming the parked set."""
@@ -214,9 +239,9 @@ class JobStore:
         messages: list[Message] = []
         total = 0
         for ids in batched(self.r.sscan_iter(members, count=chunk), chunk):
-            msgs, n = requeue(pack([text(i) for i in ids]))
-            messages += [(int(step), text(m)) for step, m in msgs]
-            total += int(n)
+            reply = REQUEUE_REPLY.read(requeue(pack([text(i) for i in ids])))
+            messages += messages_of(reply["messages"])
+            total += int(reply["count"])
         return messages, total
 
     def _id_pages(self, batch_id: str, start: int = 0, chunk: int = 1000) -> Iterator[list[bytes]]:
@@ -353,15 +378,15 @@ class JobStore:
         out = [
             {
                 "pack": pk,
-                "provider_batch": info.get("provider_batch"),
-                "state": info.get("state"),
-                "status": info.get("status"),
-                "lines": int(info.get("lines", 0)),
-                "request_counts": json.loads(info["counts"]) if info.get("counts") else None,
-                "errors": json.loads(info["errors"]) if info.get("errors") else None,
-                "error": info.get("error") or None,
-                "held_usd": float(info.get("held_usd", 0)) if info.get("state") != "done" else 0.0,
-                "held_tokens": int(info.get("held_tokens", 0)) if info.get("state") != "done" else 0,
+                "provider_batch": info.get(PACK.provider_batch),
+                "state": info.get(PACK.state),
+                "status": info.get(PACK.status),
+                "lines": int(info.get(PACK.lines, 0)),
+                "request_counts": json.loads(info[PACK.counts]) if info.get(PACK.counts) else None,
+                "errors": json.loads(info[PACK.errors]) if info.get(PACK.errors) else None,
+                "error": info.get(PACK.error) or None,
+                "held_usd": float(info.get(PACK.held_usd, 0)) if info.get(PACK.state) != "done" else 0.0,
+                "held_tokens": int(info.get(PACK.held_tokens, 0)) if info.get(PACK.state) != "done" else 0,
             }
             for pk, info in journals.items()
         ]
@@ -452,6 +477,54 @@ class JobStore:
             f = Final.unpack(final) if final else Final("failed")
             out.append({"id": text(job_id), "error_type": f.error_type, "error": f.error})
         return out
+
+    def failures(self, batch_id: str, chunk: int = 1000) -> dict[str, dict[str, Any]]:
+        """Every failed job of the batch counted by error_type, with the first error text seen of each:
+        {error_type: {"count": n, "error": text}}, most frequent first (the dead-letter set, read in pages)."""
+        out: dict[str, dict[str, Any]] = {}
+        for ids in batched(self.r.sscan_iter(self.keys.dead(batch_id), count=chunk), chunk):
+            finals: list[bytes | None] = self.r.hmget(self.keys.batch_out(batch_id), ids)  # type: ignore[assignment]
+            for final in finals:
+                f = Final.unpack(final) if final else Final("failed")
+                seen = out.setdefault(f.error_type or "unknown", {"count": 0, "error": f.error})
+                seen["count"] += 1
+        return dict(sorted(out.items(), key=lambda kv: -int(kv[1]["count"])))
+
+    def batches(self, limit: int = 50, offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
+        """(how many the index holds, a page of them newest first): each batch's state, counts, created and
+        finished times (ms), cost, mode and priority. Reads only: the batches index and each batch's hash."""
+        index = self.keys.batches
+        total = int(self.r.zcard(index))  # type: ignore[arg-type]
+        # Without scores: redis-py's parsing of them costs more than the hashes (the hash has `created`).
+        page: list[bytes] = self.r.zrevrange(index, offset, offset + limit - 1)  # type: ignore[assignment]
+        fields = ["spec", "state", "reason", "created", "finished", "submitting", "cost_usd", *COUNTERS]
+        with self.r.pipeline(transaction=False) as p:
+            for raw_id in page:
+                p.hmget(self.keys.batch(text(raw_id)), fields)
+            hashes: list[list[bytes | None]] = p.execute()
+        out = []
+        for raw_id, values in zip(page, hashes, strict=True):
+            h = {k: text(v) for k, v in zip(fields, values, strict=True) if v is not None}
+            if "spec" not in h:
+                continue  # expired or purged since it was indexed (the reaper drops it from the index)
+            spec = BatchSpec.from_json(h["spec"])
+            row: dict[str, Any] = {"batch": text(raw_id)}
+            row.update({name: int(h.get(name, 0)) for name in COUNTERS})
+            state = h.get("state", "running")
+            if unfinished(row) <= 0 and state == "running" and not h.get("submitting"):
+                state = "finished"
+            row.update(
+                state=state,
+                reason=h.get("reason") or None,
+                created_ms=int(h.get("created") or 0),
+                finished_ms=int(h["finished"]) if h.get("finished") else None,
+                cost_usd=round(float(h.get("cost_usd", 0)), 6) if spec.price(spec.model) is not None else None,
+                model=spec.model,
+                mode=spec.mode,
+                priority=spec.priority,
+            )
+            out.append(row)
+        return total, out
 
     def existing_ids(self, batch_id: str) -> int:
         return int(self.r.llen(self.keys.batch_ids(batch_id)))  # type: ignore[arg-type]

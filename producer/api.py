@@ -146,6 +146,8 @@ class Batch:
 
     def __init__(self, client: Client, batch_id: str, report: SubmitReport | None = None) -> None:
         self.client, self.id, self.report = client, batch_id, report
+        #: what reading the input skipped (a directory's subdirectories and other files)
+        self.notes: list[str] = []
 
     def status(self) -> dict[str, Any]:
         return self.client.store.status(self.id)
@@ -189,13 +191,20 @@ class Batch:
         for r in self.client.store.results(self.id):
             yield dataclasses.replace(r, status=ROW_STATUS[r.status]) if r.status in ROW_STATUS else r
 
-    def export(self, path: str | os.PathLike[str], format: str | output.Format | None = None) -> output.Exported:
+    def export(
+        self,
+        path: str | os.PathLike[str],
+        format: str | output.Format | None = None,
+        status: str | Iterable[str] | None = None,
+    ) -> output.Exported:
         """Every job's row in input order to the file `path` ('-': stdout), in `format` (a name of
         producer.output.FORMATS: "jsonl", "csv"; None: the one the path's suffix names, `.jsonl` or `.csv`),
         exactly as `summarize results --out` writes it. Returns what it wrote: `.rows`, `.path`, `.format`,
         `.unfinished` (jobs not finished yet: their rows say queued or running) and the batch's `.status`.
-        ConfigError for a suffix no format has, an unknown format, or a file that can't be written."""
-        return output.export(self, path, output.resolve(path, format))
+        ConfigError for a suffix no format has, an unknown format, or a file that can't be written.
+        `status` ("failed", or several): only the rows of jobs in it (as `results --status`)."""
+        wanted = [status] if isinstance(status, str) else (list(status) if status is not None else None)
+        return output.export(self, path, output.resolve(path, format), statuses=wanted)
 
     def iter_results(self, follow: bool = False, after: str = "0-0") -> Iterator[JobResult]:
         """Finished jobs in the order they finished. With follow=True it waits for the rest and ends when
@@ -299,6 +308,11 @@ class Client:
         self.store.require_batch(batch_id)
         return Batch(self, batch_id)
 
+    def batches(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        """The batches Redis holds, newest first, a page of `limit` from `offset`: batch id, state, counts,
+        created_ms and finished_ms, cost_usd, model, mode and priority (as `summarize batches --json`)."""
+        return self.store.batches(limit, offset)[1]
+
     def submit(
         self,
         items: Iterable[str | dict[str, Any]],
@@ -307,9 +321,13 @@ class Client:
         max_words: int | None = None,
         skip_invalid: bool = False,
         progress: bool = False,
+        text_field: str | None = None,
+        id_field: str | None = None,
         **options: Any,
     ) -> Batch:
-        """Submit texts or dicts ({'text', optional 'id', anything else kept as metadata}).
+        """Submit texts or dicts ({'text', optional 'id', anything else kept as metadata}; `text_field` and
+        `id_field` name other keys for those). Any iterable of dicts streams: a generator, a
+        `datasets.Dataset`, `df.itertuples()` turned into dicts; only a sequence is not spooled to disk first.
 
         `options` take what shapes the answers, stored once with the batch: priority ('high', 'normal',
         'low'), prompt (task instructions; `{max_words}` may appear), temperature, json_schema (a dict),
@@ -322,7 +340,8 @@ class Client:
 
         batch_id, stored = self._target(batch_id)
         spec, budget = self._spec(stored, model, max_words, **options)
-        with reader.opened_items(items, self.settings.max_article_bytes) as source:
+        fields = reader.Fields.of(text_field, id_field)
+        with reader.opened_items(items, self.settings.max_article_bytes, fields) as source:
             return self._submit(source, "<items>", spec, budget, batch_id, stored, skip_invalid, progress)
 
     def submit_path(
@@ -334,20 +353,28 @@ class Client:
         skip_invalid: bool = False,
         progress: bool = False,
         stop: threading.Event | None = None,
+        input_format: str | None = None,
+        text_field: str | None = None,
+        id_field: str | None = None,
         **options: Any,
     ) -> Batch:
-        """Submit a JSONL file, a directory of .txt/.md files, or '-' for JSONL on stdin (spec as for submit).
+        """Submit a file (JSON lines, plain or .gz/.zst; CSV, TSV; Parquet; one .txt/.md article), a directory
+        of .txt/.md files, or '-' for stdin (spec as for submit). The format is `input_format` (one of
+        reader.INPUT_FORMATS), else the file's suffix says it; `text_field` and `id_field` name the columns.
 
         Setting `stop` ends the submit after the chunk in flight; the same call again resumes it.
         """
         from . import reader
 
+        fields = reader.Fields.of(text_field, id_field)
         batch_id, stored = self._target(batch_id)
         spec, budget = self._spec(stored, model, max_words, **options)
-        with reader.opened(path, self.settings.max_article_bytes) as source:
-            return self._submit(
+        with reader.opened(path, self.settings.max_article_bytes, input_format, fields) as source:
+            batch = self._submit(
                 source, "<stdin>" if path == "-" else path, spec, budget, batch_id, stored, skip_invalid, progress, stop
             )
+            batch.notes = source.notes
+            return batch
 
     def _target(self, batch_id: str | None) -> tuple[str, BatchSpec | None]:
         """The batch id to submit to, and its stored spec when it exists already (a resume or an extension)."""

@@ -1,4 +1,4 @@
-"""The `summarize` command: submit, status, wait, results, retry, llm-serve.
+"""The `summarize` command: submit, status, wait, results, batches, retry, llm-serve.
 
 Exit codes: 0 success; 1 some jobs failed (wait, submit --wait); 2 timeout (wait) or bad usage;
 3 an error that stopped the command (bad input, unknown batch, Redis unreachable); 4 the batch is paused
@@ -87,8 +87,8 @@ def check_out(path: str | None) -> None:
         raise ConfigError(f"--out {path}: permission denied")
 
 
-def export(batch: Batch, path: str | None, fmt: str) -> int:
-    done = output.export(batch, path, fmt, label="--out ")
+def export(batch: Batch, path: str | None, fmt: str, statuses: Sequence[str] | None = None) -> int:
+    done = output.export(batch, path, fmt, label="--out ", statuses=statuses)
     if path not in (None, "-"):
         print(f"wrote {done.rows} result(s) to {path}", file=sys.stderr)
     if done.unfinished > 0:
@@ -200,8 +200,13 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         price_out=args.price_out,
         budget_usd=args.budget_usd,
         budget_tokens=args.budget_tokens,
+        input_format=args.input_format,
+        text_field=args.text_field,
+        id_field=args.id_field,
         **options,
     )
+    for note in batch.notes:
+        print(f"summarize submit: note: {note}", file=sys.stderr)
     rep = batch.report
     assert rep is not None
     if rep.interrupted:
@@ -233,6 +238,12 @@ def resume_command(args: argparse.Namespace, batch_id: str) -> str:
     """The command that goes on with an interrupted submit: the batch's spec is stored with it, so only
     what is not spec is repeated (a resume that gives spec options must give the same ones)."""
     words = ["summarize", "submit", args.path, "--batch-id", batch_id]
+    for option, value in (
+        ("--input-format", args.input_format),
+        ("--text-field", args.text_field),
+        ("--id-field", args.id_field),
+    ):
+        words += [option, value] if value is not None else []
     if args.skip_invalid:
         words.append("--skip-invalid")
     if args.out is not None:
@@ -271,13 +282,79 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     status = client.store.status(args.batch)
     if status["failed"]:
         status["failed_jobs"] = client.store.dead_letters(args.batch)
+        # Every failure counted by its error_type (the first error text of each): the listed ten are a sample.
+        status["failures"] = client.store.failures(args.batch)
+        status["failed_jobs_not_listed"] = max(0, status["failed"] - len(status["failed_jobs"]))
     if args.json:
         print(json.dumps(status, ensure_ascii=False))
         return EXIT_OK
     print_table(status_table(status))
-    for line in status_notes(status):
+    for line in status_notes(status) + failure_lines(status):
         print(line)
     return EXIT_OK
+
+
+def failure_lines(status: dict[str, Any]) -> list[str]:
+    """The count of each error_type with its first error, and how to get every failed row."""
+    if not status.get("failures"):
+        return []
+    lines = []
+    if status["failed_jobs_not_listed"]:
+        lines.append(
+            f"  ... and {status['failed_jobs_not_listed']} more failed job(s): "
+            f"summarize results {status['batch']} --status failed"
+        )
+    lines.append("  failed jobs by error type:")
+    for error_type, seen in status["failures"].items():
+        first = (seen["error"] or "").replace("\n", " ")
+        lines.append(f"    {seen['count']:>8}  {error_type}: {first[:200]}")
+    return lines
+
+
+def cmd_batches(args: argparse.Namespace, settings: Settings) -> int:
+    total, page = _client(settings).store.batches(args.limit, args.offset)
+    after = args.offset + args.limit
+    next_offset = after if after < total else None
+    if args.json:
+        print(json.dumps({"total": total, "offset": args.offset, "next_offset": next_offset, "batches": page}))
+        return EXIT_OK
+    if not page:
+        print(f"no batches{' from offset ' + str(args.offset) if args.offset else ''} ({total} in Redis)")
+        return EXIT_OK
+    head = ("BATCH", "STATE", "TOTAL", "DONE", "FAILED", "LEFT", "CREATED", "FINISHED", "COST_USD", "MODE", "PRIORITY")
+    rows = [head]
+    for b in page:
+        state = b["state"] + (f" ({b['reason']})" if b.get("reason") else "")
+        rows.append(
+            (
+                b["batch"],
+                state,
+                str(b["total"]),
+                str(b["done"]),
+                str(b["failed"]),
+                str(b["total"] - b["done"] - b["failed"] - b["cancelled"]),
+                _when(b["created_ms"]),
+                _when(b["finished_ms"]),
+                "-" if b["cost_usd"] is None else f"{b['cost_usd']:.4f}",
+                b["mode"],
+                b["priority"],
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    print("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows))
+    shown = f"{args.offset + 1}-{args.offset + len(page)} of {total}"
+    more = f"; next page: summarize batches --offset {next_offset} --limit {args.limit}" if next_offset else ""
+    print(f"batches {shown}, newest first{more}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _when(ms: int | None) -> str:
+    """A Redis time in ms as local time to the second ('-' when not yet)."""
+    if ms is None:
+        return "-"
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
 
 
 def _format(args: argparse.Namespace) -> str:
@@ -295,9 +372,11 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     batch = _client(settings).batch(args.batch)
     if args.follow:
+        if args.status:
+            raise UsageError("--status and --follow don't go together (--follow writes every row as it finishes)")
         return follow(batch, args.out, _format(args))
     check_out(args.out)
-    export(batch, args.out, _format(args))
+    export(batch, args.out, _format(args), args.status)
     return EXIT_OK
 
 
@@ -415,8 +494,20 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_submit(sub: Any) -> None:
-    s = sub.add_parser("submit", help="submit a JSONL file, a directory of .txt/.md, or - for stdin")
+    s = sub.add_parser(
+        "submit",
+        help="submit a file (JSONL, .jsonl.gz/.zst, CSV, TSV, Parquet, one .txt/.md), a directory of .txt/.md, "
+        "or - for stdin",
+    )
     s.add_argument("path")
+    s.add_argument(
+        "--input-format",
+        choices=["jsonl", "csv", "tsv", "parquet", "text"],
+        default=None,
+        help="the input's format (default: by its suffix, else JSON lines; gzip/zstd are told by the bytes)",
+    )
+    s.add_argument("--text-field", metavar="NAME", help="the field (column) holding the article's text (default text)")
+    s.add_argument("--id-field", metavar="NAME", help="the field (column) holding its id (default id)")
     s.add_argument("--batch-id", help="resume or extend this batch (default: a new id)")
     s.add_argument("--model", help="model name (default SUMMARIZE_MODEL)")
     s.add_argument(
@@ -536,7 +627,19 @@ def _add_reading(sub: Any) -> None:
         help="rows in finishing order as they are stored, until the batch is over (exit 1 if some "
         "failed); with --out, appends and resumes where an earlier run stopped",
     )
+    r.add_argument(
+        "--status",
+        action="append",
+        choices=list(output.ROW_STATUSES),
+        help="only the rows of jobs in this status (again for several): --status failed lists every failure",
+    )
     r.set_defaults(func=cmd_results)
+
+    bs = sub.add_parser("batches", help="the batches Redis holds, newest first: state, counts, times, cost, mode")
+    bs.add_argument("--limit", type=_number(int, 1), default=50, help="how many to list (default 50)")
+    bs.add_argument("--offset", type=_number(int, 0), default=0, help="skip this many of the newest first")
+    bs.add_argument("--json", action="store_true", help="one JSON object: the page, the total and the next offset")
+    bs.set_defaults(func=cmd_batches)
 
     rt = sub.add_parser(
         "retry", help="requeue the failed jobs of a batch (after the fix: another model, fallback, prices, budget)"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import gc
+import gzip
 import json
 import os
 import sys
@@ -206,6 +207,160 @@ register(
 register(Format("csv", (".csv",), CsvWriter, help="one row a job; a structured answer's fields as data.<field>"))
 
 
+class _CompressedJsonLines:
+    """The JSON lines jsonl writes, through a compressor, lines gathered so it is called once a megabyte."""
+
+    def __init__(self, stream: IO[bytes], options: Options) -> None:
+        self.out = self.compressor(stream)
+        self._lines: list[bytes] = []
+        self._size = 0
+
+    def compressor(self, stream: IO[bytes]) -> IO[bytes]:
+        raise NotImplementedError
+
+    def write(self, row: dict[str, Any]) -> None:
+        line = orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= 1 << 20:
+            self._drain()
+
+    def _drain(self) -> None:
+        self.out.write(b"".join(self._lines))
+        self._lines, self._size = [], 0
+
+    def close(self) -> None:
+        self._drain()
+        self.out.close()  # the compressor's end (gzip's trailer, zstd's frame end); the stream stays open
+
+
+class GzipJsonLinesWriter(_CompressedJsonLines):
+    def compressor(self, stream: IO[bytes]) -> IO[bytes]:
+        # mtime 0: the same rows give the same bytes
+        return gzip.GzipFile(fileobj=stream, mode="wb", compresslevel=6, mtime=0)  # type: ignore[return-value]
+
+
+class ZstdJsonLinesWriter(_CompressedJsonLines):
+    def compressor(self, stream: IO[bytes]) -> IO[bytes]:
+        import zstandard
+
+        writer: IO[bytes] = zstandard.ZstdCompressor(level=3).stream_writer(stream, closefd=False)  # type: ignore[assignment]
+        return writer
+
+
+for _name, _suffixes, _writer in (
+    ("jsonl.gz", (".jsonl.gz", ".ndjson.gz"), GzipJsonLinesWriter),
+    ("jsonl.zst", (".jsonl.zst", ".ndjson.zst"), ZstdJsonLinesWriter),
+):
+    # Not appendable: a compressed stream cut back to a cursor's offset can't be read on from there.
+    register(
+        Format(_name, _suffixes, _writer, binary=True, appendable=False, raw_metadata=True, help=f"jsonl, {_name[6:]}")
+    )
+
+#: the Parquet file's columns, in order: the same for every batch (a structured answer's `data` is its JSON)
+PARQUET_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "string"),
+    ("status", "string"),
+    ("summary", "string"),
+    ("data", "string"),
+    ("error", "string"),
+    ("error_type", "string"),
+    ("model", "string"),
+    ("prompt_tokens", "int64"),
+    ("completion_tokens", "int64"),
+    ("total_tokens", "int64"),
+    ("cost_usd", "float64"),
+    ("cached", "bool_"),
+    ("chunks", "int64"),
+    ("attempts", "int64"),
+    ("metadata", "string"),
+)
+#: rows a Parquet row group holds: the writer keeps no more than one group's rows in memory
+PARQUET_ROW_GROUP = 10_000
+_USAGE = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+class ParquetWriter:
+    """PARQUET_COLUMNS (usage flattened; data and metadata as JSON text), a row group every PARQUET_ROW_GROUP rows.
+
+    Rows are kept as they come and turned into columns a group at a time (pyarrow converts the dicts; only the
+    JSON columns are made here): no per-row work beyond an append, so it keeps up with orjson's JSON lines."""
+
+    def __init__(self, stream: IO[bytes], options: Options) -> None:
+        import pyarrow  # only a Parquet export pays for it
+        import pyarrow.parquet as pq
+
+        self._pa = pyarrow
+        self.schema = pyarrow.schema([(name, getattr(pyarrow, kind)()) for name, kind in PARQUET_COLUMNS])
+        # Dictionaries and min/max statistics only where they pay: a summary or an id is unique to its row.
+        self._writer = pq.ParquetWriter(
+            stream, self.schema, use_dictionary=list(_DICTIONARY), write_statistics=list(_STATISTICS)
+        )
+        self._rows: list[dict[str, Any]] = []
+        usage = pyarrow.struct([self.schema.field(name) for name in _USAGE])
+        self._struct = pyarrow.struct(
+            [pyarrow.field("usage", usage) if name == "usage" else self.schema.field(name) for name in _STRUCT_FIELDS]
+        )
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._rows.append(row)
+        if len(self._rows) >= PARQUET_ROW_GROUP:
+            self._group()
+
+    def _group(self) -> None:
+        if not self._rows:
+            return
+        pa, rows, dumps = self._pa, self._rows, orjson.dumps
+        # The plain fields and usage in one conversion (pyarrow reads the dicts), flattened into columns.
+        plain = pa.array(rows, type=self._struct).flatten()
+        by_name = dict(zip(self._struct.names, plain, strict=True))
+        by_name.update(zip(_USAGE, by_name.pop("usage").flatten(), strict=True))
+        # JSON text as UTF-8 bytes (pyarrow takes them for a string column). orjson writes a Fragment inside
+        # a list six times faster than one on its own, hence the brackets cut off.
+        by_name["metadata"] = pa.array([dumps([r["metadata"] or {}])[1:-1] for r in rows], type=pa.string())
+        by_name["data"] = pa.array([None if r.get("data") is None else dumps(r["data"]) for r in rows], pa.string())
+        arrays = [by_name[name] for name, _ in PARQUET_COLUMNS]
+        self._writer.write_batch(pa.record_batch(arrays, schema=self.schema))
+        self._rows = []
+        # Give the group's buffers back: pyarrow's pool would keep them, memory growing with the row groups.
+        pa.default_memory_pool().release_unused()
+
+    def close(self) -> None:
+        self._group()
+        self._writer.close()  # the footer; a file-like stream given to pyarrow stays open
+
+
+_DICTIONARY = ("status", "error_type", "model")
+_STATISTICS = ("id", "status", *_USAGE, "cost_usd", "cached", "chunks", "attempts")
+#: the columns pyarrow takes from the row dicts as they are (usage as a struct, flattened after)
+_STRUCT_FIELDS: tuple[str, ...] = (
+    "id",
+    "status",
+    "summary",
+    "error",
+    "error_type",
+    "model",
+    "usage",
+    "cost_usd",
+    "cached",
+    "chunks",
+    "attempts",
+)
+
+
+register(
+    Format(
+        "parquet",
+        (".parquet", ".pq"),
+        ParquetWriter,
+        binary=True,
+        appendable=False,
+        raw_metadata=True,
+        help="columns: usage flattened, data and metadata as JSON text; a row group a 10,000 rows",
+    )
+)
+
+
 # --------------------------------------------------------------------------- driving a writer
 
 
@@ -327,11 +482,28 @@ class Exported:
         return unfinished(self.status)
 
 
-def export(batch: Batch, path: str | os.PathLike[str] | None, fmt: str | Format, label: str = "") -> Exported:
-    """Every job of the batch in input order to `path` (None or '-': stdout)."""
+#: what `results --status` and `Batch.export(status=)` take: the statuses a row can say
+ROW_STATUSES = ("done", "failed", "cancelled", "queued", "running")
+
+
+def export(
+    batch: Batch,
+    path: str | os.PathLike[str] | None,
+    fmt: str | Format,
+    label: str = "",
+    statuses: Sequence[str] | None = None,
+) -> Exported:
+    """Every job of the batch in input order to `path` (None or '-': stdout); only those whose row says
+    one of `statuses` when it is given."""
     form = get(fmt)
     target = "-" if path is None else os.fspath(path)
-    rows = batch.client.store.rows(batch.id, raw_metadata=form.raw_metadata)
+    rows: Iterable[dict[str, Any]] = batch.client.store.rows(batch.id, raw_metadata=form.raw_metadata)
+    if statuses is not None:
+        unknown = sorted(set(statuses) - set(ROW_STATUSES))
+        if unknown:
+            raise ConfigError(f"unknown status {', '.join(unknown)}: one of {', '.join(ROW_STATUSES)}")
+        wanted = frozenset(statuses)
+        rows = (r for r in rows if ROW_STATUS.get(r["status"], r["status"]) in wanted)
     with output(target, form, label) as out, no_cyclic_gc():
         n = write_rows(rows, out, form, data_fields(batch))
     return Exported(target, form.name, n, batch.status())

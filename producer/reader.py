@@ -1,23 +1,33 @@
-"""Reading and validating input records, streamed: JSONL files, stdin, directories of .txt/.md, iterables.
+"""Reading and validating input records, streamed: JSON lines (plain, gzip or zstd), CSV/TSV, Parquet,
+a single .txt/.md article, directories of .txt/.md, stdin, iterables.
 
-Every problem becomes an InputError naming the source, line and id, so a user can fix the file.
+Every problem becomes an InputError naming the source, line (a CSV file's line, a Parquet file's row) and
+id, so a user can fix the file. `Fields` maps the article's columns (--text-field, --id-field); every
+other column is metadata.
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
 import hashlib
+import io
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+import zstandard
 
 from contract.errors import InputError
 
@@ -59,61 +69,85 @@ def content_id(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
-def check_text(text: Any, max_bytes: int) -> str | None:
-    """Why `text` can't be summarized, or None when it can."""
+def check_text(text: Any, max_bytes: int, name: str = "text") -> str | None:
+    """Why `text` can't be summarized, or None when it can (`name`: the field it came from)."""
     if not isinstance(text, str):
-        return f"'text' must be a string, got {type(text).__name__}"
+        return f"'{name}' must be a string, got {type(text).__name__}"
     if not text.strip():
-        return "'text' is empty or whitespace only"
+        return f"'{name}' is empty or whitespace only"
     if "\x00" in text:
-        return "'text' contains NUL characters"
+        return f"'{name}' contains NUL characters"
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError:
-        return "'text' contains unpaired surrogates (not valid Unicode)"
+        return f"'{name}' contains unpaired surrogates (not valid Unicode)"
     if size > max_bytes:
         return f"article is {size} bytes; the limit is {max_bytes} (SUMMARIZE_MAX_ARTICLE_BYTES)"
     return None
 
 
-def check_id(raw: Any) -> tuple[str | None, str | None]:
-    """(id, error) for a record's 'id' field."""
+def check_id(raw: Any, name: str = "id") -> tuple[str | None, str | None]:
+    """(id, error) for a record's id field (`name`: which one)."""
     if isinstance(raw, bool) or not isinstance(raw, str | int):
-        return None, f"'id' must be a string or an integer, got {type(raw).__name__}"
+        return None, f"'{name}' must be a string or an integer, got {type(raw).__name__}"
     job_id = str(raw)
     if not job_id.strip():
-        return None, "'id' is empty"
+        return None, f"'{name}' is empty"
     if len(job_id) > MAX_ID_CHARS:
-        return None, f"'id' is longer than {MAX_ID_CHARS} characters"
+        return None, f"'{name}' is longer than {MAX_ID_CHARS} characters"
     if _BAD_ID_CHARS.search(job_id):
-        return None, "'id' contains control characters"
+        return None, f"'{name}' contains control characters"
     if job_id.startswith(INVALID_ID_PREFIX):
         return None, f"ids starting with {INVALID_ID_PREFIX!r} are reserved for invalid records"
     try:
         job_id.encode("utf-8")
     except UnicodeEncodeError:
-        return None, "'id' is not valid Unicode (unpaired surrogate)"
+        return None, f"'{name}' is not valid Unicode (unpaired surrogate)"
     return job_id, None
 
 
-def record_from_obj(obj: Any, source: str, line: int, max_bytes: int, check_unicode: bool = True) -> Record:
+@dataclass(frozen=True)
+class Fields:
+    """Which fields (columns) hold an article's text and id; every other one is metadata."""
+
+    text: str = "text"
+    id: str = "id"
+    #: the id field was named (--id-field): a table without that column is an error, not derived ids
+    id_given: bool = False
+
+    @classmethod
+    def of(cls, text_field: str | None = None, id_field: str | None = None) -> Fields:
+        for option, value in (("--text-field", text_field), ("--id-field", id_field)):
+            if value is not None and not value.strip():
+                raise InputError(option, 0, None, "the field name is empty")
+        if text_field is not None and text_field == id_field:
+            raise InputError("--text-field", 0, None, f"{text_field!r} can't be both the text and the id")
+        return cls(text_field or "text", id_field or "id", id_field is not None)
+
+
+DEFAULT_FIELDS = Fields()
+
+
+def record_from_obj(
+    obj: Any, source: str, line: int, max_bytes: int, check_unicode: bool = True, fields: Fields = DEFAULT_FIELDS
+) -> Record:
     def bad(reason: str, job_id: str | None = None) -> Record:
         return Record.invalid(source, line, job_id, reason)
 
     if not isinstance(obj, dict):
         return bad(f"expected a JSON object, got {type(obj).__name__}")
     job_id: str | None = None
-    if "id" in obj and obj["id"] is not None:
-        job_id, id_error = check_id(obj["id"])
+    if obj.get(fields.id) is not None:
+        job_id, id_error = check_id(obj[fields.id], fields.id)
         if id_error:
             return bad(id_error)
-    if "text" not in obj:
-        return bad("'text' is missing", job_id)
-    text = obj["text"]
-    reason = check_text(text, max_bytes)
+    if fields.text not in obj:
+        return bad(missing(fields), job_id)
+    text = obj[fields.text]
+    reason = check_text(text, max_bytes, fields.text)
     if reason:
         return bad(reason, job_id)
-    metadata = {k: v for k, v in obj.items() if k not in ("id", "text")}
+    metadata = {k: v for k, v in obj.items() if k != fields.id and k != fields.text}
     try:
         if check_unicode and metadata:
             json.dumps(metadata, ensure_ascii=False).encode("utf-8")
@@ -123,14 +157,151 @@ def record_from_obj(obj: Any, source: str, line: int, max_bytes: int, check_unic
     return Record(source, line, job_id or content_id(text), text, metadata, derived=job_id is None, place=str(line))
 
 
-def iter_jsonl(stream: IO[bytes], source: str, max_bytes: int) -> Iterator[Record]:
+def missing(fields: Fields) -> str:
+    return f"'{fields.text}' is missing"
+
+
+class Reading:
+    """One pass over one source: makes its records, and watches for a text field no record has.
+
+    When every record lacks the text field but has another string field, the fix is one option, said
+    once (verdict), instead of a hundred lines of "'text' is missing".
+    """
+
+    #: records looked at for the field the text is under
+    LOOK = 1000
+
+    def __init__(self, source: str, max_bytes: int, fields: Fields = DEFAULT_FIELDS) -> None:
+        self.source, self.max_bytes, self.fields = source, max_bytes, fields
+        self.records = self.missing = 0
+        self.lengths: dict[str, int] = {}
+        self._missing = missing(fields)
+
+    def record(self, obj: Any, line: int, check_unicode: bool = True) -> Record:
+        rec = record_from_obj(obj, self.source, line, self.max_bytes, check_unicode, self.fields)
+        self.records += 1
+        if rec.error is not None and rec.error.reason == self._missing and isinstance(obj, dict):
+            self.missing += 1
+            if self.missing <= self.LOOK:
+                for k, v in obj.items():
+                    if isinstance(v, str) and k != self.fields.id:
+                        self.lengths[k] = self.lengths.get(k, 0) + len(v)
+        return rec
+
+    def verdict(self) -> None:
+        """Raise the one-line InputError when no record had the text field and another string field is there."""
+        if self.records and self.missing == self.records and self.lengths:
+            raise InputError(self.source, 0, None, no_text_field(self.fields.text, self.lengths, "record"))
+
+
+def no_text_field(name: str, lengths: dict[str, int], kind: str) -> str:
+    """The sentence for a text field no record (column) has, naming the likeliest one: the longest strings."""
+    best = max(lengths, key=lambda k: lengths[k])
+    option = shlex.quote(best)
+    return (
+        f"no {kind} has a '{name}' field; the article text seems to be under '{best}': "
+        f"give --text-field {option} (text_field={best!r} in the Python API)"
+    )
+
+
+BOM = b"\xef\xbb\xbf"
+_GZIP, _ZSTD, _PARQUET = b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"PAR1"
+#: what --input-format takes: a file's format ("text": the whole file is one article)
+INPUT_FORMATS = ("jsonl", "csv", "tsv", "parquet", "text")
+_SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".txt": "text",
+    ".md": "text",
+}
+#: compression is told by the bytes (gzip's and zstd's magic), these only come off the name first
+_COMPRESSED = (".gz", ".zst", ".zstd")
+_KIND = {"jsonl": "JSON lines", "csv": "CSV", "tsv": "TSV", "parquet": "Parquet", "text": "plain text"}
+#: rows a Parquet file is read in (a batch of a row group: memory stays flat in the file's size)
+PARQUET_BATCH_ROWS = 2048
+_HEADER_CELL = re.compile(rb"[\w.\- ]{1,100}")
+
+
+def input_format(path: str) -> str | None:
+    """The format a file's name says (a .gz or .zst after it is compression), or None."""
+    name = os.path.basename(path).lower()
+    for suffix in _COMPRESSED:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return _SUFFIXES.get(os.path.splitext(name)[1])
+
+
+def _stem(path: str) -> str:
+    name = os.path.basename(path)
+    for suffix in _COMPRESSED:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return os.path.splitext(name)[0]
+
+
+def other_format(kind: str, read_as: str) -> str:
+    """The one line for a file plainly of another format than it is read as."""
+    suffix = next(s for s, k in _SUFFIXES.items() if k == kind)
+    return f"this looks like a {_KIND[kind]} file, not {read_as}: give --input-format {kind} (or name it *{suffix})"
+
+
+def _looks_like(head: bytes) -> str | None:
+    """Parquet by its magic, CSV/TSV by a header row of names and a second line as wide; else None."""
+    if head.startswith(_PARQUET):
+        return "parquet"
+    lines = head.removeprefix(BOM).split(b"\n", 2)
+    first = lines[0].strip()
+    if not first or first[:1] in (b"{", b"[", b'"'):
+        return None
+    for delim, kind in ((b"\t", "tsv"), (b",", "csv")):
+        cells = [c.strip().strip(b'"') for c in first.split(delim)]
+        second = lines[1] if len(lines) > 1 else b""
+        if second.lstrip()[:1] == b"{":
+            return None  # a bad first line in JSON lines, not a header
+        if len(cells) >= 2 and all(_HEADER_CELL.fullmatch(c) for c in cells) and second.count(delim) >= len(cells) - 1:
+            return kind
+    return None
+
+
+def _peek(stream: IO[bytes], n: int) -> bytes:
+    peek = getattr(stream, "peek", None)
+    return bytes(peek(n)[:n]) if peek is not None else b""
+
+
+def _decompressed(stream: IO[bytes], stack: ExitStack) -> IO[bytes]:
+    """`stream`, or a reader of what it holds when that is gzip or zstd (told by the magic bytes)."""
+    head = _peek(stream, 4)
+    if head.startswith(_GZIP):
+        unzipped: IO[bytes] = stack.enter_context(gzip.GzipFile(fileobj=stream, mode="rb"))  # type: ignore[arg-type]
+        return unzipped
+    if head.startswith(_ZSTD):
+        raw = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True, closefd=False)
+        return stack.enter_context(io.BufferedReader(raw, 1 << 20))  # type: ignore[arg-type]
+    return stream
+
+
+def iter_jsonl(
+    stream: IO[bytes], source: str, max_bytes: int, fields: Fields = DEFAULT_FIELDS, reading: Reading | None = None
+) -> Iterator[Record]:
+    rd = reading or Reading(source, max_bytes, fields)
     limit = max_bytes * _LINE_SLACK + 4096
     line_no = 0
     while True:
         raw = stream.readline(limit + 1)
         if not raw:
+            rd.verdict()
             return
         line_no += 1
+        if line_no == 1:
+            raw = raw.removeprefix(BOM)  # an editor's byte-order mark: not part of the JSON
         if len(raw) > limit and not raw.endswith(b"\n"):
             # Skip the rest of a huge line without holding it in memory.
             size = len(raw)
@@ -158,14 +329,229 @@ def iter_jsonl(stream: IO[bytes], source: str, max_bytes: int) -> Iterator[Recor
             )
             continue
         # Unpaired surrogates in parsed JSON can only come from \uD800-\uDFFF escapes in the line.
-        yield record_from_obj(obj, source, line_no, max_bytes, check_unicode=b"\\ud" in raw.lower())
+        yield rd.record(obj, line_no, check_unicode=b"\\ud" in raw.lower())
+
+
+def _columns_checked(rd: Reading, names: Sequence[str], sample: Callable[[], list[dict[str, Any]]]) -> None:
+    """A table must have the text's column (and a named id's): else one line naming the likeliest one."""
+    f = rd.fields
+    shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+    if f.text not in names:
+        lengths: dict[str, int] = {}
+        for obj in sample():
+            for k, v in obj.items():
+                if isinstance(v, str) and k != f.id:
+                    lengths[k] = lengths.get(k, 0) + len(v)
+        lengths = {k: n for k, n in lengths.items() if n}
+        if lengths:
+            reason = no_text_field(f.text, lengths, "column") + f"; its columns: {shown}"
+        else:
+            reason = f"there is no '{f.text}' column (its columns: {shown}): name the text's with --text-field"
+        raise InputError(rd.source, 0, None, reason)
+    if f.id_given and f.id not in names:
+        raise InputError(rd.source, 0, None, f"there is no '{f.id}' column (--id-field; its columns: {shown})")
+
+
+def iter_csv(stream: IO[bytes], rd: Reading, delimiter: str = ",") -> Iterator[Record]:
+    """CSV (or TSV) with a header row; a record's line is the file line its row starts on (the header is 1)."""
+    # Undecodable bytes become surrogates, so one bad row is reported and the rest read on.
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    try:
+        csv.field_size_limit(max(csv.field_size_limit(), rd.max_bytes))
+        rows = csv.reader(text, delimiter=delimiter)
+        try:
+            header = [h.strip() for h in next(rows)]
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            kind = _KIND["tsv" if delimiter == "\t" else "csv"]
+            raise InputError(rd.source, 1, None, f"not {kind}: {exc}") from None
+        _columns_checked(rd, header, lambda: _sample_csv(rows, header))
+        id_col = rd.fields.id
+        while True:
+            start = rows.line_num + 1
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield Record.invalid(rd.source, start, None, _csv_error(exc))
+                continue
+            if not row:
+                continue  # a blank line
+            if len(row) != len(header):
+                yield Record.invalid(
+                    rd.source, start, None, f"the row has {len(row)} fields; the header has {len(header)}"
+                )
+                continue
+            try:
+                "".join(row).encode("utf-8")
+            except UnicodeEncodeError:
+                yield Record.invalid(rd.source, start, None, "invalid UTF-8 in the row")
+                continue
+            obj = dict(zip(header, row, strict=True))
+            if obj.get(id_col) == "":
+                del obj[id_col]  # an empty cell: no id given, one is derived from the text
+            yield rd.record(obj, start, check_unicode=False)
+    finally:
+        text.detach()  # the byte stream is its opener's to close (a spooled stdin is read again)
+
+
+def _sample_csv(rows: Iterator[list[str]], header: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for row in rows:
+        out.append(dict(zip(header, row, strict=False)))
+        if len(out) >= 50:
+            break
+    return out
+
+
+def _csv_error(exc: csv.Error) -> str:
+    if "field larger than field limit" in str(exc):
+        return "a field is longer than an article may be (SUMMARIZE_MAX_ARTICLE_BYTES)"
+    return f"bad CSV: {exc}"
+
+
+def iter_parquet(src: str | IO[bytes], rd: Reading) -> Iterator[Record]:
+    """A Parquet file in batches of PARQUET_BATCH_ROWS rows (never the whole file); a record's line is its row."""
+    import pyarrow  # only a Parquet input pays for it
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(src)
+    except (pyarrow.ArrowException, OSError) as exc:
+        raise InputError(rd.source, 0, None, f"not a readable Parquet file: {exc}") from None
+    schema = pf.schema_arrow
+    _columns_checked(rd, schema.names, lambda: _sample_parquet(pf))
+    simple = (
+        pyarrow.types.is_string,
+        pyarrow.types.is_large_string,
+        pyarrow.types.is_integer,
+        pyarrow.types.is_floating,
+        pyarrow.types.is_boolean,
+        pyarrow.types.is_null,
+    )
+    # Timestamps, dates, decimals, bytes in metadata: written as JSON has them (ISO 8601, strings).
+    convert = [f.name for f in schema if f.name != rd.fields.text and not any(t(f.type) for t in simple)]
+    row = 0
+    try:
+        # A reader per row group: one over the whole file holds on to what it read (memory grows with rows).
+        for group in range(pf.num_row_groups):
+            for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group], use_threads=False):
+                yield from _parquet_records(batch.to_pylist(), convert, rd, row)
+                row += batch.num_rows
+    except pyarrow.ArrowException as exc:
+        raise InputError(rd.source, row + 1, None, f"can't read the Parquet file from this row: {exc}") from None
+    rd.verdict()
+
+
+def _parquet_records(objs: list[dict[str, Any]], convert: list[str], rd: Reading, row: int) -> Iterator[Record]:
+    for obj in objs:
+        row += 1
+        for name in convert:
+            obj[name] = plain(obj[name])
+        yield rd.record(obj, row, check_unicode=False)
+
+
+def _sample_parquet(pf: Any) -> list[dict[str, Any]]:
+    for batch in pf.iter_batches(batch_size=50):
+        rows: list[dict[str, Any]] = batch.to_pylist()
+        return rows
+    return []
+
+
+def plain(value: Any) -> Any:
+    """A Parquet value as JSON holds it: datetimes and dates in ISO 8601, decimals and bytes as strings."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    isoformat = getattr(value, "isoformat", None)
+    if callable(isoformat):
+        return isoformat()
+    if hasattr(value, "total_seconds"):
+        return value.total_seconds()
+    return str(value)
+
+
+def _text_record(stream: IO[bytes], source: str, name: str | None, max_bytes: int) -> Record:
+    """A whole file as one article: its id the file name's stem (none from stdin: derived from the text)."""
+    job_id: str | None = None
+    if name is not None:
+        job_id, id_error = check_id(_stem(name))
+        if id_error:
+            return Record.invalid(source, 0, None, f"file name: {id_error}", place=name)
+    raw = stream.read(max_bytes + 1)
+    reason: str | None = None
+    if len(raw) > max_bytes:
+        reason = f"article is more than {max_bytes} bytes (SUMMARIZE_MAX_ARTICLE_BYTES)"
+    else:
+        try:
+            text = raw.removeprefix(BOM).decode("utf-8")
+            reason = check_text(text, max_bytes)
+        except UnicodeDecodeError as exc:
+            reason = f"invalid UTF-8 at byte {exc.start}"
+    if reason:
+        return Record.invalid(source, 0, job_id, reason, place=name or "")
+    metadata = {"file": name} if name else {}
+    return Record(source, 1, job_id or content_id(text), text, metadata, derived=job_id is None, place=name or "1")
+
+
+def _from_stream(stream: IO[bytes], fmt: str | None, rd: Reading, name: str | None = None) -> Iterator[Record]:
+    """Records of a seekable byte stream at its start, in `fmt` (None: by its bytes; JSON lines else)."""
+    head = _peek(stream, 8)
+    if head.startswith(_PARQUET) and fmt in (None, "parquet"):
+        yield from iter_parquet(stream, rd)
+        return
+    if fmt == "parquet":
+        raise InputError(rd.source, 0, None, "not a Parquet file (it does not start with PAR1)")
+    with ExitStack() as stack:
+        data = _decompressed(stream, stack)
+        head = _peek(data, 1 << 16)
+        if fmt in (None, "jsonl"):
+            kind = _looks_like(head)
+            if kind is not None:
+                raise InputError(rd.source, 0, None, other_format(kind, "JSON lines"))
+            yield from iter_jsonl(data, rd.source, rd.max_bytes, reading=rd)
+        elif fmt in ("csv", "tsv"):
+            if head.removeprefix(BOM).lstrip()[:1] == b"{":
+                raise InputError(rd.source, 0, None, other_format("jsonl", _KIND[fmt]))
+            yield from iter_csv(data, rd, "\t" if fmt == "tsv" else ",")
+            rd.verdict()
+        else:
+            yield _text_record(data, rd.source, name, rd.max_bytes)
+
+
+def scan_directory(path: Path) -> tuple[list[Path], int, int]:
+    """A directory's .txt/.md files (sorted), and how many subdirectories and other files it skips."""
+    files, dirs, others = [], 0, 0
+    for p in path.iterdir():
+        if p.is_dir():
+            dirs += 1
+        elif p.is_file() and p.suffix.lower() in (".txt", ".md"):
+            files.append(p)
+        else:
+            others += 1
+    return sorted(files), dirs, others
 
 
 def iter_directory(path: Path, max_bytes: int) -> Iterator[Record]:
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in (".txt", ".md"))
+    files, _, _ = scan_directory(path)
     source = str(path)
+    first: dict[str, str] = {}
     for number, file in enumerate(files, start=1):
-        yield _file_record(file, source, number, max_bytes)
+        rec = _file_record(file, source, number, max_bytes)
+        if rec.error is None and rec.job_id is not None:
+            seen = first.setdefault(rec.job_id, file.name)
+            if seen != file.name:
+                # Two files of one name (a.txt, a.md) give one id: named by their files, not lines.
+                reason = f"duplicate id {rec.job_id!r}: {seen} and {file.name} both give it; rename one"
+                rec = Record.invalid(str(file), 0, rec.job_id, reason, place=file.name)
+        yield rec
 
 
 def _file_record(file: Path, source: str, number: int, max_bytes: int) -> Record:
@@ -178,7 +564,7 @@ def _file_record(file: Path, source: str, number: int, max_bytes: int) -> Record
         if size > max_bytes:
             reason = f"article is {size} bytes; the limit is {max_bytes} (SUMMARIZE_MAX_ARTICLE_BYTES)"
         else:
-            text = file.read_bytes().decode("utf-8")
+            text = file.read_bytes().removeprefix(BOM).decode("utf-8")
             reason = check_text(text, max_bytes)
     except UnicodeDecodeError as exc:
         reason = f"invalid UTF-8 at byte {exc.start}"
@@ -189,14 +575,24 @@ def _file_record(file: Path, source: str, number: int, max_bytes: int) -> Record
     return Record(source, number, checked_id, text, {"file": file.name}, place=file.name)
 
 
-def as_object(item: str | dict[str, Any]) -> Any:
+def _skipped(dirs: int, others: int) -> str:
+    parts = [f"{dirs} subdirector{'y' if dirs == 1 else 'ies'}"] if dirs else []
+    parts += [f"{others} other file{'' if others == 1 else 's'}"] if others else []
+    return " and ".join(parts)
+
+
+def as_object(item: str | dict[str, Any], fields: Fields = DEFAULT_FIELDS) -> Any:
     """An API item as a record object: a plain string is the text."""
-    return {"text": item} if isinstance(item, str) else item
+    return {fields.text: item} if isinstance(item, str) else item
 
 
-def iter_items(items: Iterable[str | dict[str, Any]], max_bytes: int) -> Iterator[Record]:
+def iter_items(
+    items: Iterable[str | dict[str, Any]], max_bytes: int, fields: Fields = DEFAULT_FIELDS
+) -> Iterator[Record]:
+    rd = Reading("<items>", max_bytes, fields)
     for number, item in enumerate(items, start=1):
-        yield record_from_obj(as_object(item), "<items>", number, max_bytes)
+        yield rd.record(as_object(item, fields), number)
+    rd.verdict()
 
 
 class IdIndex:
@@ -236,14 +632,27 @@ def id_hash(job_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(job_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
 
 
+def _check_format(input_format: str | None) -> None:
+    if input_format is not None and input_format not in INPUT_FORMATS:
+        raise InputError(
+            "--input-format", 0, None, f"unknown format {input_format!r}: one of {', '.join(INPUT_FORMATS)}"
+        )
+
+
 @contextmanager
-def opened(path: str, max_bytes: int) -> Iterator[Source]:
-    """A re-readable source for PATH: validation reads it once, enqueueing a second time."""
+def opened(
+    path: str, max_bytes: int, input_format: str | None = None, fields: Fields = DEFAULT_FIELDS
+) -> Iterator[Source]:
+    """A re-readable source for PATH: validation reads it once, enqueueing a second time.
+
+    A file's format is `input_format`, else the one its suffix names, else told by its bytes (JSON lines,
+    or Parquet by its magic); gzip and zstd compression by its bytes, whatever the name."""
+    _check_format(input_format)
     if path == "-":
         # stdin can be read only once: spool it so both passes see the same bytes.
         with tempfile.TemporaryFile() as spool:
             shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
-            yield Source(lambda: _rewound(spool, "<stdin>", max_bytes))
+            yield Source(lambda: _spooled(spool, "<stdin>", input_format, max_bytes, fields, None))
         return
     p = Path(path)
     try:
@@ -252,12 +661,20 @@ def opened(path: str, max_bytes: int) -> Iterator[Source]:
         raise InputError(path, 0, None, unreadable(exc)) from None
     if stat.S_ISDIR(mode):
         try:
-            next(p.iterdir(), None)
+            files, dirs, others = scan_directory(p)
         except OSError as exc:
             raise InputError(path, 0, None, f"can't list the directory: {unreadable(exc)}") from None
-        yield Source(lambda: iter_directory(p, max_bytes))
+        skipped = _skipped(dirs, others)
+        if not files:
+            # An empty batch "finished" at once would only hide the mistake.
+            raise InputError(
+                path, 0, None, "no .txt or .md files in this directory" + (f" ({skipped} skipped)" if skipped else "")
+            )
+        notes = [f"{path}: skipped {skipped} (only .txt and .md files are read)"] if skipped else []
+        yield Source(lambda: iter_directory(p, max_bytes), notes)
     elif stat.S_ISREG(mode):
-        yield Source(lambda: _from_file(p, max_bytes))
+        fmt = input_format or input_format_of(path)
+        yield Source(lambda: _from_file(p, fmt, max_bytes, fields))
     elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
         # A pipe (`<(zcat f.gz)`, a FIFO) can be read only once: spooled, as stdin is.
         with tempfile.TemporaryFile() as spool:
@@ -266,58 +683,84 @@ def opened(path: str, max_bytes: int) -> Iterator[Source]:
                     shutil.copyfileobj(stream, spool, 1 << 20)
             except OSError as exc:
                 raise InputError(path, 0, None, f"can't read: {unreadable(exc)}") from None
-            yield Source(lambda: _rewound(spool, path, max_bytes))
+            fmt = input_format or input_format_of(path)
+            yield Source(lambda: _spooled(spool, path, fmt, max_bytes, fields, None))
     else:
         raise InputError(path, 0, None, "not a file, a directory or a pipe")
 
 
+def input_format_of(path: str) -> str | None:
+    return input_format(path)
+
+
 @contextmanager
-def opened_items(items: Iterable[str | dict[str, Any]], max_bytes: int) -> Iterator[Source]:
+def opened_items(
+    items: Iterable[str | dict[str, Any]], max_bytes: int, fields: Fields = DEFAULT_FIELDS
+) -> Iterator[Source]:
     """A re-readable source for API items: a sequence is read twice, anything else spooled first."""
     if isinstance(items, Sequence):
-        yield Source(lambda: iter_items(items, max_bytes))
+        yield Source(lambda: iter_items(items, max_bytes, fields))
         return
     # A generator can be read only once: spool it as JSONL so both passes see the same records.
     with tempfile.TemporaryFile() as spool:
         for item in items:
-            spool.write(json.dumps(as_object(item), ensure_ascii=False).encode() + b"\n")
-        yield Source(lambda: _rewound(spool, "<items>", max_bytes))
+            spool.write(json.dumps(as_object(item, fields), ensure_ascii=False, default=plain).encode() + b"\n")
+        yield Source(lambda: _spooled(spool, "<items>", "jsonl", max_bytes, fields, None))
 
 
 class Source:
-    """Makes a fresh record iterator per pass over the input."""
+    """Makes a fresh record iterator per pass over the input; `notes` say what the reading skipped."""
 
-    def __init__(self, make: Any) -> None:
+    def __init__(self, make: Callable[[], Iterator[Record]], notes: Sequence[str] = ()) -> None:
         self._make = make
+        self.notes = list(notes)
 
     def records(self) -> Iterator[Record]:
-        result: Iterator[Record] = self._make()
-        return result
+        return self._make()
 
 
-def _rewound(stream: IO[bytes], source: str, max_bytes: int) -> Iterator[Record]:
-    stream.seek(0)
-    return iter_jsonl(stream, source, max_bytes)
+def _spooled(
+    spool: IO[bytes], source: str, fmt: str | None, max_bytes: int, fields: Fields, name: str | None
+) -> Iterator[Record]:
+    spool.seek(0)
+    rd = Reading(source, max_bytes, fields)
+    if fmt == "parquet" or (fmt is None and _peek(spool, 4) == _PARQUET):
+        # pyarrow may close the file it is given: a duplicate of the spool's descriptor, read from the start.
+        with os.fdopen(os.dup(spool.fileno()), "rb") as dup:
+            dup.seek(0)
+            yield from _guarded(source, iter_parquet(dup, rd))
+        return
+    yield from _guarded(source, _from_stream(spool, fmt, rd, name))
 
 
-def _from_file(path: Path, max_bytes: int) -> Iterator[Record]:
+def _from_file(path: Path, fmt: str | None, max_bytes: int, fields: Fields) -> Iterator[Record]:
     source = os.fspath(path)
+    rd = Reading(source, max_bytes, fields)
+    if fmt == "parquet":
+        yield from _guarded(source, iter_parquet(source, rd))
+        return
     try:
         f = open(path, "rb", buffering=1 << 20)  # noqa: SIM115 - closed below, its errors named
     except OSError as exc:
         raise InputError(source, 0, None, f"can't read: {unreadable(exc)}") from None
     with f:
-        lines = iter_jsonl(f, source, max_bytes)
-        while True:
-            try:
-                rec = next(lines)
-            except StopIteration:
-                return
-            except OSError as exc:  # a read failing half-way (an I/O error, a file on a dead mount)
-                raise InputError(source, 0, None, f"can't read: {unreadable(exc)}") from None
-            yield rec
+        yield from _guarded(source, _from_stream(f, fmt, rd, path.name))
+
+
+def _guarded(source: str, records: Iterator[Record]) -> Iterator[Record]:
+    """The records, with a read failing half-way (an I/O error, damaged compressed data) as an InputError."""
+    while True:
+        try:
+            rec = next(records)
+        except StopIteration:
+            return
+        except OSError as exc:  # an I/O error, a file on a dead mount; gzip's BadGzipFile is one too
+            raise InputError(source, 0, None, f"can't read: {unreadable(exc)}") from None
+        except (EOFError, zlib.error, zstandard.ZstdError) as exc:
+            raise InputError(source, 0, None, f"the compressed data is damaged or cut short: {exc}") from None
+        yield rec
 
 
 def unreadable(exc: OSError) -> str:
     """Why a path can't be read, in words (no Python exception names)."""
-    return (exc.strerror or type(exc).__name__).lower()
+    return (exc.strerror or str(exc) or type(exc).__name__).lower()

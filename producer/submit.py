@@ -2,29 +2,43 @@
 
 Pass 1 counts, lists bad records, indexes ids (8 bytes each) and, when the batch already exists,
 compares each id's text with what the batch has. By default nothing is enqueued if anything is wrong.
-Pass 2 stores chunks of 500 jobs (one script call each, which also groups them into messages) and
-publishes the messages. A job is stored (queued) before its message is published; a crash in between
-leaves messages the reaper finds and publishes (see contract/lua/reap.lua). Resumable: ids already
-in the batch with the same text are skipped.
+While the input is clean, pass 1 also hashes and compresses each article into a temporary file
+(Prepared), so pass 2 of a clean input neither parses nor compresses again; otherwise pass 2 reads
+the input again and resolves each record (Resolver). Pass 2 stores chunks of 500 jobs (one script
+call each, which also groups them into messages) and publishes the messages, in a thread of its own
+fed through a bounded queue. A job is stored (queued) before its message is published; a crash in
+between leaves messages the reaper finds and publishes (see contract/lua/reap.lua). Resumable: ids
+already in the batch with the same text are skipped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import pickle
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from queue import Full, Queue
+from typing import IO, Any
 
 import redis
 
 from contract.errors import InputError, InvalidInput
-from contract.record import Article, digest
+from contract.record import Article, compress_many, digest
 from contract.store import JobStore, Message, NewJob, batched
 
 from .reader import Record, id_hash
 
 CHUNK = 500
+#: chunks read ahead of the one being stored
+DEPTH = 2
+#: records pass 2 reads from the input again before it takes the ones pass 1 prepared: a small input's
+#: first job is not held back by compressing it all in pass 1 (its first request leaves as early as before)
+PREPARE_AFTER = 10_000
 #: seconds between two asks for room under SUMMARIZE_MAX_QUEUED
 ROOM_POLL = 0.5
 #: how many bad records an error message lists before it only counts them
@@ -74,32 +88,135 @@ class Checked:
     repeated_texts: set[int] = field(default_factory=set)
     #: id hash -> why the batch refuses it (an id it already has with another text)
     conflicts: dict[int, str] = field(default_factory=dict)
+    #: the whole input hashed and compressed on the way (None: pass 2 reads the input again)
+    prepared: Prepared | None = None
+
+    @property
+    def clean(self) -> bool:
+        """Nothing for pass 2 to resolve: no bad record, no id twice, no text twice without an id."""
+        return not (self.problems.count or self.repeated_ids or self.repeated_texts or self.conflicts)
+
+
+#: one prepared record: (id, digest, place in its source, metadata, compressed text)
+PreparedJob = tuple[str, str, str, dict[str, Any], bytes]
+
+
+class Prepared:
+    """Pass 1's by-product while the input is clean so far: each valid record hashed and its text compressed,
+    written to an unnamed temporary file a chunk at a time (so memory stays flat), so that pass 2 of a clean
+    input only stores and publishes: no second parse, validation, hashing or compression. A thread does the
+    compression (zstd holds no GIL) and the writing while pass 1 goes on parsing. Nothing of it reaches Redis
+    before pass 1 has seen the whole input; an input with anything to resolve drops it (pass 2 then reads the
+    input again, as before)."""
+
+    def __init__(self, start: int) -> None:
+        #: how many records of the input come before the first prepared one
+        self.start = start
+        self.file: IO[bytes] | None = tempfile.TemporaryFile()  # noqa: SIM115 - closed by drop()
+        self.pipe: Queue[list[Record] | None] = Queue(maxsize=DEPTH)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._write_all, name="submit-prepare", daemon=True)
+        self.thread.start()
+
+    @property
+    def ok(self) -> bool:
+        return self.file is not None and self.error is None
+
+    def add(self, chunk: list[Record]) -> None:
+        if self.ok:
+            self.pipe.put(chunk)
+
+    def _write_all(self) -> None:
+        while (chunk := self.pipe.get()) is not None:
+            if self.file is None or self.error is not None:
+                continue  # dropped: only drain, so add() never blocks
+            try:
+                blobs = compress_many([r.text for r in chunk])
+                rows = [
+                    (r.job_id or "", digest(r.text), r.place or str(r.line), r.metadata, blob)
+                    for r, blob in zip(chunk, blobs, strict=True)
+                ]
+                pickle.dump(rows, self.file, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # a full disk: pass 2 reads the input again, as without this
+                self.error = exc
+
+    def finish(self) -> bool:
+        """Wait for the last chunk; True when every chunk was written."""
+        self.pipe.put(None)
+        self.thread.join()
+        if not self.ok or self.file is None:
+            return False
+        self.file.seek(0)
+        return True
+
+    def chunks(self) -> Iterator[list[PreparedJob]]:
+        assert self.file is not None
+        while True:
+            try:
+                rows: list[PreparedJob] = pickle.load(self.file)  # our own file, written by this process
+            except EOFError:
+                return
+            yield rows
+
+    def drop(self) -> None:
+        if self.thread.is_alive():
+            self.file, f = None, self.file
+            self.pipe.put(None)
+            self.thread.join()
+        else:
+            f, self.file = self.file, None
+        if f is not None:
+            f.close()
 
 
 class Checker:
     """Pass 1 over the input."""
 
-    def __init__(self, store: JobStore, batch_id: str, resuming: bool) -> None:
+    def __init__(self, store: JobStore, batch_id: str, resuming: bool, prepare_after: int = PREPARE_AFTER) -> None:
         self.store, self.batch_id, self.resuming = store, batch_id, resuming
+        self.prepare_after = prepare_after
 
     def check(self, records: Iterable[Record], should_stop: Callable[[], bool]) -> Checked:
         from .reader import IdIndex
 
         out = Checked()
         given, derived = IdIndex(), IdIndex()
-        for chunk in batched(records, CHUNK):
-            if should_stop():
-                raise KeyboardInterrupt  # nothing is enqueued before this pass ends, so stopping is free
-            for rec in chunk:
-                out.records += 1
-                if rec.error is not None:
-                    out.problems.add(rec.error)
-                elif rec.job_id is not None:
-                    (derived if rec.derived else given).add(rec.job_id)
-            if self.resuming:
-                self._compare(chunk, out)
-        out.repeated_ids, out.repeated_texts = given.repeated(), derived.repeated()
+        prepared: Prepared | None = None
+        try:
+            for chunk in batched(records, CHUNK):
+                if should_stop():
+                    raise KeyboardInterrupt  # nothing is enqueued before this pass ends, so stopping is free
+                for rec in chunk:
+                    out.records += 1
+                    if rec.error is not None:
+                        out.problems.add(rec.error)
+                    elif rec.job_id is not None:
+                        (derived if rec.derived else given).add(rec.job_id)
+                if self.resuming:
+                    self._compare(chunk, out)
+                prepared = self._prepare(prepared, chunk, out)
+            out.repeated_ids, out.repeated_texts = given.repeated(), derived.repeated()
+            if prepared is not None and out.clean and prepared.finish():
+                out.prepared = prepared
+            elif prepared is not None:
+                prepared.drop()
+        except BaseException:
+            if prepared is not None:
+                prepared.drop()
+            raise
         return out
+
+    def _prepare(self, prepared: Prepared | None, chunk: list[Record], out: Checked) -> Prepared | None:
+        """A clean chunk from record `prepare_after` on goes to the prepared file; the first problem drops it."""
+        if out.problems.count:
+            if prepared is not None:
+                prepared.drop()  # pass 2 resolves records from the input itself
+            return prepared
+        if prepared is None and out.records - len(chunk) >= self.prepare_after:
+            prepared = Prepared(out.records - len(chunk))
+        if prepared is not None:
+            prepared.add(chunk)
+        return prepared
 
     def _compare(self, chunk: list[Record], out: Checked) -> None:
         """Ids the batch already has must come with the same text (then they are a resume)."""
@@ -191,9 +308,60 @@ def to_job(rec: Record, source_index: int) -> NewJob:
     return NewJob(rec.invalid_id, Article("", origin, ""), meta, error=rec.error.reason)
 
 
+@dataclass(frozen=True)
+class PackedArticle(Article):
+    """An article packed ahead (its chunk's texts compressed in one call): create_jobs stores `blob` as is.
+    Its text is dropped once compressed, so a chunk in the pipeline holds each article once."""
+
+    blob: bytes = b""
+
+    def pack(self) -> bytes:
+        return self.blob
+
+
+def packed(jobs: list[NewJob]) -> list[NewJob]:
+    """The chunk's valid articles compressed together (zstd holds no GIL meanwhile), each packed ahead."""
+    valid = [j for j in jobs if j.error is None and not isinstance(j.article, PackedArticle)]
+    blobs = iter(compress_many([j.article.text for j in valid]))
+    out = []
+    for j in jobs:
+        if j.error is None and not isinstance(j.article, PackedArticle):
+            a = j.article
+            j = NewJob(j.job_id, PackedArticle(a.digest, a.origin, "", a.pack_compressed(next(blobs))), j.metadata)
+        out.append(j)
+    return out
+
+
+@dataclass
+class Chunk:
+    """A chunk of records on its way from the reading thread to the storing one."""
+
+    records: int
+    jobs: list[NewJob]
+    #: bad records the resolver found in it (listed before what storing it finds, as the input has them)
+    problems: list[InputError]
+
+
+@dataclass
+class Pipeline:
+    """The storing thread's side of the hand-over: at most DEPTH chunks wait, so memory stays flat."""
+
+    queue: Queue[Chunk | None] = field(default_factory=lambda: Queue(maxsize=DEPTH))
+    #: set by the reader (Ctrl-C, an error) or the storer (stopped, waiting for room stopped): no more chunks
+    stop: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+    interrupted: bool = False
+
+
 @dataclass
 class Enqueuer:
-    """Pass 2: store and publish chunk by chunk."""
+    """Pass 2: store and publish chunk by chunk.
+
+    Two threads: this one reads, resolves and hashes records into chunks; a storing thread compresses each
+    chunk (zstd, no GIL), stores it (one create.lua call: Redis works, no GIL) and publishes its messages,
+    in input order. While one thread waits on zstd or Redis the other runs, and a bounded queue between
+    them keeps memory flat. Each chunk is stored whole or not at all (create.lua), so a submit stopped or
+    killed anywhere is resumed as before."""
 
     store: JobStore
     #: publishes the messages a chunk's script grouped (contract.messaging.publish, bound to the broker)
@@ -211,40 +379,122 @@ class Enqueuer:
     def run(self, records: Iterator[Record], resolver: Resolver) -> SubmitReport:
         lease = self.store.settings.submit_lease
         self.store.submitting(self.batch_id, lease)
+        prepared = resolver.checked.prepared
         try:
-            return self._run(records, resolver)
+            size = min(CHUNK, self.store.settings.max_queued) or CHUNK
+            if prepared is not None:  # a clean input, hashed and compressed by pass 1 after its start
+                return self._run(self._from_both(records, resolver, prepared, size))
+            return self._run(self._from_records(records, resolver, size))
         finally:
             # Given back however the submit ends: the batch may be over now (an interrupted submit
             # that is resumed takes a new lease). With Redis unreachable the lease lapses by itself.
             with contextlib.suppress(redis.RedisError):
                 self.store.submitting(self.batch_id, 0)
+            if prepared is not None:
+                prepared.drop()
 
-    def _run(self, records: Iterator[Record], resolver: Resolver) -> SubmitReport:
-        report = SubmitReport(self.batch_id)
-        bound = self.store.settings.max_queued
-        submit_id = uuid.uuid4().hex
-        lease = self.store.settings.submit_lease
-        for chunk in batched(records, min(CHUNK, bound) if bound else CHUNK):
-            if self.should_stop() or (bound and not self._wait_for_room(submit_id, len(chunk))):
-                report.interrupted = True
-                break
-            jobs = []
+    def _from_records(self, records: Iterator[Record], resolver: Resolver, size: int) -> Iterator[Chunk]:
+        for chunk in batched(records, size):
+            jobs, problems = [], []
             for rec in map(resolver.resolve, chunk):
                 if rec.error is not None:
-                    report.problems.add(rec.error)
+                    problems.append(rec.error)
                     if not self.skip_invalid:
                         continue
                 jobs.append(to_job(rec, self.source_index))
-            created = self.store.create_jobs(self.batch_id, jobs, admit=submit_id if bound else "")
-            self.publish(created.messages)
-            self.store.submitting(self.batch_id, lease)
-            self._account(report, jobs, created.created, created.existing)
-            report.records += len(chunk)
-            if self.on_chunk:
-                self.on_chunk(len(chunk))
+            yield Chunk(len(chunk), jobs, problems)
+
+    def _from_both(
+        self, records: Iterator[Record], resolver: Resolver, prepared: Prepared, size: int
+    ) -> Iterator[Chunk]:
+        """The input's first records read again, then the prepared rest (the input is read no further)."""
+        yield from self._from_records(itertools.islice(records, prepared.start), resolver, size)
+        close = getattr(records, "close", None)
+        if close is not None:
+            close()  # a generator over the input file: the file is closed now
+        yield from self._from_prepared(prepared, size)
+
+    def _from_prepared(self, prepared: Prepared, size: int) -> Iterator[Chunk]:
+        def jobs() -> Iterator[NewJob]:
+            for rows in prepared.chunks():
+                for job_id, dg, place, metadata, blob in rows:
+                    article = Article(dg, f"{self.source_index}:{place}", "")
+                    yield NewJob(job_id, PackedArticle(dg, article.origin, "", article.pack_compressed(blob)), metadata)
+
+        for chunk in batched(jobs(), size):
+            yield Chunk(len(chunk), chunk, [])
+
+    def _run(self, chunks: Iterator[Chunk]) -> SubmitReport:
+        report = SubmitReport(self.batch_id)
+        bound = self.store.settings.max_queued
+        pipe = Pipeline()
+        storer = threading.Thread(
+            target=self._store_all, args=(pipe, report, bound), name=f"submit-{self.batch_id}", daemon=True
+        )
+        storer.start()
+        try:
+            for chunk in chunks:
+                if pipe.stop.is_set():
+                    break
+                if self.should_stop():
+                    pipe.interrupted = True
+                    break
+                self._hand_over(pipe, chunk)
+        except BaseException:
+            pipe.stop.set()  # the chunk being stored is finished (stored and published whole), no more
+            raise
+        finally:
+            self._hand_over(pipe, None, wait=True)
+            storer.join()
+        if pipe.error is not None:
+            raise pipe.error
+        report.interrupted = pipe.interrupted
         return report
 
-    def _wait_for_room(self, submit_id: str, jobs: int) -> bool:
+    @staticmethod
+    def _hand_over(pipe: Pipeline, item: Chunk | None, wait: bool = False) -> None:
+        """Queue a chunk, unless the storer has stopped (it takes nothing more: a full queue would block)."""
+        while True:
+            if pipe.stop.is_set() and not wait:
+                return
+            try:
+                pipe.queue.put(item, timeout=0.1)
+                return
+            except Full:
+                continue
+
+    def _store_all(self, pipe: Pipeline, report: SubmitReport, bound: int) -> None:
+        """The storing thread: each chunk in order until the reader's end mark; after a stop or an error it
+        only drains the queue (so the reader never blocks on it)."""
+        submit_id = uuid.uuid4().hex
+        lease = self.store.settings.submit_lease
+        renewed = time.monotonic()
+        while (item := pipe.queue.get()) is not None:
+            if pipe.stop.is_set():
+                continue
+            try:
+                if self.should_stop() or (bound and not self._wait_for_room(submit_id, item.records, pipe.stop)):
+                    pipe.interrupted = True
+                    pipe.stop.set()
+                    continue
+                for error in item.problems:
+                    report.problems.add(error)
+                jobs = packed(item.jobs)
+                created = self.store.create_jobs(self.batch_id, jobs, admit=submit_id if bound else "")
+                self.publish(created.messages)
+                # The lease outlives many chunks: renewed every quarter of it, not every chunk.
+                if time.monotonic() - renewed > lease / 4:
+                    self.store.submitting(self.batch_id, lease)
+                    renewed = time.monotonic()
+                self._account(report, jobs, created.created, created.existing)
+                report.records += item.records
+                if self.on_chunk:
+                    self.on_chunk(item.records)
+            except BaseException as exc:  # handed to the reading thread, which raises it
+                pipe.error = exc
+                pipe.stop.set()
+
+    def _wait_for_room(self, submit_id: str, jobs: int, ended: threading.Event) -> bool:
         """Block until SUMMARIZE_MAX_QUEUED lets this chunk in; False when the submit is stopped meanwhile."""
         waited = False
         while True:
@@ -261,7 +511,7 @@ class Enqueuer:
             waited = True
             self.store.submitting(self.batch_id, self.store.settings.submit_lease)
             for _ in range(5):  # a stop is seen within a tenth of a second
-                if self.should_stop():
+                if self.should_stop() or ended.is_set():  # stopped, or the reading thread failed
                     return False
                 time.sleep(ROOM_POLL / 5)
 

@@ -23,6 +23,7 @@ from contract.spec import BatchSpec
 from contract.store import JobStore, Message, NewJob
 from worker.account import JobAccount
 from worker.batches import Batches
+from worker.llm import Usage
 from worker.storage import WorkerStore
 from worker.summarize import Billed, Hold
 from worker.writer import Writer
@@ -115,7 +116,7 @@ def test_a_go_holds_the_calls_worst_case_and_its_bill_replaces_the_hold(settings
         assert hold == Hold(PRICE.cost(1000, 200), 1200)
         held = money(store, rig.bid)
         assert (held["held_tokens"], held["held_usd"]) == (1200, round(PRICE.cost(1000, 200), 6))
-        await acct.release(hold, "m", Billed(300, 50))
+        await acct.release(hold, "m", Billed(Usage(300, 50)))
         after = money(store, rig.bid)
         assert (after["held_tokens"], after["held_usd"]) == (0, 0.0)
         assert (after["spent_tokens"], after["spent_usd"]) == (350, round(PRICE.cost(300, 50), 6))
@@ -130,7 +131,7 @@ def test_without_a_price_a_call_holds_tokens_and_no_usd(settings: Settings, stor
         assert acct.price("m") is None
         hold = await acct.admit("m", 100, 20)
         assert hold == Hold(0.0, 120)  # send.lua was told -1 (unknown) and held 0 USD
-        await acct.release(hold, "m", Billed(40, 10))
+        await acct.release(hold, "m", Billed(Usage(40, 10)))
         after = money(store, rig.bid)
         assert (after["held_tokens"], after["spent_tokens"], after["spent_usd"]) == (0, 50, 0.0)
 
@@ -160,7 +161,7 @@ def test_a_call_that_fits_only_once_calls_in_flight_settle_waits_then_goes(setti
         with pytest.raises(BudgetWait):
             await second.admit("m", 1000, 200)
         assert money(store, rig.bid)["held_tokens"] == 1200  # the wait held nothing
-        await first.release(hold, "m", Billed(500, 100))
+        await first.release(hold, "m", Billed(Usage(500, 100)))
         assert await second.admit("m", 1000, 200) == Hold(PRICE.cost(1000, 200), 1200)
         assert money(store, rig.bid)["state"] == "running"
 
@@ -216,7 +217,7 @@ def test_a_call_that_may_have_been_billed_is_spent_at_its_bound(settings: Settin
 def test_releasing_no_hold_writes_nothing(settings: Settings, store: JobStore) -> None:
     async def body(rig: Rig) -> None:
         before = money(store, rig.bid)
-        await rig.account().release(Hold(), "m", Billed(300, 50))
+        await rig.account().release(Hold(), "m", Billed(Usage(300, 50)))
         assert money(store, rig.bid) == before
 
     run(settings, store, PRICED, body)

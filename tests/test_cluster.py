@@ -23,7 +23,7 @@ import redis
 import redis.asyncio.cluster
 import redis.cluster
 
-from contract import scripts
+from contract import schema, scripts
 from contract.keys import GLOBALS, Keys
 from contract.ops import Counts, Done, Fail, Run
 from contract.record import Article, Final, pack
@@ -198,7 +198,7 @@ def test_every_script_runs_on_the_cluster_with_its_keys_declared(cluster: Cluste
             reply = await ws.script(
                 "rate_acquire", rpm=600, tpm=0, tokens=10, window_ms=61000, rpm_burst=1, tpm_burst=1, late_ms=200
             )
-            slot = int(reply[1]) if isinstance(reply, list) and len(reply) > 1 else 0
+            slot = int(schema.RATE_SLOT.read(reply)["slot_ms"])
             ran.add("rate_acquire")
             await ws.script("rate_settle", slot_ms=slot, tokens=5, window_ms=61000, tpm=0)
             ran.add("rate_settle")
@@ -223,7 +223,9 @@ def test_every_script_runs_on_the_cluster_with_its_keys_declared(cluster: Cluste
                 fields=pack({}),
             )
             ran.add("pack_take")
-            await ws.script("pack_state", pack="pk1", expect="", to="done", due_ms=-1, fields=pack({}), release=0)
+            await ws.script(
+                "pack_state", pack="pk1", expect="", to="done", due_ms=-1, fields=pack({}), release=0, scope=""
+            )
             ran.add("pack_state")
             # The due set holds the claimed jobs of other runs: reap follows its members (not declarable).
             with pytest.raises(redis.ResponseError, match="UNDECLARED"):

@@ -204,3 +204,12 @@ def test_invalid_records_are_kept_as_documented(tmp_path: Path, local: Group) ->
     bad = rows["invalid@bad.jsonl:2"]
     assert bad["status"] == "failed" and bad["error_type"] == "InputError" and "empty" in bad["error"], bad
     assert "bad.jsonl:2 (id 'x'): " in sub.stderr
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    """docs/architecture.md is where a newcomer learns what each module is for: a new module must be on it."""
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    modules = [p for pkg in ("contract", "worker", "producer", "localllm") for p in sorted((ROOT / pkg).rglob("*.py"))]
+    missing = [str(p.relative_to(ROOT)) for p in modules if f"`{p.name}`" not in page and p.name not in page]
+    assert len(modules) > 40
+    assert not missing, f"docs/architecture.md does not name {missing}"

@@ -84,13 +84,20 @@ def test_lost_messages_come_back_while_the_queue_never_drains(stack: Stack, redi
         feeding = threading.Event()
         lengths: list[int] = []
 
+        def queued() -> int:
+            return sum(int(client.redis.llen(keys.broker_queue(s))) for s in PRIORITY_STEPS)
+
         def feed() -> None:
+            # Tops the shared queue up whenever it is below twelve messages (the worker's threads take several at
+            # once; the rest is seconds of its work), so it never drains however fast or slow the machine is,
+            # and never grows without bound.
             n = 0
             while not feeding.is_set():
-                client.submit(articles(f"feed{n}x", 8), batch_id=batch_id())
-                lengths.append(sum(int(client.redis.llen(keys.broker_queue(s))) for s in PRIORITY_STEPS))
-                n += 1
-                time.sleep(0.4)
+                if queued() < 12:
+                    client.submit(articles(f"feed{n}x", 24), batch_id=batch_id())
+                    n += 1
+                lengths.append(queued())
+                time.sleep(0.1)
 
         feeder = threading.Thread(target=feed, daemon=True)
         feeder.start()

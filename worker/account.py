@@ -86,8 +86,9 @@ class JobAccount:
             # No answer, but the provider may have billed it: spent at its bound, never under it.
             spent, tokens = hold.usd, hold.tokens
         else:
-            spent = price.cost(billed.prompt_tokens, billed.completion_tokens) if price else 0.0
-            tokens = billed.prompt_tokens + billed.completion_tokens
+            # an unknown price spends nothing in USD (the token cap still counts the tokens)
+            spent = price.cost(*billed.usage.pair) if price else 0.0
+            tokens = sum(billed.usage.pair)
         save = billed.save_tokens
         j = self.job
         await self.writer.settle(

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contract.errors import HandBack, RequestTooLarge
+from contract.schema import RATE_LIMITS_REPLY, RATE_SLOT
 from contract.settings import LimitSettings, ProviderSettings
 
 from . import metrics
@@ -109,12 +110,19 @@ class RateLimiter:
 
     async def refresh_limits(self, ttl_s: float) -> None:
         """Publish our own limits and adopt the strictest of the fleet's (housekeeping calls it)."""
-        rpm, tpm = await self.store.script(
-            "rate_limits", worker=self.worker, rpm=self.settings.rpm, tpm=self.settings.tpm, ttl_ms=int(ttl_s * 1000)
+        reply = RATE_LIMITS_REPLY.read(
+            await self.store.script(
+                "rate_limits",
+                worker=self.worker,
+                rpm=self.settings.rpm,
+                tpm=self.settings.tpm,
+                ttl_ms=int(ttl_s * 1000),
+            )
         )
-        if (int(rpm), int(tpm)) != (self.rpm, self.tpm):
+        rpm, tpm = int(reply["rpm"]), int(reply["tpm"])
+        if (rpm, tpm) != (self.rpm, self.tpm):
             log.info("rate limits in force: rpm=%s tpm=%s", rpm, tpm)
-        self.rpm, self.tpm = int(rpm), int(tpm)
+        self.rpm, self.tpm = rpm, tpm
 
     async def acquire(self, tokens: int, stop: asyncio.Event) -> Booking:
         """Wait for a slot for one request of `tokens`. Waiting here is not a failed attempt; a worker
@@ -145,17 +153,19 @@ class RateLimiter:
             return booking
 
     async def _book(self, tokens: int) -> Booking:
-        wait_ms, slot = await self.store.script(
-            "rate_acquire",
-            rpm=self.rpm,
-            tpm=self.tpm,
-            tokens=tokens,
-            window_ms=WINDOW_MS + LATE_MARGIN_MS,
-            rpm_burst=burst(self.rpm),
-            tpm_burst=burst(self.tpm),
-            late_ms=LATE_MS,
+        reply = RATE_SLOT.read(
+            await self.store.script(
+                "rate_acquire",
+                rpm=self.rpm,
+                tpm=self.tpm,
+                tokens=tokens,
+                window_ms=WINDOW_MS + LATE_MARGIN_MS,
+                rpm_burst=burst(self.rpm),
+                tpm_burst=burst(self.tpm),
+                late_ms=LATE_MS,
+            )
         )
-        return Booking(int(slot), tokens, int(wait_ms))
+        return Booking(int(reply["slot_ms"]), tokens, int(reply["wait_ms"]))
 
     async def release(self, booking: Booking) -> None:
         """The request of `booking` will not be sent (its batch was cancelled, paused or is over budget,

@@ -15,9 +15,9 @@ from contract.job import ClaimedJob
 from contract.keys import PRIORITY_STEPS, Keys
 from contract.ops import Op
 from contract.record import pack, text
-from contract.schema import CLAIM_REPLY, CLAIMED, HELD
+from contract.schema import CLAIM_REPLY, CLAIMED, HELD, PACK_DUE_REPLY, REAP_REPLY, SEND_REPLY, SETTLE_REPLY
 from contract.settings import Settings
-from contract.store import Message
+from contract.store import Message, messages_of
 
 
 def pack_lease_ms(settings: Settings) -> int:
@@ -95,23 +95,27 @@ class WorkerStore:
 
     async def settle(self, ops: Sequence[Op]) -> tuple[list[int], list[Message]]:
         """Store the ops; returns which were applied, and messages to publish (twins queued again)."""
-        applied, messages = await self.script(
-            "settle",
-            per_message=self.settings.jobs_per_message,
-            cache_ttl=self.settings.cache_ttl,
-            ops=pack([op.row() for op in ops]),
-            halt_after=self.settings.halt_after_same_errors,
+        reply = SETTLE_REPLY.read(
+            await self.script(
+                "settle",
+                per_message=self.settings.jobs_per_message,
+                cache_ttl=self.settings.cache_ttl,
+                ops=pack([op.row() for op in ops]),
+                halt_after=self.settings.halt_after_same_errors,
+            )
         )
-        return [int(a) for a in applied], [(int(step), text(m)) for step, m in messages]
+        return [int(a) for a in reply["applied"]], messages_of(reply["messages"])
 
     async def send(self, job: ClaimedJob, usd: float, tokens: int) -> tuple[str, str]:
         """The last word before a call leaves (contract/lua/send.lua): (verdict, detail), verdict one of go,
         wait, paused, cancelled, halted, lost, gone. With a budget, `go` also holds the call's bound
         (`usd` -1: its price is unknown)."""
-        verdict, detail = await self.script(
-            "send", batch=job.batch_id, gen=job.gen, id=job.job_id, token=job.token, usd=usd, tokens=tokens
+        reply = SEND_REPLY.read(
+            await self.script(
+                "send", batch=job.batch_id, gen=job.gen, id=job.job_id, token=job.token, usd=usd, tokens=tokens
+            )
         )
-        return text(verdict), text(detail)
+        return text(reply["verdict"]), text(reply["detail"])
 
     async def renew(self, held: list[ClaimedJob]) -> list[ClaimedJob]:
         """Extend the leases of `held`; returns those that are no longer ours."""
@@ -132,27 +136,31 @@ class WorkerStore:
         s = self.settings
         # Before the script: a message published after this look is newer than any orphan `grace` old.
         empty = await self.empty_queues()
-        messages, reclaimed, due, republished = await self.script(
-            "reap",
-            lease_ms=int(s.lease_seconds * 1000),
-            grace_ms=int(s.queued_grace * 1000),
-            gap_ms=int(max(3 * s.reap_interval, s.lease_seconds / 3 + 2 * s.reap_interval) * 1000),
-            per_message=s.jobs_per_message,
-            limit=limit,
-            empty=pack(empty),
+        r = REAP_REPLY.read(
+            await self.script(
+                "reap",
+                lease_ms=int(s.lease_seconds * 1000),
+                grace_ms=int(s.queued_grace * 1000),
+                gap_ms=int(max(3 * s.reap_interval, s.lease_seconds / 3 + 2 * s.reap_interval) * 1000),
+                per_message=s.jobs_per_message,
+                limit=limit,
+                empty=pack(empty),
+            )
         )
-        return Reaped([(int(step), text(m)) for step, m in messages], int(reclaimed), int(due), int(republished))
+        return Reaped(messages_of(r["messages"]), int(r["reclaimed"]), int(r["due"]), int(r["republished"]))
 
     async def packs_due(self) -> tuple[list[str], list[str]]:
         """(Batch mode) batches to pack now, and packs to move on; pushed a lease ahead."""
         s = self.settings
-        batches, packs = await self.script(
-            "pack_due",
-            linger_ms=int(s.batch_linger * 1000),
-            max=s.batch_max_requests,
-            lease_ms=pack_lease_ms(s),
+        reply = PACK_DUE_REPLY.read(
+            await self.script(
+                "pack_due",
+                linger_ms=int(s.batch_linger * 1000),
+                max=s.batch_max_requests,
+                lease_ms=pack_lease_ms(s),
+            )
         )
-        return [text(b) for b in batches], [text(p) for p in packs]
+        return [text(b) for b in reply["batches"]], [text(p) for p in reply["packs"]]
 
     async def try_reaper_lock(self, owner: str) -> bool:
         return bool(

@@ -271,26 +271,13 @@ class Tally:
     unusable: int = 0
     #: failed requests that may pass by themselves (429, 5xx, timeouts): bounded per run
     transient: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    #: False once a billed call's price was unknown: the cost is then null, never a made-up number
-    cost_known: bool = True
+    #: what was billed so far (cost -1 once a billed call's price was unknown: null, never a made-up number)
+    billed: Bill = field(default_factory=Bill)
     #: what was stored already (the Counts of earlier ops)
     flushed: Counts = field(default_factory=Counts)
 
-    def bill(self, prompt_tokens: int, completion_tokens: int, price: Price | None = None) -> None:
-        self.prompt_tokens += prompt_tokens
-        self.completion_tokens += completion_tokens
-        if price is None:
-            self.cost_known = self.cost_known and prompt_tokens + completion_tokens == 0
-        else:
-            self.cost_usd += price.cost(prompt_tokens, completion_tokens)
-
-    @property
-    def billed(self) -> Bill:
-        """What was billed so far (cost -1 once a price was unknown)."""
-        return Bill(self.prompt_tokens, self.completion_tokens, self.cost_usd if self.cost_known else -1.0)
+    def bill(self, usage: llm.Usage, price: Price | None = None) -> None:
+        self.billed += Bill.priced(usage.prompt_tokens, usage.completion_tokens, price)
 
     def unflushed(self) -> Counts:
         """What is not stored yet (cost -1 when unknown); marks it stored."""
@@ -314,8 +301,7 @@ class Billed:
     the request may have been billed (a timeout: the hold stays as spend at its bound); `save_tokens`,
     for a whole-article call, how far the provider's prompt count fell under the byte bound."""
 
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    usage: llm.Usage = field(default_factory=lambda: llm.Usage())
     estimated: bool = False
     save_tokens: int = 0
 
@@ -400,20 +386,20 @@ class Provider:
                 await self.limiter.release(booking)
                 raise
         tally.requests += 1
-        billed = (0, 0)
+        billed = llm.Usage()
         price = account.price(ask.model)
         failure: Exception | None = None
         metrics.IN_FLIGHT.inc()
         sent = time.monotonic()
         try:
             completion = await llm.complete(self.client, ask.body(room[0]), self.settings.llm_timeout)
-            billed = (completion.usage.prompt_tokens, completion.usage.completion_tokens)
-            tally.bill(*billed, price)
+            billed = completion.usage
+            tally.bill(billed, price)
             content = ask.check(completion.content)
         except MalformedResponse as exc:
-            if billed == (0, 0):
-                billed = (exc.prompt_tokens, exc.completion_tokens)
-                tally.bill(*billed, price)
+            if billed == llm.Usage():
+                billed = llm.Usage(exc.prompt_tokens, exc.completion_tokens)
+                tally.bill(billed, price)
             self._unusable(exc, room, unusable_before, tally)
             raise
         except TransientLLMError as exc:
@@ -427,13 +413,13 @@ class Provider:
             raise
         finally:
             metrics.IN_FLIGHT.dec()
-            metrics.observe(failure, time.monotonic() - sent, billed, price)
+            metrics.observe(failure, time.monotonic() - sent, billed.pair, price)
             # A timeout may have been billed: its hold is kept as spend at its bound (never overspent).
-            unknown = isinstance(failure, TransientLLMError) and failure.maybe_billed and billed == (0, 0)
+            unknown = isinstance(failure, TransientLLMError) and failure.maybe_billed and billed == llm.Usage()
             # The provider's count of a whole-article prompt is every run's count of it: how far it fell under
             # our bound tightens what earlier runs of this job that died in flight are counted at.
-            save = max(0, bound - billed[0]) if ask.whole and billed != (0, 0) else 0
-            await account.release(hold, ask.model, Billed(*billed, estimated=unknown, save_tokens=save))
+            save = max(0, bound - billed.prompt_tokens) if ask.whole and billed != llm.Usage() else 0
+            await account.release(hold, ask.model, Billed(billed, estimated=unknown, save_tokens=save))
         await self.limiter.settle(booking, completion.usage.prompt_tokens + room[0])
         return replace(completion, content=content)
 

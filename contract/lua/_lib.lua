@@ -128,17 +128,17 @@ end
 
 local function add_held(b, t, u)
   local bk = bkey(b)
-  if t ~= 0 then redis.call('HINCRBY', bk, 'held_tokens', t) end
-  if u ~= 0 then redis.call('HINCRBYFLOAT', bk, 'held_usd', u) end
+  if t ~= 0 then redis.call('HINCRBY', bk, B.held_tokens, t) end
+  if u ~= 0 then redis.call('HINCRBYFLOAT', bk, B.held_usd, u) end
 end
 
 local function add_spent(b, t, u, estimated)
   local bk = bkey(b)
-  if t ~= 0 then redis.call('HINCRBY', bk, 'spent_tokens', t) end
-  if u ~= 0 then redis.call('HINCRBYFLOAT', bk, 'spent_usd', u) end
+  if t ~= 0 then redis.call('HINCRBY', bk, B.spent_tokens, t) end
+  if u ~= 0 then redis.call('HINCRBYFLOAT', bk, B.spent_usd, u) end
   if estimated then
-    if t ~= 0 then redis.call('HINCRBY', bk, 'est_tokens', t) end
-    if u ~= 0 then redis.call('HINCRBYFLOAT', bk, 'est_usd', u) end
+    if t ~= 0 then redis.call('HINCRBY', bk, B.est_tokens, t) end
+    if u ~= 0 then redis.call('HINCRBYFLOAT', bk, B.est_usd, u) end
   end
 end
 
@@ -171,7 +171,7 @@ end
 -- and made again under the same id is another batch, and one that no longer exists gets no writes.
 -- (Batch mode's ops carry no generation yet: for them the batch must only exist.)
 local function live(b, gen)
-  local g = redis.call('HGET', bkey(b), 'gen')
+  local g = redis.call('HGET', bkey(b), B.gen)
   if not g then return false end
   return gen == nil or gen == '' or g == gen
 end
@@ -192,9 +192,9 @@ end
 
 -- New or re-driven work in a finished batch: its keys are kept again.
 local function unfinish(b)
-  if redis.call('HEXISTS', bkey(b), 'finished') == 1 then
+  if redis.call('HEXISTS', bkey(b), B.finished) == 1 then
     for _, k in ipairs(batch_keys(b)) do redis.call('PERSIST', k) end
-    redis.call('HDEL', bkey(b), 'finished')
+    redis.call('HDEL', bkey(b), B.finished)
   end
 end
 
@@ -266,15 +266,15 @@ local function finalize(b, id, from, status, record, keep_text, now)
 end
 
 -- Jobs made queued again go out in messages of up to `per` jobs, each registered in the orphans set
--- of its priority step (scored by now) until a worker claims it. Returns {step, member} pairs.
+-- of its priority step (scored by now) until a worker claims it. Appends MESSAGE records (step, member).
 local function enqueue_messages(b, ids, per, now, out)
   if #ids == 0 then return end
-  local step = redis.call('HGET', bkey(b), 'step') or '0'
+  local step = redis.call('HGET', bkey(b), B.step) or '0'
   for i = 1, #ids, per do
     local m = b
     for k = i, math.min(i + per - 1, #ids) do m = m .. L.msep .. ids[k] end
     redis.call('ZADD', orphans_key(step), now, m)
-    out[#out + 1] = {tonumber(step), m}
+    out[#out + 1] = record(MG, {step = tonumber(step), member = m})
   end
 end
 
@@ -329,7 +329,7 @@ local function finalize_cached(b, id, from, f, now)
     model = f[F.model], cached = true, chunks = f[F.chunks] or 0, finished_ms = now, cost_usd = 0,
     cache_key = f[F.cache_key] or ''})
   finalize(b, id, from, 'done', rec, false, now)
-  redis.call('HINCRBY', bkey(b), 'cached', 1)
+  redis.call('HINCRBY', bkey(b), B.cached, 1)
 end
 
 -- The leader of a flight settled: waiting twins are answered from its record (done), failed with its

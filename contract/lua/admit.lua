@@ -9,7 +9,8 @@
 -- ARGV[4] max: SUMMARIZE_MAX_QUEUED
 -- ARGV[5] step: the batch's priority step (lower goes first)
 --
--- Returns {1} when let in, else {0, backlog, position in line (0 = next)}.
+-- Returns ADMIT_REPLY (contract/schema.py): admitted 1 when let in (and nothing else), else 0 with the
+-- backlog and the position in line (0 = next).
 local id, n, max, step = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local now = now_ms()
 local HOLD_MS, STALE_MS = 60000, 10000
@@ -35,6 +36,6 @@ if head == id and backlog + held + n <= max then
   redis.call('ZREM', L.admission, id)
   redis.call('HDEL', L.admission_seen, id)
   redis.call('HSET', L.admitted, id, string.format('%d:%d', n, now + HOLD_MS))
-  return {1}
+  return record(AD, {admitted = 1})
 end
-return {0, backlog + held, redis.call('ZRANK', L.admission, id)}
+return record(AD, {admitted = 0, backlog = backlog + held, place = redis.call('ZRANK', L.admission, id)})

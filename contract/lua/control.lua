@@ -9,21 +9,21 @@
 -- ARGV[4] budget_usd: a new cap in USD ('' keeps the one there is)
 -- ARGV[5] budget_tokens: a new cap in tokens ('' keeps the one there is)
 --
--- Returns {state, reason}.
+-- Returns CONTROL_REPLY (contract/schema.py): the batch's state and pause reason.
 local b, action, usd, tokens = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local bk = bkey(b)
 if redis.call('EXISTS', bk) == 0 then return redis.error_reply('NOBATCH ' .. b) end
-if usd ~= '' then redis.call('HSET', bk, 'budget_usd', usd) end
-if tokens ~= '' then redis.call('HSET', bk, 'budget_tokens', tokens) end
-local state = redis.call('HGET', bk, 'state')
+if usd ~= '' then redis.call('HSET', bk, B.budget_usd, usd) end
+if tokens ~= '' then redis.call('HSET', bk, B.budget_tokens, tokens) end
+local state = redis.call('HGET', bk, B.state)
 if action == 'pause' and state == 'running' then
-  redis.call('HSET', bk, 'state', 'paused', 'reason', 'user')
+  redis.call('HSET', bk, B.state, 'paused', B.reason, 'user')
 elseif action == 'resume' and state == 'paused' then
-  redis.call('HSET', bk, 'state', 'running')
-  redis.call('HDEL', bk, 'reason')
+  redis.call('HSET', bk, B.state, 'running')
+  redis.call('HDEL', bk, B.reason)
 elseif action == 'cancel' and state ~= 'cancelled' then
-  redis.call('HSET', bk, 'state', 'cancelled')
-  redis.call('HDEL', bk, 'reason')
+  redis.call('HSET', bk, B.state, 'cancelled')
+  redis.call('HDEL', bk, B.reason)
 end
 local h = hmget(bk, B.state, B.reason)
-return {h[B.state], h[B.reason] or ''}
+return record(CT, {state = h[B.state], reason = h[B.reason] or ''})

@@ -12,10 +12,10 @@
 -- ARGV[6] gen: the batch generation the submit made or resumed ('' : any); a batch that is gone, or was
 --         made again meanwhile, takes nothing (error NOBATCH): the submit must start again
 --
--- Returns {results, messages}: results[i] = {1} created, or {0, digest, origin} already there;
--- messages = {step, member} pairs for the caller to publish.
+-- Returns CREATE_REPLY (contract/schema.py): results[i] a CREATED, created 1, or 0 with the digest and
+-- origin of the job already there; and the messages for the caller to publish.
 local b, per, admit, gen = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[6]
-local bgen = redis.call('HGET', bkey(b), 'gen')
+local bgen = redis.call('HGET', bkey(b), B.gen)
 if not bgen or (gen ~= '' and bgen ~= gen) then
   if admit ~= '' then redis.call('HDEL', L.admitted, admit) end
   return redis.error_reply('NOBATCH ' .. b)
@@ -46,19 +46,19 @@ for i, job in ipairs(jobs) do
       redis.call('XADD', part(b, 'events'), '*', 'id', id, 's', 'failed')
       failed = failed + 1
     end
-    results[i] = {1}
+    results[i] = record(CJ, {created = 1})
   end
 end
 local created = #queued_ids + failed
 if created > 0 then
   unfinish(b)
-  redis.call('HINCRBY', bkey(b), 'total', created)
-  redis.call('HINCRBY', bkey(b), 'queued', #queued_ids)
-  redis.call('HINCRBY', bkey(b), 'failed', failed)
+  redis.call('HINCRBY', bkey(b), B.total, created)
+  redis.call('HINCRBY', bkey(b), B.queued, #queued_ids)
+  redis.call('HINCRBY', bkey(b), B.failed, failed)
   redis.call('INCRBY', L.backlog, #queued_ids)
 end
 if admit ~= '' then redis.call('HDEL', L.admitted, admit) end
 local messages = {}
 enqueue_messages(b, queued_ids, per, now, messages)
 if #queued_ids == 0 and failed > 0 then maybe_finish(b, now) end
-return {results, messages}
+return record(CE, {results = results, messages = messages})

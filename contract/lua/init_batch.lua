@@ -12,15 +12,15 @@
 -- even after Redis lost its data and the counter starts again): what was kept of an earlier batch of that
 -- id (a worker's copy of its spec, a cache pointer, an op of a run still in flight) is told apart.
 --
--- Returns {created (0/1), stored spec, source index, generation}.
+-- Returns INIT_REPLY (contract/schema.py): created (0/1), the stored spec, the source's index, the generation.
 local b, spec, step, source, ttl = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local bk = bkey(b)
 local created = 0
 if redis.call('EXISTS', bk) == 0 then
   local now = now_ms()
-  redis.call('HSET', bk, 'spec', spec, 'step', step, 'ttl', ttl, 'state', 'running', 'created', now,
-    'total', 0, 'queued', 0, 'running', 0, 'done', 0, 'failed', 0, 'cancelled', 0,
-    'gen', redis.call('INCR', L.gen) .. '-' .. now)
+  redis.call('HSET', bk, B.spec, spec, B.step, step, B.ttl, ttl, B.state, 'running', B.created, now,
+    B.total, 0, B.queued, 0, B.running, 0, B.done, 0, B.failed, 0, B.cancelled, 0,
+    B.gen, redis.call('INCR', L.gen) .. '-' .. now)
   redis.call('ZADD', L.batches, now, b)
   created = 1
 end
@@ -28,4 +28,4 @@ local src = part(b, 'sources')
 local index = redis.call('LPOS', src, source)
 if not index then index = redis.call('RPUSH', src, source) - 1 end
 local h = hmget(bk, B.spec, B.gen)
-return {created, h[B.spec], index, h[B.gen] or ''}
+return record(IB, {created = created, spec = h[B.spec], index = index, gen = h[B.gen] or ''})

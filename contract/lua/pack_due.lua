@@ -10,14 +10,14 @@
 -- ARGV[3] max: jobs in a full pack (SUMMARIZE_BATCH_MAX_REQUESTS)
 -- ARGV[4] lease_ms: how long until a published one is looked at again
 --
--- Returns {batch ids to pack, pack ids to move on}.
+-- Returns PACK_DUE_REPLY (contract/schema.py): batch ids to pack, pack ids to move on.
 local linger, max, lease = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 local batches, packs = {}, {}
 local waiting = redis.call('ZRANGEBYSCORE', L.packing, '-inf', '+inf', 'WITHSCORES', 'LIMIT', 0, 100)
 for i = 1, #waiting, 2 do
   local b, since = waiting[i], tonumber(waiting[i + 1])
-  local state = redis.call('HGET', bkey(b), 'state')
+  local state = redis.call('HGET', bkey(b), B.state)
   if state == 'cancelled' or not state then
     redis.call('ZREM', L.packing, b)
     redis.call('DEL', part(b, 'packing'))
@@ -32,7 +32,7 @@ for _, pk in ipairs(redis.call('ZRANGEBYSCORE', L.packs_due, '-inf', now, 'LIMIT
   packs[#packs + 1] = pk
   -- A pack's step is leased for as long as its calls can take (its own lease_ms): no second worker
   -- joins one that is still working.
-  local own = tonumber(redis.call('HGET', pack_key(pk), 'lease_ms') or '0')
+  local own = tonumber(redis.call('HGET', pack_key(pk), PK.lease_ms) or '0')
   redis.call('ZADD', L.packs_due, 'XX', now + math.max(lease, own), pk)
 end
-return {batches, packs}
+return record(PD, {batches = batches, packs = packs})

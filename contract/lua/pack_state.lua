@@ -11,20 +11,21 @@
 -- ARGV[5] due_ms: look at it again this long from now (-1: never again)
 -- ARGV[6] fields: msgpack map of fields to record (file id, provider batch id, status, counts...)
 -- ARGV[7] release: 1 gives the pack's enqueued tokens back (once), 0 keeps them counted
+-- ARGV[8] scope: the scope the journal names, read by the caller so that its counter is declared ('' : none)
 --
 -- Returns 1 if it moved, 0 if it was not in `expect`.
 local pk, expect, to, due = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local key = pack_key(pk)
-local state = redis.call('HGET', key, 'state')
+local state = redis.call('HGET', key, PK.state)
 if not state or (expect ~= '' and state ~= expect) then return 0 end
 for k, v in pairs(cmsgpack.unpack(ARGV[6])) do redis.call('HSET', key, k, v) end
-redis.call('HSET', key, 'state', to)
+redis.call('HSET', key, PK.state, to)
 if ARGV[7] == '1' then
-  local h = hmget(key, 'enq', 'scope')
-  if h.enq then
-    redis.call('DECRBY', enq_key(h.scope), tonumber(h.enq))
-    redis.call('DECRBY', L.packs_tokens, tonumber(h.enq))
-    redis.call('HDEL', key, 'enq')
+  local h = hmget(key, PK.enq, PK.scope)
+  if h[PK.enq] then
+    redis.call('DECRBY', enq_key(h[PK.scope]), tonumber(h[PK.enq]))
+    redis.call('DECRBY', L.packs_tokens, tonumber(h[PK.enq]))
+    redis.call('HDEL', key, PK.enq)
   end
 end
 if due < 0 then
@@ -36,7 +37,7 @@ if to == 'done' then
   local flat = redis.call('HGETALL', key)
   local info = {}
   for i = 1, #flat, 2 do info[flat[i]] = flat[i + 1] end
-  local b = info.batch
+  local b = info[PK.batch]
   if b and redis.call('EXISTS', bkey(b)) == 1 then
     redis.call('HSET', part(b, 'packlog'), pk, cjson.encode(info))
     local ttl = redis.call('TTL', bkey(b))

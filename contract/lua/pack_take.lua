@@ -23,7 +23,7 @@
 -- ARGV[13] per_message: jobs per Celery message (for the jobs sent online)
 -- ARGV[14] fields: msgpack map of journal fields (lines, bytes, endpoint)
 --
--- Returns {verdict, messages}: verdict ok (made), none (only jobs sent online, or nothing), full (no
+-- Returns PACK_TAKE_REPLY (contract/schema.py): verdict ok (made), none (only jobs sent online, or nothing), full (no
 -- room under the limit now), paused (the budget refused it: the batch paused), busy (a job is no longer
 -- waiting: another worker took it), gone (the batch is not running, or is another generation).
 local b, gen, pk = ARGV[2], ARGV[3], ARGV[4]
@@ -33,7 +33,8 @@ local lease, per = tonumber(ARGV[12]), tonumber(ARGV[13])
 local now = now_ms()
 local bk, packing = bkey(b), part(b, 'packing')
 local messages = {}
-if not live(b, gen) or redis.call('HGET', bk, 'state') ~= 'running' then return {'gone', messages} end
+local function taken(verdict) return record(PT, {verdict = verdict, messages = messages}) end
+if not live(b, gen) or redis.call('HGET', bk, B.state) ~= 'running' then return taken('gone') end
 
 local sent = {}
 for _, id in ipairs(online) do
@@ -52,7 +53,7 @@ local function settle_index()
   local _, score = unpack(redis.call('ZRANGE', packing, 0, 0, 'WITHSCORES'))
   if not score then redis.call('ZREM', L.packing, b) else redis.call('ZADD', L.packing, score, b) end
 end
-if #jobs == 0 then settle_index(); return {'none', messages} end
+if #jobs == 0 then settle_index(); return taken('none') end
 
 local all = {}
 for _, id in ipairs(jobs) do all[#all + 1] = id end
@@ -64,9 +65,9 @@ for _, id in ipairs(all) do
     busy = true
   end
 end
-if busy then settle_index(); return {'busy', messages} end
+if busy then settle_index(); return taken('busy') end
 local enq = enq_key(scope)
-if limit > 0 and tonumber(redis.call('GET', enq) or '0') + tokens > limit then return {'full', messages} end
+if limit > 0 and tonumber(redis.call('GET', enq) or '0') + tokens > limit then return taken('full') end
 local h = hmget(bk, B.budget_usd, B.budget_tokens, B.spent_usd, B.spent_tokens, B.held_usd, B.held_tokens)
 local capped = h[B.budget_usd] or h[B.budget_tokens]
 if capped then
@@ -75,8 +76,8 @@ if capped then
   local over_tokens = h[B.budget_tokens]
     and tonumber(h[B.spent_tokens] or '0') + tonumber(h[B.held_tokens] or '0') + tokens > tonumber(h[B.budget_tokens])
   if over_usd or over_tokens then
-    redis.call('HSET', bk, 'state', 'paused', 'reason', 'budget')
-    return {'paused', messages}
+    redis.call('HSET', bk, B.state, 'paused', B.reason, 'budget')
+    return taken('paused')
   end
   put_hold(b, hold_field('', pk), tokens, usd)
   add_held(b, tokens, usd)
@@ -93,12 +94,12 @@ for i = 1, #all, 1000 do  -- unpack() has a limit on how many values it spreads
   redis.call('RPUSH', pack_key(pk, 'jobs'), unpack(all, i, math.min(i + 999, #all)))
 end
 for twin, leader in pairs(twins) do redis.call('HSET', pack_key(pk, 'twins'), twin, leader) end
-redis.call('HSET', pkey_, 'batch', b, 'gen', gen, 'state', 'new', 'created', now, 'jobs', #all, 'scope', scope,
-  'enq', tokens, 'held_usd', capped and usd or 0, 'held_tokens', capped and tokens or 0,
-  'lease_ms', lease)
+redis.call('HSET', pkey_, PK.batch, b, PK.gen, gen, PK.state, 'new', PK.created, now, PK.jobs, #all, PK.scope, scope,
+  PK.enq, tokens, PK.held_usd, capped and usd or 0, PK.held_tokens, capped and tokens or 0,
+  PK.lease_ms, lease)
 for k, v in pairs(cmsgpack.unpack(ARGV[14])) do redis.call('HSET', pkey_, k, v) end
 redis.call("INCRBY", enq, tokens)
 redis.call("INCRBY", L.packs_tokens, tokens)
 redis.call('SADD', part(b, 'packs'), pk)
 redis.call('ZADD', L.packs_due, now + lease, pk)
-return {'ok', messages}
+return taken('ok')

@@ -21,14 +21,14 @@
 -- ARGV[7] tpm_burst: tokens the token bucket holds (>= 1)
 -- ARGV[8] late_ms: how long after its slot a given-back slot may still be taken
 --
--- Returns {wait_ms, slot_ms} (Redis time).
+-- Returns RATE_SLOT (contract/schema.py): wait_ms, and slot_ms (Redis time).
 local rpm, tpm, tokens, window = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local rburst, tburst, late = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local now = now_ms()
 local start = now + math.max(0, redis.call('PTTL', L.cooldown))
-local h = hmget(L.rate, 'n', 't', 'last', 'rq', 'tk')
-local n, t = tonumber(h.n or '0'), tonumber(h.t or '0')
-local last, rq, tk = tonumber(h.last or '0'), tonumber(h.rq or '0'), tonumber(h.tk or '0')
+local h = hmget(L.rate, RT.requests, RT.tokens, RT.last, RT.request_tat, RT.token_tat)
+local n, t = tonumber(h[RT.requests] or '0'), tonumber(h[RT.tokens] or '0')
+local last, rq, tk = tonumber(h[RT.last] or '0'), tonumber(h[RT.request_tat] or '0'), tonumber(h[RT.token_tat] or '0')
 -- ms per request, ms per token
 local rT = rpm > 0 and 60000 / rpm or 0
 local tT = tpm > 0 and 60000 / tpm or 0
@@ -55,7 +55,7 @@ for _, e in ipairs(holes) do
   if tpm == 0 or tokens <= k then
     redis.call('ZREM', L.rate_holes, e)
     local taken = math.max(at, start)
-    return {taken - now, taken}
+    return record(RS, {wait_ms = taken - now, slot_ms = taken})
   end
 end
 
@@ -87,7 +87,7 @@ end
 if rpm > 0 then rq = math.max(rq, slot) + rT end
 if tpm > 0 then tk = math.max(tk, slot) + tokens * tT end
 redis.call('RPUSH', L.rate_log, string.format('%d:%d:1', slot, tokens))
-redis.call('HSET', L.rate, 'n', n + 1, 't', t + tokens, 'last', string.format('%d', slot),
-  'rq', string.format('%.3f', rq), 'tk', string.format('%.3f', tk))
+redis.call('HSET', L.rate, RT.requests, n + 1, RT.tokens, t + tokens, RT.last, string.format('%d', slot),
+  RT.request_tat, string.format('%.3f', rq), RT.token_tat, string.format('%.3f', tk))
 keep(math.max(slot, rq, tk))
-return {slot - now, slot}
+return record(RS, {wait_ms = slot - now, slot_ms = slot})

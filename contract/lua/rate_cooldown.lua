@@ -9,9 +9,9 @@ if redis.call('PTTL', L.cooldown) < ms then
   redis.call('SET', L.cooldown, '1', 'PX', ms)
   if redis.call('EXISTS', L.rate) == 1 then
     local until_ms = now_ms() + ms
-    local h = hmget(L.rate, 'rq', 'tk')
-    redis.call('HSET', L.rate, 'rq', string.format('%.3f', math.max(tonumber(h.rq or '0'), until_ms)),
-      'tk', string.format('%.3f', math.max(tonumber(h.tk or '0'), until_ms)))
+    local h = hmget(L.rate, RT.request_tat, RT.token_tat)
+    redis.call('HSET', L.rate, RT.request_tat, string.format('%.3f', math.max(tonumber(h[RT.request_tat] or '0'), until_ms)),
+      RT.token_tat, string.format('%.3f', math.max(tonumber(h[RT.token_tat] or '0'), until_ms)))
     redis.call('PEXPIRE', L.rate, math.max(redis.call('PTTL', L.rate), ms + 61000))
   end
 end

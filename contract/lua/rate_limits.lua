@@ -7,7 +7,7 @@
 -- ARGV[4] tpm: its own TPM (0: none)
 -- ARGV[5] ttl_ms: how long the entry lives without being refreshed
 --
--- Returns {rpm, tpm} in force (0: no limit).
+-- Returns RATE_LIMITS_REPLY (contract/schema.py): the rpm and tpm in force (0: no limit).
 local now = now_ms()
 redis.call('HSET', L.limits, ARGV[2], string.format('%d:%d:%d', tonumber(ARGV[3]), tonumber(ARGV[4]),
   now + tonumber(ARGV[5])))
@@ -23,4 +23,4 @@ for i = 1, #all, 2 do
     if t > 0 and (tpm == 0 or t < tpm) then tpm = t end
   end
 end
-return {rpm, tpm}
+return record(RL, {rpm = rpm, tpm = tpm})

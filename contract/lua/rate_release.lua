@@ -13,7 +13,7 @@
 local slot, tokens, late = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 if redis.call('EXISTS', L.rate) == 0 or slot + late < now then return 0 end
-local seq = redis.call('HINCRBY', L.rate, 'seq', 1)
+local seq = redis.call('HINCRBY', L.rate, RT.seq, 1)
 redis.call('ZREMRANGEBYSCORE', L.rate_holes, '-inf', '(' .. string.format('%d', now - late))
 redis.call('ZADD', L.rate_holes, slot, string.format('%d:%d:%d', slot, tokens, seq))
 redis.call('PEXPIRE', L.rate_holes, math.max(redis.call('PTTL', L.rate), slot - now + late + 1000))

@@ -12,12 +12,12 @@ local slot, tokens, window, tpm = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber
 if tokens <= 0 or redis.call('EXISTS', L.rate) == 0 then return 0 end
 -- Appended out of time order it leaves the log later than it could: that only errs on the safe side.
 redis.call('RPUSH', L.rate_log, string.format('%d:%d:0', slot, tokens))
-redis.call('HINCRBY', L.rate, 't', tokens)
+redis.call('HINCRBY', L.rate, RT.tokens, tokens)
 local now = now_ms()
-local tk = tonumber(redis.call('HGET', L.rate, 'tk') or '0')
+local tk = tonumber(redis.call('HGET', L.rate, RT.token_tat) or '0')
 if tpm > 0 then
   tk = math.max(tk, now) + tokens * 60000 / tpm
-  redis.call('HSET', L.rate, 'tk', string.format('%.3f', tk))
+  redis.call('HSET', L.rate, RT.token_tat, string.format('%.3f', tk))
 end
 local keep = math.max(redis.call('PTTL', L.rate), slot - now + window + 1000, math.ceil(tk - now + window + 1000))
 redis.call('PEXPIRE', L.rate, keep)

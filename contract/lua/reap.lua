@@ -15,19 +15,20 @@
 -- ARGV[7] empty: msgpack array of the priority steps whose broker queue was empty just before this call
 --   (the caller asks the broker: it is another Redis than the store's, see docs/scale.md)
 --
--- Returns {messages, reclaimed, due, republished}: messages = {step, member} pairs to publish.
+-- Returns REAP_REPLY (contract/schema.py): the messages to publish, and how many jobs came back by a
+-- lapsed lease, a due retry, a lost message.
 local lease, grace, gap = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local per, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
 local empty = {}
 for _, step in ipairs(cmsgpack.unpack(ARGV[7])) do empty[tostring(step)] = true end
 local now = now_ms()
-local clock = hmget(L.reaper, 'last', 'resumed')
-local resumed = tonumber(clock.resumed or '0')
-if not clock.last or now - tonumber(clock.last) > gap then
+local clock = hmget(L.reaper, RH.last, RH.resumed)
+local resumed = tonumber(clock[RH.resumed] or '0')
+if not clock[RH.last] or now - tonumber(clock[RH.last]) > gap then
   resumed = now
-  redis.call('HSET', L.reaper, 'resumed', now)
+  redis.call('HSET', L.reaper, RH.resumed, now)
 end
-redis.call('HSET', L.reaper, 'last', now)
+redis.call('HSET', L.reaper, RH.last, now)
 local leases_trusted = now - resumed >= lease
 
 local by_batch, order = {}, {}
@@ -100,9 +101,9 @@ end
 for _, b in ipairs(redis.call('ZRANGEBYSCORE', L.submits, '-inf', now, 'LIMIT', 0, limit)) do
   redis.call('ZREM', L.submits, b)
   if redis.call('EXISTS', bkey(b)) == 1 then
-    local until_ms = tonumber(redis.call('HGET', bkey(b), 'submitting') or '0')
+    local until_ms = tonumber(redis.call('HGET', bkey(b), B.submitting) or '0')
     if until_ms <= now then
-      redis.call('HDEL', bkey(b), 'submitting')
+      redis.call('HDEL', bkey(b), B.submitting)
       maybe_finish(b, now)
     else
       redis.call('ZADD', L.submits, until_ms, b)
@@ -112,20 +113,20 @@ end
 
 -- The batches index keeps only batches that still exist (expired ones leave it): a page per round,
 -- walking it by creation time from where the last round stopped.
-local cursor = redis.call('HGET', L.reaper, 'bcursor')
+local cursor = redis.call('HGET', L.reaper, RH.batch_cursor)
 local from = cursor and ('(' .. cursor) or '-inf'
 local page = redis.call('ZRANGEBYSCORE', L.batches, from, '+inf', 'WITHSCORES', 'LIMIT', 0, limit)
 for i = 1, #page, 2 do
   if redis.call('EXISTS', bkey(page[i])) == 0 then redis.call('ZREM', L.batches, page[i]) end
 end
 if #page < 2 * limit then
-  redis.call('HDEL', L.reaper, 'bcursor')
+  redis.call('HDEL', L.reaper, RH.batch_cursor)
 else
-  redis.call('HSET', L.reaper, 'bcursor', page[#page])
+  redis.call('HSET', L.reaper, RH.batch_cursor, page[#page])
 end
 
 local messages = {}
 for _, b in ipairs(order) do enqueue_messages(b, by_batch[b], per, now, messages) end
-if reclaimed > 0 then redis.call('HINCRBY', L.stats, 'reclaimed', reclaimed) end
-if republished > 0 then redis.call('HINCRBY', L.stats, 'republished', republished) end
-return {messages, reclaimed, due, republished}
+if reclaimed > 0 then redis.call('HINCRBY', L.stats, ST.reclaimed, reclaimed) end
+if republished > 0 then redis.call('HINCRBY', L.stats, ST.republished, republished) end
+return record(RP, {messages = messages, reclaimed = reclaimed, due = due, republished = republished})

@@ -9,6 +9,6 @@
 -- Returns the new revision, or an error NOBATCH.
 local b, spec = ARGV[2], ARGV[3]
 local bk = bkey(b)
-if redis.call('HEXISTS', bk, 'spec') == 0 then return redis.error_reply('NOBATCH ' .. b) end
-redis.call('HSET', bk, 'spec', spec)
-return redis.call('HINCRBY', bk, 'rev', 1)
+if redis.call('HEXISTS', bk, B.spec) == 0 then return redis.error_reply('NOBATCH ' .. b) end
+redis.call('HSET', bk, B.spec, spec)
+return redis.call('HINCRBY', bk, B.rev, 1)

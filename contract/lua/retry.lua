@@ -6,7 +6,7 @@
 -- ARGV[3] per_message: jobs per Celery message
 -- ARGV[4] ids: msgpack array of job ids
 --
--- Returns {messages, requeued}: messages = {step, member} pairs to publish.
+-- Returns REQUEUE_REPLY (contract/schema.py): the messages to publish and how many jobs were queued again.
 local b, per = ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
 local ids = {}
@@ -35,9 +35,9 @@ end
 if #ids > 0 then
   unfinish(b)
   local bk = bkey(b)
-  if redis.call('HGET', bk, 'state') == 'halted' then redis.call('HSET', bk, 'state', 'running') end
-  redis.call('HDEL', bk, 'fsig', 'fsig_n')  -- after the fix, the same-error count starts again
+  if redis.call('HGET', bk, B.state) == 'halted' then redis.call('HSET', bk, B.state, 'running') end
+  redis.call('HDEL', bk, B.same_error, B.same_errors)  -- after the fix, the same-error count starts again
 end
 local messages = {}
 enqueue_messages(b, ids, per, now, messages)
-return {messages, #ids}
+return record(RQ, {messages = messages, count = #ids})

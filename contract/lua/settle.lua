@@ -33,8 +33,8 @@
 -- ARGV[5] halt_after: a batch none of whose jobs is done yet halts once this many of its jobs failed with
 --         the same permanent provider error (fail's extra signature; 0: never)
 --
--- Returns {applied, messages}: applied[i] is 1 or 0 (already settled, or another run holds the job);
--- messages are {step, member} pairs to publish (twins whose leader did not answer).
+-- Returns SETTLE_REPLY (contract/schema.py): applied[i] is 1 or 0 (already settled, or another run holds
+-- the job); messages are MESSAGE records to publish (twins whose leader did not answer).
 local per, cache_ttl, halt_after = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
 local ops = cmsgpack.unpack(ARGV[4])
 local now = now_ms()
@@ -104,7 +104,7 @@ local function fail(b, id, op)
   local x = op[O.extra]
   local record, halt, sig = x[OF.record], x[OF.halt], x[OF.signature] or ''
   local bk = bkey(b)
-  if halt == '' and sig ~= '' and halt_after > 0 and tonumber(redis.call('HGET', bk, 'done') or '0') == 0 then
+  if halt == '' and sig ~= '' and halt_after > 0 and tonumber(redis.call('HGET', bk, B.done) or '0') == 0 then
     -- The first calls of a batch all failing alike: the rest would too, one paid discovery at a time.
     local seen = redis.call('HGET', bk, B.same_error)
     if not seen then
@@ -115,8 +115,8 @@ local function fail(b, id, op)
       end
     end
   end
-  if halt ~= '' and redis.call('HGET', bk, 'state') == 'running' then
-    redis.call('HSET', bk, 'state', 'halted', 'halt', halt)
+  if halt ~= '' and redis.call('HGET', bk, B.state) == 'running' then
+    redis.call('HSET', bk, B.state, 'halted', B.halt, halt)
   end
   land(b, id, nil, now, per, messages, cmsgpack.unpack(record))
   finalize(b, id, s, 'failed', record, true, now)
@@ -180,7 +180,7 @@ local function park(b, id, op)
   redis.call('HDEL', jk, H.token, H.lease)
   add_counts(jk, op)
   redis.call('ZREM', L.due, member(b, id))
-  if redis.call('HGET', bkey(b), 'state') ~= 'paused' then
+  if redis.call('HGET', bkey(b), B.state) ~= 'paused' then
     -- Resumed (or cancelled) since the worker looked: resume has walked the parked set already, so
     -- the job goes back on the queue (a cancelled batch's claim ends it there).
     move(b, 'running', 'queued')
@@ -245,8 +245,8 @@ local function spend(b, id, op)
     local take_u = math.min(hu, eu)
     put_hold(b, '~' .. field, et - take_t, eu - take_u, en - 1)
     add_spent(b, st - take_t, su - take_u, false)
-    redis.call('HINCRBY', bkey(b), 'est_tokens', -take_t)
-    redis.call('HINCRBYFLOAT', bkey(b), 'est_usd', -take_u)
+    redis.call('HINCRBY', bkey(b), B.est_tokens, -take_t)
+    redis.call('HINCRBYFLOAT', bkey(b), B.est_usd, -take_u)
     return 1
   end
   return 0  -- nothing held under that run (a repeated op): counted once already
@@ -263,4 +263,4 @@ for i, op in ipairs(ops) do
     applied[i] = 0
   end
 end
-return {applied, messages}
+return record(SR, {applied = applied, messages = messages})

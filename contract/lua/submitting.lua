@@ -14,10 +14,10 @@ local b, gen, lease = ARGV[2], ARGV[3], tonumber(ARGV[4])
 if not live(b, gen) then return 0 end
 local now = now_ms()
 if lease > 0 then
-  redis.call('HSET', bkey(b), 'submitting', now + lease)
+  redis.call('HSET', bkey(b), B.submitting, now + lease)
   redis.call('ZADD', L.submits, now + lease, b)
 else
-  redis.call('HDEL', bkey(b), 'submitting')
+  redis.call('HDEL', bkey(b), B.submitting)
   redis.call('ZREM', L.submits, b)
   maybe_finish(b, now)
 end

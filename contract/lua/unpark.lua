@@ -5,7 +5,7 @@
 -- ARGV[3] per_message: jobs per Celery message
 -- ARGV[4] ids: msgpack array of job ids
 --
--- Returns {messages, count}: messages = {step, member} pairs to publish.
+-- Returns REQUEUE_REPLY (contract/schema.py): the messages to publish and how many jobs were queued again.
 local b, per = ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
 local ids = {}
@@ -18,4 +18,4 @@ for _, id in ipairs(cmsgpack.unpack(ARGV[4])) do
 end
 local messages = {}
 enqueue_messages(b, ids, per, now, messages)
-return {messages, #ids}
+return record(RQ, {messages = messages, count = #ids})

@@ -22,8 +22,8 @@ from typing import Any
 from contract.job import ClaimedJob
 from contract.ops import Bill
 from contract.record import Article, pack, text
-from contract.schema import JOB
-from contract.store import batched
+from contract.schema import BATCH, JOB, PACK, PACK_TAKE_REPLY
+from contract.store import batched, messages_of
 
 from ..storage import WorkerStore
 from .lines import Built
@@ -42,15 +42,15 @@ class PackInfo:
 
     @property
     def state(self) -> str:
-        return self.fields.get("state", "gone")
+        return self.fields.get(PACK.state, "gone")
 
     @property
     def batch_id(self) -> str:
-        return self.fields.get("batch", "")
+        return self.fields.get(PACK.batch, "")
 
     @property
     def gen(self) -> str:
-        return self.fields.get("gen", "")
+        return self.fields.get(PACK.gen, "")
 
     def get(self, name: str, default: str = "") -> str:
         return self.fields.get(name, default)
@@ -101,28 +101,35 @@ class Journal:
 
     async def take(self, t: Take) -> tuple[str, list[tuple[int, str]]]:
         """(verdict, messages to publish): see pack_take.lua."""
-        verdict, messages = await self.store.script(
-            "pack_take",
-            batch=t.batch_id,
-            gen=t.gen,
-            pack=t.pack_id,
-            jobs=pack(t.built.leaders),
-            twins=pack(t.built.twins),
-            online=pack(t.built.online),
-            scope=t.scope,
-            tokens=t.built.tokens,
-            limit=t.limit,
-            usd=t.usd,
-            lease_ms=t.lease_ms,
-            per_message=self.store.settings.jobs_per_message,
-            fields=pack({"lines": len(t.built.lines), "bytes": t.built.size, "endpoint": t.endpoint}),
+        journal = {PACK.lines: len(t.built.lines), PACK.bytes: t.built.size, PACK.endpoint: t.endpoint}
+        reply = PACK_TAKE_REPLY.read(
+            await self.store.script(
+                "pack_take",
+                batch=t.batch_id,
+                gen=t.gen,
+                pack=t.pack_id,
+                jobs=pack(t.built.leaders),
+                twins=pack(t.built.twins),
+                online=pack(t.built.online),
+                scope=t.scope,
+                tokens=t.built.tokens,
+                limit=t.limit,
+                usd=t.usd,
+                lease_ms=t.lease_ms,
+                per_message=self.store.settings.jobs_per_message,
+                fields=pack(journal),
+            )
         )
-        return text(verdict), [(int(s), text(m)) for s, m in messages]
+        return text(reply["verdict"]), messages_of(reply["messages"])
 
     async def move(self, m: Move) -> bool:
+        # A release gives tokens back to the scope the journal names: read first, so the call declares its
+        # counter (the scope is written once, at take, and never changes).
+        scope = text(await self.r.hget(self.keys.pack(m.pack_id), PACK.scope) or b"") if m.release else ""
         return bool(
             await self.store.script(
                 "pack_state",
+                scope=scope,
                 pack=m.pack_id,
                 expect=m.expect,
                 to=m.to,
@@ -161,14 +168,14 @@ class Journal:
     async def batch_state(self, batch_id: str, gen: str) -> str:
         """The batch's state for this pack: running, paused, halted, cancelled, or gone (purged, expired,
         or made again under its id: another generation)."""
-        state, now_gen = await self.r.hmget(self.keys.batch(batch_id), ["state", "gen"])
+        state, now_gen = await self.r.hmget(self.keys.batch(batch_id), [BATCH.state, BATCH.gen])
         if state is None or (gen and text(now_gen or b"") != gen):
             return "gone"
         return text(state)
 
     async def generation(self, batch_id: str) -> str:
         """The batch's generation now ('' : it does not exist)."""
-        return text(await self.r.hget(self.keys.batch(batch_id), "gen") or b"")
+        return text(await self.r.hget(self.keys.batch(batch_id), BATCH.gen) or b"")
 
     async def enqueued(self, scope: str) -> int:
         return int(await self.r.get(self.keys.enqueued(scope)) or 0)

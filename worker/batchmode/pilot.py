@@ -10,6 +10,7 @@ import uuid
 from dataclasses import replace
 
 from contract.errors import BatchCancelled, PermanentLLMError
+from contract.schema import PACK
 
 from .client import call_seconds
 from .journal import Move, PackInfo, Take
@@ -81,11 +82,11 @@ class Pilot:
             except BatchCancelled:  # cancelled between two calls: the next one is not made
                 return await self._advance(await self.j.info(pack_id), own)
         except PackGone:
-            await self.j.move(Move(pack_id, "", "done", -1, {"status": "its batch is gone"}, release=True))
+            await self.j.move(Move(pack_id, "", "done", -1, {PACK.status: "its batch is gone"}, release=True))
             return "done"
         except PermanentLLMError as exc:
             info = await self.j.info(pack_id)
-            if info.get("provider_batch"):  # it exists and runs: never abandoned (see Steps.stalled)
+            if info.get(PACK.provider_batch):  # it exists and runs: never abandoned (see Steps.stalled)
                 return await self.steps.stalled(info, exc)
             spec = await self.parts.spec(info.batch_id, info.gen)
             if spec is not None and spec.fallback_mode == "online":
@@ -104,7 +105,7 @@ class Pilot:
         cancelled = batch == "cancelled"
         if cancelled and state in ("new", "uploaded"):
             return await self.steps.cancel(info)
-        if info.get("endpoint") != self.parts.endpoint:
+        if info.get(PACK.endpoint) != self.parts.endpoint:
             log.warning("pack %s was made for another endpoint; leaving it to that one's workers", info.pack_id)
             return state
         spec = await self.parts.spec(info.batch_id, info.gen)
@@ -131,7 +132,7 @@ class Pilot:
         try:
             return await self._fetch(info)
         except PackGone:
-            await self.j.move(Move(pack_id, "", "done", -1, {"status": "its batch is gone"}, release=True))
+            await self.j.move(Move(pack_id, "", "done", -1, {PACK.status: "its batch is gone"}, release=True))
             return {}
 
     async def _fetch(self, info: PackInfo) -> dict[str, int]:
@@ -143,7 +144,7 @@ class Pilot:
         cancelled = await self.j.batch_state(info.batch_id, info.gen) == "cancelled"
         guard = no_guard if cancelled else self.steps.guard(info)
         lines = {}
-        for file_id in (info.get("error_file"), info.get("output_file")):
+        for file_id in (info.get(PACK.error_file), info.get(PACK.output_file)):
             if file_id:
                 lines.update(parse(await self.parts.client.content(file_id, guard)))
         held = {
@@ -154,7 +155,9 @@ class Pilot:
         # The hold becomes spend before the jobs settle: a `wait` that sees the last job done then never reads a
         # finished batch still holding the pack's money. A retry after a crash between the two finds the hold
         # gone, and spend.lua's op then changes nothing (nothing billed twice).
-        await self.parts.release(info, settled.bill.cost_usd, settled.bill.tokens)
+        # a model without a price spends no USD (its tokens still count against a token cap)
+        usd = settled.bill.cost_usd if settled.bill.cost_known else 0.0
+        await self.parts.release(info, usd, settled.bill.tokens)
         await self.parts.settle(settled.ops)
         await self.steps.move(Move(info.pack_id, "fetching", "done", -1, release=True))
         if not cancelled:

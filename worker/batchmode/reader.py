@@ -18,6 +18,7 @@ from contract.errors import MalformedResponse, PermanentLLMError, UnusableAnswer
 from contract.job import ClaimedJob
 from contract.openai_shapes import BATCH_CANCELLED, BATCH_EXPIRED
 from contract.ops import Bill, Op, Repack, Run
+from contract.schema import PACK
 from contract.settings import Settings
 from contract.spec import BatchSpec
 
@@ -92,7 +93,7 @@ class Reader:
         out = Settled()
         for line in lines.values():
             usage = line.usage
-            out.bill += Bill(usage.prompt_tokens, usage.completion_tokens, self._cost(usage))
+            out.bill += self._bill(usage)
         for job_id, job in held.items():
             leader = twins.get(job_id)
             if leader is None:
@@ -101,16 +102,11 @@ class Reader:
                 self._twin(out, job, lines.get(leader))
         return out
 
-    def _cost(self, usage: llm.Usage) -> float:
-        if self.price is None:
-            return 0.0
-        return self.price.cost(usage.prompt_tokens, usage.completion_tokens) * self.settings.batch_discount
+    def _bill(self, usage: llm.Usage) -> Bill:
+        return Bill.priced(usage.prompt_tokens, usage.completion_tokens, self.price, self.settings.batch_discount)
 
     def _tally(self, usage: llm.Usage) -> Tally:
-        tally = Tally(requests=1, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
-        tally.cost_usd = self._cost(usage)
-        tally.cost_known = self.price is not None or usage == llm.Usage()
-        return tally
+        return Tally(requests=1, billed=self._bill(usage))
 
     def _leader(self, out: Settled, job: ClaimedJob, line: Line | None) -> None:
         if line is not None and line.status == 200:
@@ -143,9 +139,9 @@ class Reader:
     def _unanswered(self, line: Line | None) -> tuple[int, str, str]:
         if line is not None:
             return line.status, line.code, line.message
-        ended = self.info.get("status")
+        ended = self.info.get(PACK.status)
         code = _ENDED.get(ended, "missing")
-        return 0, code, self.info.get("errors") or f"the provider batch ended {ended} without this line"
+        return 0, code, self.info.get(PACK.errors) or f"the provider batch ended {ended} without this line"
 
     def _summary(self, job: ClaimedJob, line: Line) -> Summary:
         completion = llm.validated(line.body)

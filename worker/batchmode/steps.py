@@ -15,6 +15,7 @@ from contract.job import ClaimedJob
 from contract.models import known_context
 from contract.openai_shapes import TERMINAL_BATCH_STATUSES
 from contract.ops import Fail, Op
+from contract.schema import PACK
 from contract.settings import Settings
 from contract.spec import BatchSpec
 
@@ -67,7 +68,7 @@ class Steps:
     async def upload(self, info: PackInfo, spec: BatchSpec, built: Built | None = None) -> str:
         """Upload the pack's lines (rebuilt from its jobs when resumed: the same lines, the same hold)."""
         if built is None:  # resumed: leased again for the call, then the same lines rebuilt from its jobs
-            await self.move(Move(info.pack_id, "new", "new", call_seconds(self.s, int(info.number("bytes")))))
+            await self.move(Move(info.pack_id, "new", "new", call_seconds(self.s, int(info.number(PACK.bytes)))))
             held, twins = await self.j.held(info), await self.j.twins(info.pack_id)
             waiting = [(job_id, job.article) for job_id, job in held.items() if job_id not in twins]
             built = self.builder(spec).build(waiting, self.room(spec, float("inf")))
@@ -75,7 +76,7 @@ class Steps:
             file_id = await self.parts.client.upload(f"{info.pack_id}.jsonl", built.body(), self.guard(info))
         except TransientLLMError as exc:
             return await self.later(info, "new", exc)
-        fields = {"file_id": file_id, "lines": len(built.lines), "bytes": built.size}
+        fields = {PACK.file_id: file_id, PACK.lines: len(built.lines), PACK.bytes: built.size}
         if not await self.move(Move(info.pack_id, "new", "uploaded", 0, fields)):
             return (await self.j.info(info.pack_id)).state
         return "uploaded"
@@ -86,18 +87,18 @@ class Steps:
         lease = call_seconds(self.s)  # the look-ups and creates, each attempt cut off at its timeout
         # A worker died creating it, or an earlier create call's last attempt went unanswered (a 502 after
         # the provider made the batch): look before creating. The mark is journaled before any attempt.
-        looked = info.state == "creating" or info.get("create_tried") == "1"
-        mark: dict[str, object] = {"lease_ms": int(lease * 1000), "create_tried": 1}
+        looked = info.state == "creating" or info.get(PACK.create_tried) == "1"
+        mark: dict[str, object] = {PACK.lease_ms: int(lease * 1000), PACK.create_tried: 1}
         if not await self.move(Move(info.pack_id, info.state, "creating", lease, mark)):
             return (await self.j.info(info.pack_id)).state
-        req = CreateRequest(info.pack_id, info.batch_id, info.get("file_id"))
+        req = CreateRequest(info.pack_id, info.batch_id, info.get(PACK.file_id))
         try:
             found = await self.parts.client.create(req, self.guard(info), looked=looked)
         except TransientLLMError as exc:  # 429 token_limit_exceeded included: wait for room
             return await self.later(info, "creating", exc, back_to="uploaded")
-        fields = {"provider_batch": found.id, "status": found.status, "counts": counts_of(found)}
+        fields = {PACK.provider_batch: found.id, PACK.status: found.status, PACK.counts: counts_of(found)}
         await self.move(Move(info.pack_id, "creating", "created", self.s.batch_poll, fields))
-        log.info("pack %s: provider batch %s (%s lines)", info.pack_id, found.id, info.get("lines"))
+        log.info("pack %s: provider batch %s (%s lines)", info.pack_id, found.id, info.get(PACK.lines))
         return "created"
 
     async def adopt(self, info: PackInfo) -> str:
@@ -106,7 +107,7 @@ class Steps:
         found = await self.parts.client.find(info.pack_id)
         if found is None:
             return await self.cancel(info)
-        fields = {"provider_batch": found.id, "status": found.status, "counts": counts_of(found)}
+        fields = {PACK.provider_batch: found.id, PACK.status: found.status, PACK.counts: counts_of(found)}
         await self.move(Move(info.pack_id, "creating", "created", 0, fields))
         return "created"
 
@@ -120,14 +121,14 @@ class Steps:
     async def later(self, info: PackInfo, state: str, exc: Exception, back_to: str = "", give_up: bool = True) -> str:
         """A step that failed for now: tried again later, with the online path's backoff, until the retry
         horizon has passed since its first failure; then the pack fails with that error."""
-        since = info.number("failing_since") or time.time()
+        since = info.number(PACK.failing_since) or time.time()
         if give_up and time.time() - since >= self.s.retry_horizon:
             error = PermanentLLMError(f"gave up after {self.s.retry_horizon:.0f}s of retries; last error: {exc}")
             return await self.fail(info, error)
-        tries = int(info.number("failures"))
+        tries = int(info.number(PACK.failures))
         delay = defer_delay(tries, getattr(exc, "retry_after", None), min(self.s.defer_base, self.s.batch_poll))
         log.warning("pack %s: %s; trying again in %.0fs", info.pack_id, exc, delay)
-        fields = {"failures": tries + 1, "failing_since": since, "error": str(exc)[:500]}
+        fields = {PACK.failures: tries + 1, PACK.failing_since: since, PACK.error: str(exc)[:500]}
         await self.move(Move(info.pack_id, state, back_to or state, delay, fields))
         return back_to or state
 
@@ -135,16 +136,16 @@ class Steps:
 
     async def poll(self, info: PackInfo, cancelled: bool) -> str:
         guard = self.guard(info) if not cancelled else no_guard
-        batch = await self.parts.client.retrieve(info.get("provider_batch"), guard)
+        batch = await self.parts.client.retrieve(info.get(PACK.provider_batch), guard)
         if cancelled and batch.status not in TERMINAL_BATCH_STATUSES | {"cancelling"}:
             batch = await self.parts.client.cancel(batch.id)
-        fields: dict[str, object] = {"status": batch.status, "counts": counts_of(batch)}
+        fields: dict[str, object] = {PACK.status: batch.status, PACK.counts: counts_of(batch)}
         if batch.errors and batch.errors.data:
-            fields["errors"] = [e.model_dump() for e in batch.errors.data]
+            fields[PACK.errors] = [e.model_dump() for e in batch.errors.data]
         if batch.status not in TERMINAL_BATCH_STATUSES:
             await self.move(Move(info.pack_id, "created", "created", self.s.batch_poll, fields))
             return "created"
-        fields.update(output_file=batch.output_file_id or "", error_file=batch.error_file_id or "")
+        fields.update({PACK.output_file: batch.output_file_id or "", PACK.error_file: batch.error_file_id or ""})
         lease = call_seconds(self.s)
         await self.move(Move(info.pack_id, "created", "fetching", lease, fields, release=True))
         return "fetching"
@@ -157,7 +158,7 @@ class Steps:
         halt = f"batch mode: {type(error).__name__}: {error}"[:2000]
         log.error("pack %s failed: %s", info.pack_id, error)
         ops = [_fail_op(job, error, halt, self.s) for job in (await self.j.held(info)).values()]
-        return await self.close(info, ops, {"error": str(error)[:2000], "errors": [_error_entry(error)]})
+        return await self.close(info, ops, {PACK.error: str(error)[:2000], PACK.errors: [_error_entry(error)]})
 
     async def go_online(self, info: PackInfo, error: Exception) -> str:
         """A permanent error on upload or create, and the batch asked for `--fallback-mode online`: the pack's
@@ -166,12 +167,15 @@ class Steps:
         ops = [
             repack(job, Tally(), True, type(error).__name__, str(error)) for job in (await self.j.held(info)).values()
         ]
-        fields: dict[str, object] = {"error": f"{error} (its jobs went online)"[:2000], "errors": [_error_entry(error)]}
+        fields: dict[str, object] = {
+            PACK.error: f"{error} (its jobs went online)"[:2000],
+            PACK.errors: [_error_entry(error)],
+        }
         return await self.close(info, ops, fields)
 
     async def cancel(self, info: PackInfo) -> str:
         ops = [outcome.cancelled(job, Tally()) for job in (await self.j.held(info)).values()]
-        return await self.close(info, ops, {"status": "cancelled before its provider batch was created"})
+        return await self.close(info, ops, {PACK.status: "cancelled before its provider batch was created"})
 
     async def close(self, info: PackInfo, ops: Sequence[Op], fields: dict[str, object]) -> str:
         await self.parts.settle(ops)
