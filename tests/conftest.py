@@ -286,3 +286,67 @@ def isolated_group(stack: Stack, redis_url: str, base_url: str, model: str = "fa
 def pytest_configure(config: pytest.Config) -> None:
     sys.path.insert(0, str(ROOT))
     config.addinivalue_line("markers", "no_invariants: the test breaks the store on purpose (no invariant check)")
+
+
+# ---- CPU per module (SUMMARIZE_TEST_CPU_LOG=FILE): what `make test`'s two cores are spent on -----------------
+# The suite is bound by CPU on two cores, not by waiting: this says which modules spend it (this process and
+# every child it reaped: workers, servers, CLIs), a line of JSON per module, for planning the budget.
+_CPU_LOG = os.environ.get("SUMMARIZE_TEST_CPU_LOG", "")
+_cpu_at: dict[str, float] = {}
+
+
+def _cpu_now() -> float:
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def pytest_runtest_logfinish(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    if not _CPU_LOG:
+        return
+    module = nodeid.split("::", 1)[0]
+    now = _cpu_now()
+    last = _cpu_at.get("", now)
+    _cpu_at[module] = _cpu_at.get(module, 0.0) + now - last
+    _cpu_at[""] = now
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _CPU_LOG and _cpu_at:
+        with open(_CPU_LOG, "a", encoding="utf-8") as f:
+            for module, cpu in _cpu_at.items():
+                if module:
+                    f.write(json.dumps({"module": module, "cpu_s": round(cpu, 1)}) + "\n")
+
+
+# ---- the longest modules first ----------------------------------------------------------------------------------
+# `--dist loadfile` hands out modules in collection order, so a long one collected last runs alone at the end
+# while the other test processes are idle. Longest first (seconds of wall time on two cores, measured with
+# --junitxml; a module not listed is short and keeps its place after these) keeps them busy to the end.
+LONGEST = {
+    "test_money.py": 194,
+    "test_reliability.py": 156,
+    "test_crash.py": 127,
+    "test_batchmode_limits.py": 101,
+    "test_cli_errors.py": 86,
+    "test_ratelimit.py": 78,
+    "test_input.py": 73,
+    "test_cost.py": 71,
+    "test_batchmode.py": 68,
+    "test_cancel.py": 55,
+    "test_batchmode_faults.py": 52,
+    "test_faults.py": 51,
+    "test_scale.py": 50,
+    "test_spec.py": 49,
+    "test_breaker_money.py": 48,
+    "test_breaker_batch.py": 42,
+    "test_leaks.py": 41,
+    "test_stack_signals.py": 37,
+    "test_formats.py": 34,
+}
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (-LONGEST.get(item.path.name, 0), order[id(item)]))

@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterable
-from contextlib import closing
+from collections.abc import Iterable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
-from scripts.stack import BIN, ROOT
+from scripts.stack import BIN, ROOT, Stack
 
 API_KEY = "sk-live-SECRET-abc123"
 
@@ -236,3 +237,16 @@ def run_cli(env: dict[str, str], *args: str, deadline: float) -> CLIRun:
         out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
         return CLIRun(None, out, err, time.monotonic() - t0)
+
+
+@contextmanager
+def secure_redis() -> Iterator[tuple[Stack, int]]:
+    """A redis-server with `requirepass` and an ACL user `summarizer` (Redis 7 `--user` syntax: one arg per rule)."""
+    stack = Stack()
+    try:
+        acl = ["--user", ACL_USER, "on", f">{ACL_PASS}", "~*", "&*", "+@all"]
+        proc = stack.redis(password=REQUIREPASS, extra=acl)
+        yield stack, int(proc.env["PORT"])
+    finally:
+        stack.stop()
+        shutil.rmtree(stack.workdir, ignore_errors=True)

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 from contract.redisconn import make_async_redis
 from contract.settings import Settings
 from worker.storage import WorkerStore
+
+
+def unit_settings(redis_url: str) -> Settings:
+    """A deployment of its own (a fresh key prefix) on the session's Redis, with short leases and reaps."""
+    return Settings.from_dsn(
+        redis_url,
+        key_prefix=f"u{uuid.uuid4().hex[:6]}",
+        lease_seconds=0.5,
+        queued_grace=0.2,
+        jobs_per_message=2,
+        reap_interval=0.1,
+    )
 
 
 def worker_call(settings: Settings, fn: Any) -> Any:

@@ -12,7 +12,6 @@ import ast
 import base64
 import json
 import os
-import shutil
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -45,6 +44,7 @@ from tests.leakscan import (
     dump_redis,
     leaks,
     messages_in,
+    secure_redis,
 )
 
 
@@ -57,15 +57,8 @@ def keyed_llm() -> Iterator[FaultServer]:
 
 @pytest.fixture(scope="module")
 def secure_stack() -> Iterator[tuple[Stack, int]]:
-    """A redis-server with `requirepass` and an ACL user `summarizer` (Redis 7 `--user` syntax: one arg per rule)."""
-    stack = Stack()
-    try:
-        acl = ["--user", ACL_USER, "on", f">{ACL_PASS}", "~*", "&*", "+@all"]
-        proc = stack.redis(password=REQUIREPASS, extra=acl)
-        yield stack, int(proc.env["PORT"])
-    finally:
-        stack.stop()
-        shutil.rmtree(stack.workdir, ignore_errors=True)
+    with secure_redis() as stack_and_port:
+        yield stack_and_port
 
 
 JOB_IDS = [a["id"] for a in ARTICLES]

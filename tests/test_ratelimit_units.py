@@ -13,21 +13,14 @@ from contract.errors import (
     RequestTooLarge,
 )
 from contract.settings import Settings
-from tests.redisunits import worker_call
+from tests.redisunits import unit_settings, worker_call
 from worker.ratelimit import LATE_MARGIN_MS, WINDOW_MS, RateLimiter, estimate_tokens, token_counter
 from worker.storage import WorkerStore
 
 
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
-    return Settings.from_dsn(
-        redis_url,
-        key_prefix=f"u{uuid.uuid4().hex[:6]}",
-        lease_seconds=0.5,
-        queued_grace=0.2,
-        jobs_per_message=2,
-        reap_interval=0.1,
-    )
+    return unit_settings(redis_url)
 
 
 def limiter(settings: Settings, w: WorkerStore) -> RateLimiter:

@@ -3,7 +3,6 @@ URL shown redacted, and the default user's right password works too."""
 
 from __future__ import annotations
 
-import shutil
 import urllib.parse
 from collections.abc import Callable, Iterator
 
@@ -11,20 +10,13 @@ import pytest
 
 from scripts.stack import Stack
 from tests.conftest import isolated_group
-from tests.leakscan import ACL_PASS, ACL_USER, REQUIREPASS, CLIRun, acl_url, leaks, run_cli
+from tests.leakscan import REQUIREPASS, CLIRun, acl_url, leaks, run_cli, secure_redis
 
 
 @pytest.fixture(scope="module")
 def secure_stack() -> Iterator[tuple[Stack, int]]:
-    """A redis-server with `requirepass` and an ACL user `summarizer` (Redis 7 `--user` syntax: one arg per rule)."""
-    stack = Stack()
-    try:
-        acl = ["--user", ACL_USER, "on", f">{ACL_PASS}", "~*", "&*", "+@all"]
-        proc = stack.redis(password=REQUIREPASS, extra=acl)
-        yield stack, int(proc.env["PORT"])
-    finally:
-        stack.stop()
-        shutil.rmtree(stack.workdir, ignore_errors=True)
+    with secure_redis() as stack_and_port:
+        yield stack_and_port
 
 
 BAD_CREDS: dict[str, Callable[[int], str]] = {

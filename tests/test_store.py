@@ -19,19 +19,12 @@ from contract.redisconn import make_redis
 from contract.settings import Settings
 from contract.spec import BatchSpec
 from contract.store import JobStore, NewJob
-from tests.redisunits import worker_call
+from tests.redisunits import unit_settings, worker_call
 
 
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
-    return Settings.from_dsn(
-        redis_url,
-        key_prefix=f"u{uuid.uuid4().hex[:6]}",
-        lease_seconds=0.5,
-        queued_grace=0.2,
-        jobs_per_message=2,
-        reap_interval=0.1,
-    )
+    return unit_settings(redis_url)
 
 
 @pytest.fixture
