@@ -25,7 +25,7 @@ import gzip
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
@@ -51,6 +51,8 @@ class Options:
     data_fields: tuple[str, ...] = ()
     #: False when appending to a file that has its header already (`results --follow --out`)
     header: bool = True
+    #: a JSON-schema batch's schema (Parquet: `data` as a struct of its fields when every one maps to a type)
+    json_schema: Mapping[str, Any] | None = None
 
 
 class Writer(Protocol):
@@ -291,7 +293,14 @@ class ParquetWriter:
         import pyarrow.parquet as pq
 
         self._pa = pyarrow
-        self.schema = pyarrow.schema([(name, getattr(pyarrow, kind)()) for name, kind in PARQUET_COLUMNS])
+        #: a structured answer's type: a struct of the JSON schema's fields, else (None) its JSON text
+        self._data = arrow_type(options.json_schema) if options.json_schema else None
+        self.schema = pyarrow.schema(
+            [
+                (name, self._data if name == "data" and self._data is not None else getattr(pyarrow, kind)())
+                for name, kind in PARQUET_COLUMNS
+            ]
+        )
         # Dictionaries and min/max statistics only where they pay: a summary or an id is unique to its row.
         self._writer = pq.ParquetWriter(
             stream, self.schema, use_dictionary=list(_DICTIONARY), write_statistics=list(_STATISTICS)
@@ -318,16 +327,60 @@ class ParquetWriter:
         # JSON text as UTF-8 bytes (pyarrow takes them for a string column). orjson writes a Fragment inside
         # a list six times faster than one on its own, hence the brackets cut off.
         by_name["metadata"] = pa.array([dumps([r["metadata"] or {}])[1:-1] for r in rows], type=pa.string())
-        by_name["data"] = pa.array([None if r.get("data") is None else dumps(r["data"]) for r in rows], pa.string())
+        by_name["data"] = self._data_column([r.get("data") for r in rows])
         arrays = [by_name[name] for name, _ in PARQUET_COLUMNS]
         self._writer.write_batch(pa.record_batch(arrays, schema=self.schema))
         self._rows = []
         # Give the group's buffers back: pyarrow's pool would keep them, memory growing with the row groups.
         pa.default_memory_pool().release_unused()
 
+    def _data_column(self, values: list[Any]) -> Any:
+        pa = self._pa
+        if self._data is None:
+            return pa.array([None if v is None else orjson.dumps(v) for v in values], pa.string())
+        try:
+            return pa.array(values, type=self._data)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+            # An answer the schema's types can't hold (the worker validates answers, so a schema changed by
+            # `retry` or a hand-written row): that row's data is null, the others keep theirs.
+            return pa.array([self._one(v) for v in values], type=self._data)
+
+    def _one(self, value: Any) -> Any:
+        try:
+            self._pa.array([value], type=self._data)
+        except (self._pa.ArrowInvalid, self._pa.ArrowTypeError, TypeError, ValueError):
+            return None
+        return value
+
     def close(self) -> None:
         self._group()
         self._writer.close()  # the footer; a file-like stream given to pyarrow stays open
+
+
+_JSON_SCALARS = {"string": "string", "integer": "int64", "number": "float64", "boolean": "bool_"}
+
+
+def arrow_type(schema: Mapping[str, Any]) -> Any:
+    """The Arrow type of values a JSON schema describes, or None when a part of it has no one type (a union,
+    an untyped field, an object without properties): the whole answer is then written as its JSON text."""
+    import pyarrow as pa
+
+    kind = schema.get("type")
+    if isinstance(kind, list):  # ["string", "null"]: nullable anyway
+        kinds = [k for k in kind if k != "null"]
+        kind = kinds[0] if len(kinds) == 1 else None
+    if kind in _JSON_SCALARS:
+        return getattr(pa, _JSON_SCALARS[kind])()
+    if kind == "array" and isinstance(schema.get("items"), Mapping):
+        item = arrow_type(schema["items"])
+        return None if item is None else pa.list_(item)
+    props = schema.get("properties")
+    if kind == "object" and isinstance(props, Mapping) and props:
+        fields = [(name, arrow_type(sub) if isinstance(sub, Mapping) else None) for name, sub in props.items()]
+        if any(t is None for _, t in fields):
+            return None
+        return pa.struct(fields)
+    return None
 
 
 _DICTIONARY = ("status", "error_type", "model")
@@ -367,10 +420,17 @@ register(
 class RowWriter:
     """A format's writer fed rows as the store gives them (JobResults or row dicts), counting them."""
 
-    def __init__(self, out: IO[Any], fmt: str | Format, header: bool = True, data_fields: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        out: IO[Any],
+        fmt: str | Format,
+        header: bool = True,
+        data_fields: Sequence[str] = (),
+        json_schema: Mapping[str, Any] | None = None,
+    ) -> None:
         self.format = get(fmt)
         self.out, self.written = out, 0
-        self._writer: Writer = self.format.writer(out, Options(tuple(data_fields), header))
+        self._writer: Writer = self.format.writer(out, Options(tuple(data_fields), header, json_schema))
 
     def write(self, r: JobResult | dict[str, Any]) -> None:
         """One row: a JobResult, or its dict form (the export path builds those straight from Redis)."""
@@ -395,10 +455,14 @@ class RowWriter:
 
 
 def write_rows(
-    rows: Iterable[JobResult | dict[str, Any]], out: IO[Any], fmt: str | Format, data_fields: Sequence[str] = ()
+    rows: Iterable[JobResult | dict[str, Any]],
+    out: IO[Any],
+    fmt: str | Format,
+    data_fields: Sequence[str] = (),
+    json_schema: Mapping[str, Any] | None = None,
 ) -> int:
     """Every row to `out` in one format, finished; returns how many."""
-    writer = RowWriter(out, fmt, data_fields=data_fields)
+    writer = RowWriter(out, fmt, data_fields=data_fields, json_schema=json_schema)
     for r in rows:
         writer.write(r)
     writer.close()
@@ -407,9 +471,14 @@ def write_rows(
 
 def data_fields(batch: Batch) -> list[str]:
     """The top-level fields of the batch's JSON schema (none for plain summaries)."""
-    schema = batch.client.store.spec(batch.id).json_schema or {}
+    schema = json_schema(batch) or {}
     props = schema.get("properties")
     return list(props) if isinstance(props, dict) else []
+
+
+def json_schema(batch: Batch) -> dict[str, Any] | None:
+    """The batch's JSON schema (None for plain summaries)."""
+    return batch.client.store.spec(batch.id).json_schema
 
 
 # --------------------------------------------------------------------------- files
@@ -505,5 +574,5 @@ def export(
         wanted = frozenset(statuses)
         rows = (r for r in rows if ROW_STATUS.get(r["status"], r["status"]) in wanted)
     with output(target, form, label) as out, no_cyclic_gc():
-        n = write_rows(rows, out, form, data_fields(batch))
+        n = write_rows(rows, out, form, data_fields(batch), json_schema(batch))
     return Exported(target, form.name, n, batch.status())

@@ -221,6 +221,45 @@ def test_csv_flattens_a_structured_answer_into_data_columns() -> None:
     assert all(rows[i][f"data.{f}"] == "" for i in (1, 2) for f in fields)  # a failed row; an answer not an object
 
 
+def test_a_json_schema_maps_to_an_arrow_struct_or_to_json_text() -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "h": {"type": "string"},
+            "n": {"type": ["integer", "null"]},
+            "f": {"type": "number"},
+            "ok": {"type": "boolean"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "who": {"type": "object", "properties": {"name": {"type": "string"}}},
+        },
+    }
+    kind = output.arrow_type(schema)
+    assert str(kind) == (
+        "struct<h: string, n: int64, f: double, ok: bool, tags: list<item: string>, who: struct<name: string>>"
+    )
+    # a union, an untyped field or an object without properties has no one type: the answer stays JSON text
+    assert output.arrow_type({"type": "object", "properties": {"x": {"anyOf": [{"type": "string"}]}}}) is None
+    assert output.arrow_type({"type": "object", "properties": {"x": {"type": ["string", "integer"]}}}) is None
+    assert output.arrow_type({"type": "object"}) is None
+    good = {"h": "Héad", "n": 7, "f": 1.5, "ok": True, "tags": ["a"], "who": {"name": "Ann"}}
+    rows: list[JobResult | dict[str, Any]] = [
+        {**done_row(), "data": good},
+        FAILED,  # no data: null
+        {**done_row(), "id": "bad", "data": {"h": ["not", "a", "string"]}},  # the schema can't hold it: null
+    ]
+    for json_schema in (schema, None):
+        out = io.BytesIO()
+        output.write_rows(rows, out, "parquet", json_schema=json_schema)
+        got = pq.read_table(pa.BufferReader(out.getvalue())).column("data").to_pylist()
+        if json_schema is None:  # no schema: the answer's JSON text, as in JSON lines
+            assert [json.loads(v) if v else v for v in got] == [good, None, {"h": ["not", "a", "string"]}]
+        else:
+            assert got == [good, None, None]
+
+
 def test_every_format_writes_the_status_summarize_status_counts() -> None:
     rows: list[JobResult | dict[str, Any]] = [
         {**done_row(), "status": "deferred"},
@@ -339,6 +378,13 @@ def test_batch_export_of_a_json_schema_batch_has_its_data_columns(fault: Group, 
         for c, r in zip(cells, batch.results(), strict=True):
             assert c["data.headline"] == r.data["headline"] and json.loads(c["data.bullets"]) == r.data["bullets"]
         assert (tmp_path / "out.csv").read_bytes() == cli_export(fault, batch.id, tmp_path / "cli.csv", "csv", 2)
+        # Parquet: `data` is a struct of the schema's fields, read back as the answers were
+        import pyarrow.parquet as pq
+
+        assert batch.export(tmp_path / "out.parquet").rows == 2
+        table = pq.read_table(tmp_path / "out.parquet")
+        assert str(table.schema.field("data").type) == "struct<bullets: list<element: string>, headline: string>"
+        assert table.column("data").to_pylist() == [r.data for r in batch.results()]
     finally:
         client.close()
 
