@@ -31,10 +31,13 @@ end
 redis.call('HSET', L.reaper, RH.last, now)
 local leases_trusted = now - resumed >= lease
 
-local by_batch, order = {}, {}
-local function requeue(b, id)
-  if not by_batch[b] then by_batch[b] = {}; order[#order + 1] = b end
-  table.insert(by_batch[b], id)
+-- Jobs whose lost run had calls in flight go first in their batch's messages: their estimated holds count
+-- against a budget at the bound until their rerun learns the provider's count of the prompt, so under a
+-- tight budget they must not wait behind the batch's other jobs (which would meet a cap the estimates fill).
+local by_batch, first, order = {}, {}, {}
+local function requeue(b, id, ahead)
+  if not by_batch[b] then by_batch[b] = {}; first[b] = {}; order[#order + 1] = b end
+  table.insert(ahead and first[b] or by_batch[b], id)
 end
 
 -- Leases and deferrals.
@@ -51,7 +54,7 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', L.due, '-inf', now, 'LIMIT', 0, l
       redis.call('HDEL', jk, H.token, H.lease)
       redis.call('ZREM', L.due, m)
       reclaimed = reclaimed + 1
-      requeue(b, id)
+      requeue(b, id, (redis.call('HGET', jk, H.dead_runs) or '') ~= '')
     end
   elseif s == 'deferred' then
     redis.call('HSET', jk, H.status, 'queued')
@@ -126,7 +129,11 @@ else
 end
 
 local messages = {}
-for _, b in ipairs(order) do enqueue_messages(b, by_batch[b], per, now, messages) end
+for _, b in ipairs(order) do
+  local ids = first[b]
+  for _, id in ipairs(by_batch[b]) do ids[#ids + 1] = id end
+  enqueue_messages(b, ids, per, now, messages)
+end
 if reclaimed > 0 then redis.call('HINCRBY', L.stats, ST.reclaimed, reclaimed) end
 if republished > 0 then redis.call('HINCRBY', L.stats, ST.republished, republished) end
 return record(RP, {messages = messages, reclaimed = reclaimed, due = due, republished = republished})
