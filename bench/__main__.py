@@ -14,7 +14,18 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import curator_compare, memory, overhead, peer_compare, ratelimit, redis_memory, submit, throughput
+from . import (
+    curator_compare,
+    formats,
+    memory,
+    overhead,
+    peer_compare,
+    ratelimit,
+    redis_memory,
+    submit,
+    tail,
+    throughput,
+)
 from .common import Ctx, Figure, fmt, log, machine_info
 
 BENCHMARKS: dict[str, tuple[str, Callable[[Ctx], None]]] = {
@@ -28,9 +39,18 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Ctx], None]]] = {
         "jobs/s and CPU per job of one worker vs Bespoke Curator's online mode, 200 in flight @ 0.5 s",
         curator_compare.run,
     ),
+    "tail": (
+        "one worker vs Curator at a fixed and a log-normal 0.5 s latency, 200 in flight: ratio, share of ideal, "
+        "mean in flight",
+        tail.run,
+    ),
     "redis": (
         "Redis bytes per queued and finished job at 100k news articles of ~4 KB; export and purge",
         redis_memory.run,
+    ),
+    "formats": (
+        "Parquet vs JSON lines export and input at 100k rows, peak RSS at 10k vs 100k, `summarize batches` of 1,000",
+        formats.run,
     ),
 }
 RESULTS = Path(__file__).resolve().parent / "results.md"

@@ -158,6 +158,10 @@ class Settings:
     #: jobs of one batch carried by one Celery message: divides the broker's per-message cost
     #: (receive, events, ack) by this much; Flower shows one task per message
     jobs_per_message: int = env("SUMMARIZE_JOBS_PER_MESSAGE", 20, minimum=1)
+    #: jobs a worker process claims beyond SUMMARIZE_CONCURRENCY (waiting, leased, for a slot), as a share of
+    #: it: a message is claimed only while the process's claimed-and-unfinished jobs are below
+    #: concurrency x (1 + this)
+    claim_ahead: float = env("SUMMARIZE_CLAIM_AHEAD", 5.0, minimum=0)
     #: how the limiter counts a request's tokens before sending it: "estimate" or "tiktoken"
     token_counter: str = env("SUMMARIZE_TOKEN_COUNTER", "estimate")
     tiktoken_encoding: str = env("SUMMARIZE_TIKTOKEN_ENCODING", "o200k_base")
@@ -415,6 +419,7 @@ class WorkerSettings:
     """How a worker carries jobs: messages, leases, the reaper, the submit lease, metrics, the offline server."""
 
     jobs_per_message: int
+    claim_ahead: float
     lease_seconds: float
     queued_grace: float
     reap_interval: float

@@ -21,6 +21,7 @@ from tests.faultserver import (
     FaultServer,
     ServerConfig,
     article_key,
+    completion_latency,
     create_batch,
     expected_summary,
     extract_article,
@@ -296,6 +297,33 @@ def test_concurrency_sanity(srv: FaultServer, client: openai.OpenAI) -> None:
     # The client side (300 threads on 2 shared cores) bounds how many requests start within the 1 s
     # latency; well above the connection-per-request baseline of 1 is what shows the server's concurrency.
     assert stats["max_in_flight"] >= 50
+    # time-weighted: below the peak, and well above 1 while hundreds overlap for a second
+    assert 10 <= stats["mean_in_flight"] <= stats["max_in_flight"]
+    assert 10 <= stats["mean_in_flight_to_last_start"] <= stats["max_in_flight"]
+
+
+def test_lognormal_latency_median_and_tail() -> None:
+    """latency_sigma makes latency heavy-tailed around its median, repeatably per article and request."""
+    cfg = ServerConfig(latency=0.5, latency_sigma=0.75)
+    drawn = sorted(completion_latency(cfg, article_key(f"article {i}"), 1) for i in range(20_000))
+    median, p99 = drawn[len(drawn) // 2], drawn[int(len(drawn) * 0.99)]
+    assert 0.48 <= median <= 0.52
+    assert p99 >= 5 * median  # exp(2.326 * 0.75) = 5.7
+    assert 5.2 <= p99 / median <= 6.3
+    key = article_key("one article")
+    assert completion_latency(cfg, key, 1) == completion_latency(cfg, key, 1)  # a rerun sees the same delays
+    assert completion_latency(cfg, key, 1) != completion_latency(cfg, key, 2)  # a retry draws anew
+    assert completion_latency(ServerConfig(latency=0.5), key, 1) == 0.5  # sigma 0: fixed
+
+
+def test_lognormal_latency_served(srv: FaultServer, client: openai.OpenAI) -> None:
+    srv.configure(latency=0.2, latency_sigma=0.75)
+    article = make_article()
+    t0 = time.monotonic()
+    ask(client, article)
+    took = time.monotonic() - t0
+    want = completion_latency(ServerConfig(latency=0.2, latency_sigma=0.75), article_key(article), 1)
+    assert want - 0.01 <= took <= want + 1.0
 
 
 # --- token limits, context window, what reached the provider ------------------------------------------------

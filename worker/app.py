@@ -72,10 +72,13 @@ app.conf.update(
     # An LLM call is mostly waiting: the jobs run as coroutines on one event loop per process
     # (worker/engine.py). Celery's threads only carry messages to it and wait for their outcome.
     worker_pool="threads",
-    # Three times the messages needed to fill SUMMARIZE_CONCURRENCY slots: a message holds its thread
-    # until its slowest job is stored, and the next one takes a round trip to arrive; with fewer, the
-    # LLM slots ran a third empty at 0.5 s latency (bench/throughput.py).
-    worker_concurrency=max(2, 3 * -(-settings.concurrency // settings.jobs_per_message)),
+    # A thread only waits on its message's future. Threads are many (twice the old 3 x concurrency / 20 at
+    # the defaults) so that messages waiting for their one slow job never keep the next message from being
+    # claimed: under a long-tailed latency most messages in progress are down to a straggler or two
+    # (bench/tail.py). Threads x jobs a message = the engine's claim bound, so a message delivered here is
+    # claimed (leased) at once: one held back unclaimed would, on a kill -9, wait for the reaper's
+    # SUMMARIZE_QUEUED_GRACE instead of a lease.
+    worker_concurrency=max(2, -(-engine.claim_bound(settings) // settings.jobs_per_message)),
     # One message per free thread: nothing sits reserved in a busy worker while another idles.
     worker_prefetch_multiplier=1,
     # Ack after the task ran, and give the message back if the worker dies under it.

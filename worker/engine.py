@@ -5,17 +5,24 @@ worker/tasks.py). On the loop, a message is claimed in one script call, its jobs
 (at most SUMMARIZE_CONCURRENCY LLM requests in flight for the whole process), and their outcomes are
 stored by the writer, many per call. Hundreds of requests in flight cost one thread, not hundreds
 contending for the GIL.
+
+A message must not hold capacity for its slowest job: threads are many and cheap (each only waits on a
+future; worker/app.py gives one per message the claim bound admits), so while messages wait for their one
+slow job each, the next ones are claimed and every slot is fed from leased work. The claim gate (ClaimGate)
+keeps the process's claimed-and-unfinished jobs below SUMMARIZE_CONCURRENCY x (1 + SUMMARIZE_CLAIM_AHEAD)
+whatever the messages' sizes; a finished job gives its room back at once, not when its message ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -28,6 +35,7 @@ from contract.errors import (
     BatchNotFound,
     BatchPaused,
     ContextExceeded,
+    HandBack,
     MalformedResponse,
     PermanentLLMError,
     ProviderRejected,
@@ -48,7 +56,7 @@ from .batches import Batches, cache_key
 from .context import ContextWindows
 from .housekeeping import Housekeeper, Leases
 from .ratelimit import RateLimiter
-from .storage import WorkerStore
+from .storage import Claimed, WorkerStore
 from .summarize import Fit, Provider, Summary, Tally, summarize
 from .writer import Writer
 
@@ -70,6 +78,96 @@ class Report:
         return out
 
 
+def claim_bound(settings: Settings) -> int:
+    """The most claimed-and-unfinished jobs a process lets a new message be claimed under."""
+    return max(1, math.ceil(settings.concurrency * (1 + settings.claim_ahead)))
+
+
+class ClaimGate:
+    """The bound on a process's claimed-and-unfinished jobs: a message waits here, before its claim, until
+    they are below `bound`. First come, first claimed. A message may take the process over the bound by up to
+    its own size less one (it is claimed whole, in one script call). Once the worker stops, nothing waits
+    (what is claimed then is handed back at once: see Slots)."""
+
+    def __init__(self, bound: int) -> None:
+        self.bound, self.held, self.open = bound, 0, False
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def reserve(self, n: int) -> None:
+        if (self.held >= self.bound or self._waiters) and not self.open:
+            turn = asyncio.get_running_loop().create_future()
+            self._waiters.append(turn)
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn in self._waiters:
+                    self._waiters.remove(turn)
+                else:
+                    self._wake()  # our turn came as we were cancelled: it goes to the next in line
+                raise
+        self.held += n
+        self._wake()  # room may be left for the next in line
+
+    def release(self, n: int = 1) -> None:
+        self.held -= n
+        self._wake()
+
+    def open_all(self) -> None:
+        self.open = True
+        self._wake()
+
+    def _wake(self) -> None:
+        # One at a time: the woken message reserves, then wakes the next if room is left.
+        while self._waiters and (self.held < self.bound or self.open):
+            turn = self._waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                if not self.open:
+                    return
+
+
+class Slots:
+    """SUMMARIZE_CONCURRENCY request slots, handed from a finished job straight to the longest waiting one.
+    A semaphore that can be closed: at a warm shutdown every job still waiting for a slot is handed back at
+    once (HandBack), not after a slot frees."""
+
+    def __init__(self, n: int) -> None:
+        self.free, self.closed = n, False
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if self.closed:
+            raise HandBack("worker is shutting down")
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._waiters.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn in self._waiters:
+                self._waiters.remove(turn)
+            elif turn.done() and not turn.cancelled() and turn.exception() is None:
+                self.release()  # the slot was handed to us as we were cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            turn = self._waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)  # the slot passes on without being free in between
+                return
+        self.free += 1
+
+    def close(self) -> None:
+        self.closed = True
+        while self._waiters:
+            turn = self._waiters.popleft()
+            if not turn.done():
+                turn.set_exception(HandBack("worker is shutting down"))
+
+
 class Engine:
     def __init__(self, settings: Settings, app: Celery) -> None:
         self.settings, self.app = settings, app
@@ -88,8 +186,15 @@ class Engine:
         return future.result()
 
     def begin_shutdown(self) -> None:
-        """Warm shutdown began: jobs waiting for a slot, the limiter or a backoff are handed back."""
-        self.loop.call_soon_threadsafe(self.stop.set)
+        """Warm shutdown began: jobs waiting for a slot, the limiter or a backoff are handed back, and so
+        are the jobs of messages still waiting to be claimed (claimed and handed back at once, so they are
+        queued again for another worker rather than left to the reaper)."""
+        self.loop.call_soon_threadsafe(self._stopping)
+
+    def _stopping(self) -> None:
+        self.stop.set()
+        self.slots.close()
+        self.gate.open_all()
 
     def close(self) -> None:
         """After Celery's pool drained: last writes, then the loop ends."""
@@ -112,7 +217,8 @@ class Engine:
         self.limiter = RateLimiter(self.store, s.limits, worker)
         self.provider = Provider(llm.make_client(s.provider, s.limits.concurrency), self.limiter, s, self.stop)
         self.contexts = ContextWindows(self.provider.client, s.provider, self.limiter, self.stop)
-        self.slots = asyncio.Semaphore(s.concurrency)
+        self.slots = Slots(s.concurrency)
+        self.gate = ClaimGate(claim_bound(s))
         self.writer = Writer(self.store, self._publish)
         self.writer.start()
         self.housekeeper = Housekeeper(self.store, self.leases, self.limiter, self.stop, self._publish, self._send)
@@ -141,27 +247,19 @@ class Engine:
 
     async def process(self, batch_id: str, job_ids: list[str], step: int) -> Report:
         report = Report()
-        for _ in range(2):
-            try:
-                gen, rev, spec = await self.batches.spec(batch_id)
-            except BatchNotFound:
-                report.outcomes["skipped-missing"] += len(job_ids)
-                return report
-            claimed = await self.store.claim(
-                batch_id,
-                job_ids,
-                step,
-                uuid.uuid4().hex,
-                gen=gen,
-                cache_fp=self.batches.fingerprint(batch_id, spec),
-                rev=rev,
-                to_pack=spec.mode == "batch",
-            )
-            if claimed.state != "stale":
-                break
-            # The batch was purged and made again under this id, or its spec changed (retry --model): our
-            # copy of its spec is out of date.
-            self.batches.forget(batch_id)
+        # Room for the whole message before it is claimed; what it did not claim is given back at once, and
+        # each claimed job gives its share back as it ends (run_job), not when the message's last one does.
+        await self.gate.reserve(len(job_ids))
+        kept = 0
+        try:
+            got = await self._claim(batch_id, job_ids, step)
+            kept = len(got[1].jobs) if got is not None else 0
+        finally:
+            self.gate.release(len(job_ids) - kept)
+        if got is None:
+            report.outcomes["skipped-missing"] += len(job_ids)
+            return report
+        spec, claimed = got
         report.outcomes.update(
             why if why in ("cached", "waiting", "packing") else f"skipped-{why}" for why in claimed.skipped.values()
         )
@@ -188,13 +286,47 @@ class Engine:
                 report.failed[job.job_id] = error_type
         return report
 
+    async def _claim(self, batch_id: str, job_ids: list[str], step: int) -> tuple[BatchSpec, Claimed] | None:
+        """The message's jobs claimed under leases, with the batch's spec; None when the batch is gone."""
+        for _ in range(2):
+            try:
+                gen, rev, spec = await self.batches.spec(batch_id)
+            except BatchNotFound:
+                return None
+            claimed = await self.store.claim(
+                batch_id,
+                job_ids,
+                step,
+                uuid.uuid4().hex,
+                gen=gen,
+                cache_fp=self.batches.fingerprint(batch_id, spec),
+                rev=rev,
+                to_pack=spec.mode == "batch",
+            )
+            if claimed.state != "stale":
+                break
+            # The batch was purged and made again under this id, or its spec changed (retry --model): our
+            # copy of its spec is out of date.
+            self.batches.forget(batch_id)
+        return spec, claimed
+
     async def run_job(self, spec: BatchSpec, job: ClaimedJob, started: float) -> tuple[str, str | None]:
+        """One claimed job's run; its room under the claim gate is given back when it ends, whatever the end."""
+        try:
+            return await self._run_job(spec, job, started)
+        finally:
+            self.gate.release()
+
+    async def _run_job(self, spec: BatchSpec, job: ClaimedJob, started: float) -> tuple[str, str | None]:
         """Load, summarize, store: one job's run."""
         tally = Tally()
         with self.leases.hold(job):
             try:
-                async with self.slots:
+                await self.slots.acquire()  # a warm shutdown hands a job still waiting here back (HandBack)
+                try:
                     summary, used = await self.summarize_with_fallback(spec, job, tally, started)
+                finally:
+                    self.slots.release()
             except redis.RedisError:
                 raise
             except RunLost:

@@ -13,7 +13,8 @@ Kinds: ``429[:retry_after]``, ``400``, ``401``, ``404``, ``500``, ``502``, ``503
 ``blank`` (empty content), ``length`` (cut, ``finish_reason: length``), ``reasoning`` (empty content, a
 ``reasoning_content`` and ``finish_reason: length``, as when a reasoning model spends max_tokens thinking).
 
-Server-wide settings (``ServerConfig``, changed live with POST /admin/config): ``latency``, ``rpm``,
+Server-wide settings (``ServerConfig``, changed live with POST /admin/config): ``latency`` (with
+``latency_sigma`` > 0 the median of a log-normal latency, drawn per article and request number), ``rpm``,
 ``tpm`` (a request weighs ceil(characters of all messages / 4) + max_tokens), ``api_key``,
 ``context_tokens`` (the same weight above it answers 400 ``context_length_exceeded``),
 ``reasoning_models`` with ``reasoning_tokens`` (those models answer as OpenAI's reasoning models do: 400
@@ -33,8 +34,10 @@ apart, in ``batch_line_statuses``; ``batches`` lists every batch with its status
 ``custom_ids`` of its lines.
 
 ``tests.faultserver.batch_client`` drives a Batch API (this server's or ``summarize llm-serve``'s) through
-the openai client. Run standalone with ``python -m tests.faultserver --port 8000``; tests and benchmarks use
-:class:`FaultServer`, which starts it in a subprocess.
+the openai client. ``/admin/stats`` has ``max_in_flight`` and ``mean_in_flight`` (time-weighted, from the
+first request to the last start or end; ``mean_in_flight_to_last_start`` stops at the last start, leaving
+out the last wave's drain). Run standalone with ``python -m tests.faultserver --port 8000``;
+tests and benchmarks use :class:`FaultServer`, which starts it in a subprocess.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from tests.faultserver.batch_client import create_batch, result_lines, upload_ba
 from tests.faultserver.cli import main
 from tests.faultserver.directives import MODEL_ID, article_key, expected_summary, extract_article, prompt_tokens
 from tests.faultserver.process import FaultServer
-from tests.faultserver.state import FaultState, ServerConfig
+from tests.faultserver.state import FaultState, ServerConfig, completion_latency
 
 __all__ = [
     "MODEL_ID",
@@ -52,6 +55,7 @@ __all__ = [
     "FaultState",
     "ServerConfig",
     "article_key",
+    "completion_latency",
     "create_app",
     "create_batch",
     "expected_summary",

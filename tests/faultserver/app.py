@@ -30,9 +30,9 @@ from tests.faultserver.completion import (
     error,
     parse_chat,
 )
-from tests.faultserver.directives import MODEL_ID
+from tests.faultserver.directives import MODEL_ID, article_key
 from tests.faultserver.gateway import STATE_KEY, check_key, gate, json_error, read_json, state_of
-from tests.faultserver.state import FaultState, ServerConfig
+from tests.faultserver.state import FaultState, ServerConfig, completion_latency
 
 DEFAULT_HANG_S = 30.0
 #: seconds between the bytes of a trickled answer
@@ -78,12 +78,11 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     state.requests += 1
-    state.in_flight += 1
-    state.max_in_flight = max(state.max_in_flight, state.in_flight)
+    state.flight(+1)
     try:
         response, label = await _complete(state, request)
     finally:
-        state.in_flight -= 1
+        state.flight(-1)
     if label != "reset" and _client_gone(request):
         # Work the client never saw (it timed out) must not count as a success.
         label = "disconnected"
@@ -103,12 +102,13 @@ async def _complete(state: FaultState, request: web.Request) -> tuple[web.Stream
         fault = choose_fault(state, chat)
     except ApiError as exc:
         return json_error(exc), exc.status
-    cfg = state.config
+    key = article_key(chat.article)
+    latency = completion_latency(state.config, key, state.by_article.get(key, 0))
     if fault is not None and fault.kind == "hang":
         hang = float(fault.param) if fault.param is not None else DEFAULT_HANG_S
-        await _sleep_until_disconnect(request, cfg.latency + hang)
-    elif cfg.latency > 0:
-        await asyncio.sleep(cfg.latency)
+        await _sleep_until_disconnect(request, latency + hang)
+    elif latency > 0:
+        await asyncio.sleep(latency)
     if fault is not None and fault.kind == "reset":
         _drop_connection(request)
         return web.Response(status=599), "reset"  # never sent: the connection is gone

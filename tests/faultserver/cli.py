@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each completion")
+    parser.add_argument(
+        "--latency-sigma", type=float, default=0.0, help="log-normal latency around --latency (its median)"
+    )
     parser.add_argument("--rpm", type=int, default=0, help="requests per minute enforced (0 = unlimited)")
     parser.add_argument("--tpm", type=int, default=0, help="tokens per minute enforced (0 = unlimited)")
     parser.add_argument("--context-tokens", type=int, default=0, help="context window (0 = unlimited)")
@@ -42,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"environment variable {args.api_key_env} is not set")
     settings = {
         "latency": args.latency,
+        "latency_sigma": args.latency_sigma,
         "rpm": args.rpm,
         "tpm": args.tpm,
         "context_tokens": args.context_tokens,

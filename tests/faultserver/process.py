@@ -36,6 +36,7 @@ class FaultServer:
         self,
         *,
         latency: float = 0.0,
+        latency_sigma: float = 0.0,
         rpm: int = 0,
         api_key: str | None = None,
         tpm: int = 0,
@@ -50,6 +51,7 @@ class FaultServer:
         self._requested_port = port
         self._options = {
             "latency": latency,
+            "latency-sigma": latency_sigma,
             "rpm": rpm,
             "tpm": tpm,
             "context-tokens": context_tokens,

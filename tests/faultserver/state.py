@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
+from statistics import NormalDist
 from typing import Any
 
 WINDOW_S = 60.0
@@ -13,7 +15,9 @@ WINDOW_S = 60.0
 MAX_SYSTEM_PROMPTS = 100
 
 # Config keys by kind: the validation of each kind is written once.
-_FLOAT_KEYS = frozenset({"latency", "batch_delay", "batch_create_response_delay", "billed_bytes_per_token"})
+_FLOAT_KEYS = frozenset(
+    {"latency", "latency_sigma", "batch_delay", "batch_create_response_delay", "billed_bytes_per_token"}
+)
 _INT_KEYS = frozenset(
     {
         "rpm",
@@ -36,7 +40,11 @@ _MODEL_LIST_KEYS = frozenset({"missing_models", "reasoning_models"})
 class ServerConfig:
     """Server-wide settings. Zero turns a limit off; the ``batch_*_next`` counters are used up by creates."""
 
-    latency: float = 0.0  # seconds added to each online completion
+    latency: float = 0.0  # seconds added to each online completion (the median, with latency_sigma)
+    # > 0: each completion's latency is log-normal, latency * exp(latency_sigma * z) for a standard normal z
+    # drawn from the article and its request number, so a run repeats and every tool sees the same delay for
+    # the same article. p99 = latency * exp(2.326 * sigma): 0.75 gives about 5.7x the median.
+    latency_sigma: float = 0.0
     rpm: int = 0  # requests per rolling minute
     tpm: int = 0  # tokens (prompt estimate + max_tokens) per rolling minute
     api_key: str | None = None
@@ -146,6 +154,13 @@ class FaultState:
     tokens_admitted_times: list[tuple[float, int]] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
+    #: integral of in_flight over time since the first request (monotonic s), for the time-weighted mean
+    in_flight_area: float = 0.0
+    first_request_at: float | None = None
+    last_change_at: float = 0.0
+    #: the integral as the last request started, and when: the mean while the client still had work to send
+    area_at_last_start: float = 0.0
+    last_start_at: float = 0.0
     outage_until: float = 0.0
     outage_status: int = 503
     context_refused: int = 0
@@ -174,6 +189,31 @@ class FaultState:
         # Requests still being handled will decrement in_flight, so it must survive a reset; ids stay unique.
         self.in_flight = self.max_in_flight = in_flight
         self.completion_seq = seq
+
+    def flight(self, delta: int) -> None:
+        """A request starts (+1) or ends (-1): in flight now, its maximum, and its time-weighted mean."""
+        now = time.monotonic()
+        if self.first_request_at is None:
+            self.first_request_at = self.last_change_at = now
+        self.in_flight_area += self.in_flight * (now - self.last_change_at)
+        self.last_change_at = now
+        self.in_flight += delta
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        if delta > 0:
+            self.area_at_last_start, self.last_start_at = self.in_flight_area, now
+
+    def mean_in_flight(self, to_last_start: bool = False) -> float:
+        """Requests in flight on average, from the first request's start to the last change (0 before any);
+        `to_last_start`: to the last request's start instead, leaving out the last wave's drain (every
+        client's tail), so what remains shows whether the client kept its slots full while it had work."""
+        end, area = (
+            (self.last_start_at, self.area_at_last_start)
+            if to_last_start
+            else (self.last_change_at, self.in_flight_area)
+        )
+        if self.first_request_at is None or end <= self.first_request_at:
+            return 0.0
+        return area / (end - self.first_request_at)
 
     def record(self, status: int | str) -> None:
         _bump(self.statuses, str(status))
@@ -229,6 +269,8 @@ class FaultState:
             "tokens_admitted_times": [list(pair) for pair in self.tokens_admitted_times],
             "max_in_flight": self.max_in_flight,
             "in_flight": self.in_flight,
+            "mean_in_flight": round(self.mean_in_flight(), 2),
+            "mean_in_flight_to_last_start": round(self.mean_in_flight(to_last_start=True), 2),
             "context_refused": self.context_refused,
             "max_request_tokens": self.max_request_tokens,
             "system_prompts": dict(self.system_prompts),
@@ -241,6 +283,19 @@ class FaultState:
             "batch_creates_refused": self.batch_creates_refused,
             "config": self.config.public(),
         }
+
+
+_NORMAL = NormalDist()
+
+
+def completion_latency(config: ServerConfig, key: str, number: int) -> float:
+    """Seconds a completion takes: ``latency``, or log-normal around it (median ``latency``) with
+    ``latency_sigma``, drawn from the article's key and its request number (a retry draws anew)."""
+    if config.latency_sigma <= 0 or config.latency <= 0:
+        return config.latency
+    digest = hashlib.blake2b(f"{key}:{number}".encode(), digest_size=8).digest()
+    u = (int.from_bytes(digest, "big") + 0.5) / 2**64  # in (0, 1), never an end
+    return config.latency * math.exp(config.latency_sigma * _NORMAL.inv_cdf(u))
 
 
 def _bump(counter: dict[str, int], key: str) -> None:
