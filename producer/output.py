@@ -385,19 +385,12 @@ def arrow_type(schema: Mapping[str, Any]) -> Any:
 
 _DICTIONARY = ("status", "error_type", "model")
 _STATISTICS = ("id", "status", *_USAGE, "cost_usd", "cached", "chunks", "attempts")
-#: the columns pyarrow takes from the row dicts as they are (usage as a struct, flattened after)
-_STRUCT_FIELDS: tuple[str, ...] = (
-    "id",
-    "status",
-    "summary",
-    "error",
-    "error_type",
-    "model",
-    "usage",
-    "cost_usd",
-    "cached",
-    "chunks",
-    "attempts",
+#: the columns pyarrow takes from the row dicts as they are: PARQUET_COLUMNS with usage as the row's one struct
+#: (flattened after) and without the JSON columns, which are made apart
+_STRUCT_FIELDS: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        "usage" if name in _USAGE else name for name, _ in PARQUET_COLUMNS if name not in ("data", "metadata")
+    )
 )
 
 

@@ -315,6 +315,11 @@ class PackedArticle(Article):
 
     blob: bytes = b""
 
+    @classmethod
+    def of(cls, digest: str, origin: str, compressed: bytes) -> PackedArticle:
+        """The article of `digest` at `origin` whose text is `compressed` (compress_many's output)."""
+        return cls(digest, origin, "", Article(digest, origin, "").pack_compressed(compressed))
+
     def pack(self) -> bytes:
         return self.blob
 
@@ -327,7 +332,7 @@ def packed(jobs: list[NewJob]) -> list[NewJob]:
     for j in jobs:
         if j.error is None and not isinstance(j.article, PackedArticle):
             a = j.article
-            j = NewJob(j.job_id, PackedArticle(a.digest, a.origin, "", a.pack_compressed(next(blobs))), j.metadata)
+            j = NewJob(j.job_id, PackedArticle.of(a.digest, a.origin, next(blobs)), j.metadata)
         out.append(j)
     return out
 
@@ -418,8 +423,7 @@ class Enqueuer:
         def jobs() -> Iterator[NewJob]:
             for rows in prepared.chunks():
                 for job_id, dg, place, metadata, blob in rows:
-                    article = Article(dg, f"{self.source_index}:{place}", "")
-                    yield NewJob(job_id, PackedArticle(dg, article.origin, "", article.pack_compressed(blob)), metadata)
+                    yield NewJob(job_id, PackedArticle.of(dg, f"{self.source_index}:{place}", blob), metadata)
 
         for chunk in batched(jobs(), size):
             yield Chunk(len(chunk), chunk, [])

@@ -8,6 +8,7 @@ import ast
 import dataclasses
 import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -214,17 +215,20 @@ _PY_LITERAL_INDEX = re.compile(rf"\b(?:{_RECORD_NAMES})\[-?\d+\]")
 _PY_UNPACKED = re.compile(r"^\s*\w+\s*,[\w\s,*]*=\s*(?:unpack\(|\(.*\bfor\b)")
 
 
+def _outside_the_schema() -> Iterator[Path]:
+    """The product's Python modules but contract/schema.py, the one that may read records by position."""
+    for top in ("contract", "worker", "producer"):
+        yield from (p for p in sorted((ROOT / top).rglob("*.py")) if p.name != "schema.py")
+
+
 def test_no_python_outside_the_schema_reads_a_record_by_position() -> None:
     """Best effort: the names records go by, subscripted by a number, or a record unpacked by position."""
     found = []
-    for top in ("contract", "worker", "producer"):
-        for path in sorted((ROOT / top).rglob("*.py")):
-            if path.name == "schema.py":
-                continue
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                code = line.split("#", 1)[0]
-                if _PY_LITERAL_INDEX.search(code) or _PY_UNPACKED.search(code):
-                    found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    for path in _outside_the_schema():
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if _PY_LITERAL_INDEX.search(code) or _PY_UNPACKED.search(code):
+                found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not found, "read records through contract/schema.py:\n" + "\n".join(found)
 
 
@@ -387,21 +391,14 @@ def _is_script_call(node: ast.AST) -> bool:
 
 def test_no_python_outside_the_schema_unpacks_a_script_reply_by_position() -> None:
     found = []
-    for top in ("contract", "worker", "producer"):
-        for path in sorted((ROOT / top).rglob("*.py")):
-            if path.name == "schema.py":
-                continue
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if (
-                    isinstance(node, ast.Assign | ast.AnnAssign)
-                    and node.value is not None
-                    and _is_script_call(node.value)
-                ):
-                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                    if any(isinstance(t, ast.Tuple | ast.List | ast.Starred) for t in targets):
-                        found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
-                if isinstance(node, ast.Subscript) and _is_script_call(node.value):
-                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}")  # `self.run(...)[1]`
+    for path in _outside_the_schema():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None and _is_script_call(node.value):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if any(isinstance(t, ast.Tuple | ast.List | ast.Starred) for t in targets):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+            if isinstance(node, ast.Subscript) and _is_script_call(node.value):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")  # `self.run(...)[1]`
     assert not found, "read script replies through their contract/schema.py Layout:\n" + "\n".join(found)
 
 

@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -83,6 +84,21 @@ def claim_bound(settings: Settings) -> int:
     return max(1, math.ceil(settings.concurrency * (1 + settings.claim_ahead)))
 
 
+async def wait_in_line(line: deque[asyncio.Future[None]], pass_on: Callable[[], None]) -> None:
+    """Wait for a turn at the end of `line` (ClaimGate, Slots: whoever frees room sets the head's result).
+    Cancelled while waiting, the waiter leaves the line; cancelled as its turn came, it passes the turn on."""
+    turn = asyncio.get_running_loop().create_future()
+    line.append(turn)
+    try:
+        await turn
+    except asyncio.CancelledError:
+        if turn in line:
+            line.remove(turn)
+        elif turn.done() and not turn.cancelled() and turn.exception() is None:
+            pass_on()
+        raise
+
+
 class ClaimGate:
     """The bound on a process's claimed-and-unfinished jobs: a message waits here, before its claim, until
     they are below `bound`. First come, first claimed. A message may take the process over the bound by up to
@@ -95,16 +111,7 @@ class ClaimGate:
 
     async def reserve(self, n: int) -> None:
         if (self.held >= self.bound or self._waiters) and not self.open:
-            turn = asyncio.get_running_loop().create_future()
-            self._waiters.append(turn)
-            try:
-                await turn
-            except asyncio.CancelledError:
-                if turn in self._waiters:
-                    self._waiters.remove(turn)
-                else:
-                    self._wake()  # our turn came as we were cancelled: it goes to the next in line
-                raise
+            await wait_in_line(self._waiters, self._wake)  # a turn that came as we were cancelled: the next's
         self.held += n
         self._wake()  # room may be left for the next in line
 
@@ -141,16 +148,7 @@ class Slots:
         if self.free > 0 and not self._waiters:
             self.free -= 1
             return
-        turn = asyncio.get_running_loop().create_future()
-        self._waiters.append(turn)
-        try:
-            await turn
-        except asyncio.CancelledError:
-            if turn in self._waiters:
-                self._waiters.remove(turn)
-            elif turn.done() and not turn.cancelled() and turn.exception() is None:
-                self.release()  # the slot was handed to us as we were cancelled: pass it on
-            raise
+        await wait_in_line(self._waiters, self.release)  # a slot handed to us as we were cancelled: passed on
 
     def release(self) -> None:
         while self._waiters:
