@@ -494,10 +494,14 @@ def test_prometheus_counts_the_samples_done(stack: Stack, batch_id: str) -> None
         result = _query(stack, 'sum(summarize_jobs_total{outcome="done"})')["data"]["result"]
         return float(result[0]["value"][1]) if result else 0.0
 
+    def backlog() -> list[str]:
+        return [r["value"][1] for r in _query(stack, "summarize_backlog_jobs")["data"]["result"]]
+
     counted = _wait_for(f"{expected} jobs done in Prometheus", lambda: done() >= expected, timeout=60, interval=3)
     assert counted and done() == expected, done()
-    backlog = _query(stack, "summarize_backlog_jobs")["data"]["result"]
-    assert [r["value"][1] for r in backlog] == ["0"], backlog
+    # The exporter is another scrape target: its last scrape may precede the workers' last jobs by an interval.
+    _wait_for("the exporter's backlog scraped at 0", lambda: backlog() == ["0"], timeout=30, interval=3)
+    assert backlog() == ["0"], backlog()
 
 
 def test_every_dashboard_query_runs_on_the_stack(stack: Stack, batch_id: str) -> None:
