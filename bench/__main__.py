@@ -16,6 +16,8 @@ from pathlib import Path
 
 from . import (
     curator_compare,
+    estimate,
+    failover,
     formats,
     memory,
     overhead,
@@ -51,6 +53,11 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Ctx], None]]] = {
     "formats": (
         "Parquet vs JSON lines export and input at 100k rows, peak RSS at 10k vs 100k, `summarize batches` of 1,000",
         formats.run,
+    ),
+    "estimate": ("`summarize estimate` of 100k x 4 KB articles vs submit's validation pass", estimate.run),
+    "failover": (
+        "behind Sentinel: jobs/s and CPU per job with WAIT 1 vs SUMMARIZE_REDIS_WAIT_REPLICAS=0",
+        failover.run,
     ),
 }
 RESULTS = Path(__file__).resolve().parent / "results.md"

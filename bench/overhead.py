@@ -75,6 +75,19 @@ def run(ctx: Ctx) -> None:
             f"{peer.net_cpu * per:.2f} ms",
         )
     )
+    checks_ms = checks_cpu_per_answer() * 1000
+    job_ms = (ours.worker_cpu + ours.redis_cpu) * per
+    ctx.add(
+        Figure(
+            NAME,
+            "summary checks CPU per answer / worker + Redis CPU per job",
+            checks_ms / job_ms,
+            baseline=f"{checks_ms:.3f} ms (offline server's 80-word summaries of the sample articles, best of 7) "
+            f"vs {job_ms:.2f} ms a job here",
+            target="<= 0.1",
+            ok=checks_ms / job_ms <= 0.1,
+        )
+    )
     total = (ours.worker_cpu + ours.server_cpu + ours.redis_cpu + ours.producer_cpu) * per
     peer_total = (peer.net_cpu + peer.server_cpu) * per
     ctx.add(
@@ -86,3 +99,27 @@ def run(ctx: Ctx) -> None:
             baseline=f"peer + server {peer_total:.2f} ms, ratio {total / peer_total:.2f}",
         )
     )
+
+
+def checks_cpu_per_answer(rounds: int = 7) -> float:
+    """Seconds of CPU contract/checks.py spends on one answer: the offline server's 80-word summaries of the
+    sample articles (what docs/quality.md quotes), the best of `rounds` (the worker runs them on every answer,
+    so they are inside the worker CPU per job above as well)."""
+    import json
+    import time
+
+    from contract import checks
+    from localllm.extractive import summarize_text
+    from scripts.stack import ROOT
+
+    lines = (ROOT / "samples" / "articles.jsonl").read_text(encoding="utf-8").splitlines()
+    pairs = [(a["text"], summarize_text(a["text"], 80)) for a in map(json.loads, lines)]
+    checks.warm()
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        for _ in range(10):
+            for text, summary in pairs:
+                checks.check(text, summary, 80)
+        best = min(best, (time.process_time() - start) / (10 * len(pairs)))
+    return best

@@ -88,6 +88,14 @@ class TruncatedSummary(MalformedResponse):
     """Raised when the model stopped at max_tokens (finish_reason=length); the next try gets more room."""
 
 
+class FlaggedSummary(MalformedResponse):
+    """Raised when an answer is flagged by a check its batch requires (--require-checks): unusable, asked again."""
+
+    def __init__(self, flags: tuple[str, ...], prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        super().__init__(f"flagged: {', '.join(flags)}", prompt_tokens, completion_tokens)
+        self.flags = flags
+
+
 class PermanentLLMError(LLMError):
     """Raised when retrying the same request can't help: a 4xx other than 408/409/429."""
 
@@ -111,6 +119,11 @@ class ContextExceeded(PermanentLLMError):
 
 class UnusableAnswers(PermanentLLMError):
     """Raised when an article's answers came back unusable SUMMARIZE_MAX_UNUSABLE times: retrying won't help."""
+
+
+class FlaggedAnswers(UnusableAnswers):
+    """Raised when an article's answers were unusable SUMMARIZE_MAX_UNUSABLE times, the last one flagged by a
+    check its batch requires (--require-checks): the error names the flags."""
 
 
 class RequestTooLarge(PermanentLLMError):

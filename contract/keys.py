@@ -92,7 +92,7 @@ class Keys:
 
     def kept(self, batch_id: str) -> str:
         """Hash: job id -> the packed article of a failed job, kept for `summarize retry` (it expires
-        with the batch, unlike a text key of its own)."""
+        with the batch, unlike a text key of its own), or of a done one the checks flagged (`retry --flagged`)."""
         return self.batch(batch_id) + BATCH_PARTS["kept"]
 
     def batch_keys(self, batch_id: str) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery
 
 from .keys import PRIORITY_STEPS, Keys
-from .redisconn import broker_url, ssl_options
+from .redisconn import broker_url, kombu_broker, ssl_options
 from .settings import Settings
 
 TASK_NAME = "summarize.job"
@@ -27,8 +27,11 @@ PUBLISH_CHUNK = 500
 
 def broker_config(settings: Settings) -> dict[str, Any]:
     """Settings every process talking to the broker must agree on (the shortest visibility timeout wins)."""
+    url, sentinel_options = kombu_broker(settings)
     conf: dict[str, Any] = {
-        "broker_url": broker_url(settings),
+        # a broker behind Sentinel: kombu's sentinel:// transport, which asks the sentinels for the primary
+        # on every (re)connect, so workers follow a failover (see contract/redisconn.py kombu_broker)
+        "broker_url": url,
         "broker_transport_options": {
             # Only a backstop: the reaper re-enqueues lost jobs long before this (see worker/housekeeping.py).
             "visibility_timeout": settings.visibility_timeout,
@@ -39,6 +42,7 @@ def broker_config(settings: Settings) -> dict[str, Any]:
             # deployments on one Redis never take each other's messages.
             "global_keyprefix": Keys(settings.key_prefix, settings.queue).kombu_prefix,
             "priority_steps": list(PRIORITY_STEPS),
+            **sentinel_options,
         },
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,

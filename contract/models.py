@@ -59,6 +59,23 @@ def _entry(model: str) -> dict[str, Any] | None:
     return table[best] if best is not None else None
 
 
+#: where a /v1/models entry gives its context window (vLLM's max_model_len, others' context_length...)
+CONTEXT_FIELDS = ("max_model_len", "context_length", "context_window", "max_context_length", "max_input_tokens")
+
+
+def listed_context(listing: Any, model: str) -> int | None:
+    """The context window a server's /v1/models listing gives `model`, if it gives one (the worker's
+    ContextWindows and `summarize estimate` read it alike)."""
+    entries = listing.get("data", []) if isinstance(listing, dict) else []
+    for entry in entries:
+        if isinstance(entry, dict) and entry.get("id") == model:
+            for name in CONTEXT_FIELDS:
+                value = entry.get(name)
+                if isinstance(value, int) and value > 0:
+                    return value
+    return None
+
+
 def known_context(model: str) -> int | None:
     entry = _entry(model)
     return int(entry["context"]) if entry and "context" in entry else None

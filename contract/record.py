@@ -23,6 +23,7 @@ from typing import Any
 import msgpack
 import zstandard
 
+from .checks import NOT_CHECKED, Checks
 from .schema import ARTICLE, FINAL
 
 _RAW, _ZSTD, _ZSTD_DICT = b"r", b"s", b"d"
@@ -176,6 +177,10 @@ class Final:
     #: the result-cache key of a done answer (its article digest under the answer's fingerprint): a cache
     #: pointer to this record is trusted only if the key matches (contract/lua/_lib.lua cached_record)
     cache_key: str = ""
+    #: the checks of a done answer (contract/checks.py): a bitmask of FLAGS, and the copied share in whole
+    #: percent (-1: not checked)
+    flags: int = 0
+    copied: int = NOT_CHECKED
 
     def pack(self) -> bytes:
         """The one Python writer of a final record (Lua's is _lib.lua pack_final)."""
@@ -212,7 +217,15 @@ class Final:
             finished_ms=f["finished_ms"] or 0,
             cost_usd=None if cost is None or cost < 0 else float(cost),
             cache_key=_s(f["cache_key"]),
+            flags=f["flags"] or 0,
+            copied=NOT_CHECKED if f["copied"] is None else f["copied"],
         )
+
+    @staticmethod
+    def flags_of(blob: bytes) -> int:
+        """The checks' flags of a packed final record of a done answer (0: none, or not done)."""
+        f = FINAL.read(unpack(blob))
+        return int(f["flags"] or 0) if f["status"] == DONE.encode() else 0
 
     @staticmethod
     def where(blob: bytes) -> tuple[str, str]:
@@ -248,8 +261,125 @@ def public_row(job_id: str, blob: bytes, metadata: Any, structured: bool = False
         "cached": bool(f["cached"]),
         "chunks": f["chunks"] or 0,
         "attempts": f["attempts"] or 0,
+        "checks": Checks(f["flags"] or 0, NOT_CHECKED if f["copied"] is None else f["copied"]).public(),
         "metadata": metadata,
     }
+
+
+#: the columns of public_columns, in the order of a row's keys (usage flattened)
+COLUMNS = (
+    "id",
+    "status",
+    "summary",
+    "data",
+    "error",
+    "error_type",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost_usd",
+    "cached",
+    "chunks",
+    "attempts",
+    "checks",
+    "metadata",
+)
+
+
+def decompress_bytes(blob: bytes) -> bytes:
+    """decompress() without the decode: UTF-8 bytes for a writer that takes them as they are (pyarrow)."""
+    tag, body = blob[:1], blob[1:]
+    if tag == _ZSTD_DICT:
+        return _decompressor.decompressobj().decompress(body)
+    if tag == _ZSTD:
+        return _plain_decompressor.decompress(body)
+    if tag == _RAW:
+        return body
+    raise ValueError(f"unknown text codec {tag!r}")
+
+
+def public_columns(
+    ids: Sequence[bytes],
+    finals: Sequence[bytes | None],
+    metas: Sequence[bytes | None],
+    states: dict[str, str],
+    structured: bool = False,
+) -> dict[str, list[Any]]:
+    """public_row of a page of jobs, as columns (COLUMNS, usage flattened into its three counts): the
+    Parquet export's path, with no dict a row. Text columns hold UTF-8 bytes (status and the summary
+    too, still encoded), metadata its stored JSON (b"{}" for none); an unfinished job (no final) takes its
+    status from `states`, as public_row's caller does. tests/test_record.py holds it equal to public_row."""
+    width = len(FINAL.fields)
+    records: list[Sequence[Any]] = []
+    for raw_id, final in zip(ids, finals, strict=True):
+        if final is None:
+            # What public_row's caller makes of an unfinished job: its status, and nothing else yet.
+            records.append(_unfinished(states.get(raw_id.decode("utf-8"), "missing").encode()))
+            continue
+        f = unpack(final)
+        # An older, shorter record: the fields it lacks are None (Layout.read).
+        records.append(f if len(f) >= width else [*f, *([None] * (width - len(f)))])
+    if not records:
+        return {name: [] for name in COLUMNS}
+    # One transposition in C instead of a dozen appends a row (a longer, newer record's extra fields drop).
+    by_field = dict(zip(FINAL.fields, zip(*records, strict=False), strict=False))
+    done = DONE.encode()
+    status = list(by_field["status"])
+    summary = [decompress_bytes(b) if b else None for b in by_field["summary"]]
+    has_usage = [
+        bool(p or c or s == done)
+        for s, p, c in zip(status, by_field["prompt_tokens"], by_field["completion_tokens"], strict=True)
+    ]
+    pt = [(p or 0) if u else None for p, u in zip(by_field["prompt_tokens"], has_usage, strict=True)]
+    ct = [(c or 0) if u else None for c, u in zip(by_field["completion_tokens"], has_usage, strict=True)]
+    return {
+        "id": [i.decode("utf-8") for i in ids],
+        "status": status,
+        "summary": summary,
+        "data": [json.loads(t) if t and s == done else None for t, s in zip(summary, status, strict=True)]
+        if structured
+        else [None] * len(ids),
+        # public_row decodes these with errors="replace": a Lua string.sub can cut a character in two
+        "error": [_utf8(v) if v else None for v in by_field["error"]],
+        "error_type": [v or None for v in by_field["error_type"]],
+        "model": [_utf8(v) if v else None for v in by_field["model"]],
+        "prompt_tokens": pt,
+        "completion_tokens": ct,
+        "total_tokens": [(p or 0) + (c or 0) if u else None for p, c, u in zip(pt, ct, has_usage, strict=True)],
+        "cost_usd": [None if c is None or c < 0 else float(c) for c in by_field["cost_usd"]],
+        "cached": [bool(c) for c in by_field["cached"]],
+        "chunks": [c or 0 for c in by_field["chunks"]],
+        "attempts": [a or 0 for a in by_field["attempts"]],
+        # the row's `checks`, as public_row has them (None unless checked)
+        "checks": [
+            _checks(fl or 0, NOT_CHECKED if cp is None else cp)
+            for fl, cp in zip(by_field["flags"], by_field["copied"], strict=True)
+        ],
+        "metadata": [m or b"{}" for m in metas],
+    }
+
+
+def _utf8(raw: bytes) -> bytes:
+    """`raw` when it is valid UTF-8, else its bytes as public_row's decode("utf-8", "replace") gives them: a
+    byte-level cut (Lua's string.sub of a long error, _lib.lua land) must not reach a writer that takes the
+    bytes as text unchecked (Parquet), where it would make a file no reader can decode."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace").encode("utf-8")
+    return raw
+
+
+def _checks(flags: int, copied: int) -> dict[str, Any] | None:
+    return Checks(flags, copied).public()
+
+
+def _unfinished(status: bytes) -> list[Any]:
+    """The positional record public_columns reads for a job with no final record yet."""
+    values: dict[str, Any] = dict.fromkeys(FINAL.fields)
+    values["status"] = status
+    return [values[name] for name in FINAL.fields]
 
 
 @dataclass(frozen=True)
@@ -270,6 +400,8 @@ class JobResult:
     chunks: int = 0
     #: the structured answer when the batch asked for a JSON schema (`summary` keeps its JSON text)
     data: Any = None
+    #: the checks of a done answer: {"flags": [names], "copied": 0.0-1.0}; None when not checked
+    checks: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> JobResult:
@@ -289,5 +421,6 @@ class JobResult:
             "cached": self.cached,
             "chunks": self.chunks,
             "attempts": self.attempts,
+            "checks": self.checks,
             "metadata": self.metadata,
         }

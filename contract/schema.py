@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from .checks import FLAGS
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -93,6 +95,8 @@ FINAL = Layout(
         "finished_ms",
         "cost_usd",  # -1 when some call's price was unknown
         "cache_key",  # the result-cache key of a done answer: a cache pointer is trusted only if it matches
+        "flags",  # the checks' flags of a done answer, a bitmask of contract/checks.py FLAGS (FB below)
+        "copied",  # the checks' copied score, whole percent; -1: not checked
     ),
 )
 
@@ -100,8 +104,11 @@ FINAL = Layout(
 FINAL_EMPTY: dict[str, Any] = (
     dict.fromkeys(FINAL.fields, "")
     | dict.fromkeys(("prompt_tokens", "completion_tokens", "attempts", "chunks", "unusable", "finished_ms"), 0)
-    | {"cached": False, "cost_usd": -1.0}
+    | {"cached": False, "cost_usd": -1.0, "flags": 0, "copied": -1}
 )
+
+#: the checks' flags by bit (contract/checks.py FLAGS): flag FB[name] is bit FB[name] - 1 of FINAL's `flags`
+FLAG_BITS = Layout("FB", FLAGS)
 
 #: an unfinished job's article, at its text key (contract/record.py Article)
 ARTICLE = Layout("AR", ("digest", "origin", "text"))
@@ -203,7 +210,7 @@ REPLIES = (MESSAGE, SETTLE_REPLY, REAP_REPLY, INIT_REPLY, SEND_REPLY, CONTROL_RE
            ADMIT_REPLY, CREATE_REPLY, REQUEUE_REPLY, RATE_SLOT, RATE_LIMITS_REPLY)  # fmt: skip
 
 RECORDS = (FINAL, ARTICLE, CLAIMED, CLAIM_REPLY, OP, FAIL_EXTRA, DEFER_EXTRA, PART_EXTRA, REPACK_EXTRA, SPEND_EXTRA,
-           NEW_JOB, CREATED, HELD, *REPLIES)  # fmt: skip
+           NEW_JOB, CREATED, HELD, FLAG_BITS, *REPLIES)  # fmt: skip
 
 # ---- hashes -------------------------------------------------------------------------------------------
 
@@ -267,6 +274,8 @@ BATCH = Fields(
         "est_tokens": "est_tokens",
         "same_error": "fsig",  # signature of the first failures, while they are all alike
         "same_errors": "fsig_n",  # how many failed with it
+        "flagged": "flagged",  # done jobs some check flagged (contract/checks.py)
+        **{f"flag_{name}": f"k_{name}" for name in FLAGS},  # done jobs each check flagged
     },
 )
 

@@ -78,6 +78,38 @@ def _redact_query(tail: str) -> str:
     return f"{path}?{''.join(parts)}{hashmark}{fragment}"
 
 
+#: URL schemes of a Redis behind Sentinel: `redis+sentinel://[user:pw@]h1:p1,h2:p2/MASTER[/DB]` (rediss: TLS)
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+
+def parse_sentinels(text: str, where: str) -> list[tuple[str, int]]:
+    """`host:port,host:port` (port 26379 when left out) as (host, port) pairs; ConfigError naming `where`."""
+    out: list[tuple[str, int]] = []
+    for item in (part.strip() for part in text.split(",")):
+        host, _, port = item.rpartition(":") if ":" in item else (item, "", "26379")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{where}: {item!r} is not host:port (sentinels are listed as h1:26379,h2:26379)")
+        out.append((host, int(port)))
+    return out
+
+
+def parse_sentinel_url(url: str, where: str) -> tuple[list[tuple[str, int]], str, str]:
+    """A redis+sentinel:// URL as (sentinels, master name, the data nodes' URL `redis[s]://[user:pw@]_/DB`)."""
+    scheme, _, rest = str(url).partition("://")
+    authority, path = _split_authority(rest)
+    userinfo, at, hosts = authority.rpartition("@")
+    master, _, db = path.lstrip("/").partition("/")
+    db = db.strip("/") or "0"
+    if not master or not db.isdigit():
+        raise ConfigError(
+            f"{where} {redact_url(url)!r} must name the primary the sentinels watch: "
+            f"{scheme}://[:password@]h1:26379,h2:26379/MASTER[/DB]"
+        )
+    data = f"{scheme.replace('+sentinel', '')}://{userinfo}{at}sentinel/{db}"
+    return parse_sentinels(hosts, where), master, data
+
+
 def env(name: str, default: Any, doc: str = "", minimum: float | None = 0) -> Any:
     """A setting read from environment variable `name` (None: not read from the environment)."""
     return field(default=default, metadata={"env": name, "doc": doc, "min": minimum})
@@ -97,6 +129,18 @@ class Settings:
     redis_keyfile: str | None = env("REDIS_KEYFILE", None)
     #: run on a Redis whose maxmemory-policy may evict keys (it may then drop jobs: not recommended)
     allow_eviction: bool = env("SUMMARIZE_ALLOW_EVICTION", False)
+    #: Redis Sentinel: `host:port` of each sentinel, comma-separated. The store (REDIS_URL) and the broker (unless
+    #: SUMMARIZE_BROKER_URL names another Redis) then follow the primary they name; REDIS_URL still gives the
+    #: password, database and TLS, its host is ignored. Or REDIS_URL=redis+sentinel://[:pw@]h1:p1,h2:p2/MASTER[/DB]
+    redis_sentinels: str = env("REDIS_SENTINELS", "")
+    redis_sentinel_master: str = env("REDIS_SENTINEL_MASTER", "mymaster")
+    #: the sentinels' own password (`requirepass` in sentinel.conf), when they need one
+    redis_sentinel_password: Secret = env("REDIS_SENTINEL_PASSWORD", Secret(""))
+    #: replicas a chunk stored by submit and a final outcome must reach (WAIT) before they count as stored;
+    #: -1: 1 when Sentinel is configured, else 0
+    redis_wait_replicas: int = env("SUMMARIZE_REDIS_WAIT_REPLICAS", -1, minimum=-1)
+    #: seconds such a WAIT blocks at most; past it the write counts as stored anyway (logged and counted)
+    redis_wait_timeout: float = env("SUMMARIZE_REDIS_WAIT_TIMEOUT", 2.0)
 
     openai_base_url: str = env("OPENAI_BASE_URL", LOCAL_BASE_URL)
     openai_api_key: Secret = env("OPENAI_API_KEY", Secret("local"))
@@ -232,15 +276,25 @@ class Settings:
                 and value < minimum
             ):
                 raise ConfigError(f"{f.metadata['env']}={value!r} must be at least {minimum}")
-        if urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
+        if urlsplit(self.redis_url).scheme not in (
+            "redis",
+            "rediss",
+            "unix",
+            "redis+cluster",
+            "rediss+cluster",
+            *SENTINEL_SCHEMES,
+        ):
             raise ConfigError(
                 f"REDIS_URL {redact_url(self.redis_url)!r} must start with redis://, rediss://, unix:// "
-                "(or redis+cluster://, rediss+cluster:// for a Redis Cluster)"
+                "(or redis+cluster://, rediss+cluster:// for a Redis Cluster, redis+sentinel://, "
+                "rediss+sentinel:// for Redis Sentinel)"
             )
-        if self.broker_url and urlsplit(self.broker_url).scheme not in ("redis", "rediss", "unix"):
+        if self.broker_url and urlsplit(self.broker_url).scheme not in ("redis", "rediss", "unix", *SENTINEL_SCHEMES):
             raise ConfigError(
-                f"SUMMARIZE_BROKER_URL {redact_url(self.broker_url)!r} must start with redis://, rediss:// or unix://"
+                f"SUMMARIZE_BROKER_URL {redact_url(self.broker_url)!r} must start with redis://, rediss://, unix:// "
+                "or redis+sentinel://, rediss+sentinel://"
             )
+        self._check_sentinels()
         if "+cluster" in urlsplit(self.redis_url).scheme and not self.broker_url:
             raise ConfigError(
                 "REDIS_URL names a Redis Cluster: set SUMMARIZE_BROKER_URL to a plain Redis for Celery's broker "
@@ -262,6 +316,29 @@ class Settings:
             raise ConfigError(f"SUMMARIZE_TOKEN_COUNTER={self.token_counter!r} must be 'estimate' or 'tiktoken'")
         if not self.key_prefix or any(c in self.key_prefix for c in ":{} \t\n"):
             raise ConfigError(f"SUMMARIZE_KEY_PREFIX={self.key_prefix!r} must be a non-empty word without ':'")
+
+    def _check_sentinels(self) -> None:
+        """Sentinel addresses parse, in REDIS_SENTINELS and in redis+sentinel:// URLs (ConfigError naming where)."""
+        if self.redis_sentinels:
+            if "+cluster" in urlsplit(self.redis_url).scheme:
+                raise ConfigError("REDIS_SENTINELS is set but REDIS_URL names a Redis Cluster: choose one")
+            parse_sentinels(self.redis_sentinels, "REDIS_SENTINELS")
+            if not self.redis_sentinel_master:
+                raise ConfigError("REDIS_SENTINEL_MASTER must name the primary the sentinels watch")
+        for var, url in (("REDIS_URL", self.redis_url), ("SUMMARIZE_BROKER_URL", self.broker_url)):
+            if url and urlsplit(url).scheme in SENTINEL_SCHEMES:
+                parse_sentinel_url(url, var)
+        if self.redis_wait_replicas > 0 and "+cluster" in urlsplit(self.redis_url).scheme:
+            raise ConfigError("SUMMARIZE_REDIS_WAIT_REPLICAS applies to a primary with replicas, not a Redis Cluster")
+
+    @property
+    def wait_replicas(self) -> int:
+        """Replicas a write that must survive a failover waits for: SUMMARIZE_REDIS_WAIT_REPLICAS, and when it
+        is -1 (the default), 1 behind Sentinel and 0 otherwise."""
+        if self.redis_wait_replicas >= 0:
+            return self.redis_wait_replicas
+        sentinel = bool(self.redis_sentinels) or urlsplit(self.redis_url).scheme in SENTINEL_SCHEMES
+        return 1 if sentinel else 0
 
     def public(self) -> dict[str, Any]:
         """Settings safe to print: secrets masked, and every URL's credentials (see redact_url)."""
@@ -345,6 +422,11 @@ class RedisSettings:
     redis_certfile: str | None
     redis_keyfile: str | None
     allow_eviction: bool
+    redis_sentinels: str
+    redis_sentinel_master: str
+    redis_sentinel_password: Secret
+    redis_wait_replicas: int
+    redis_wait_timeout: float
     key_prefix: str
     queue: str
     visibility_timeout: int

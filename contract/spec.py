@@ -66,6 +66,11 @@ class BatchSpec:
     reasoning_effort: str | None = None
     #: completion tokens a reasoning model gets for reasoning on top of the answer (None: the default)
     reasoning_tokens: int | None = None
+    #: checks (contract/checks.py FLAGS) whose flag makes an answer unusable: asked again, then failed
+    require_checks: list[str] | None = None
+    #: the language (ISO 639-1) the summaries must be in, when the prompt asks for another than the
+    #: article's (None: the article's); read by the `language` check only
+    language: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_words < 1:
@@ -87,6 +92,16 @@ class BatchSpec:
         if self.fallback_mode is not None and self.mode != "batch":
             raise ConfigError("a fallback mode is for batch mode (--mode batch)")
         self._check_style()
+        self._check_checks()
+
+    def _check_checks(self) -> None:
+        from .checks import parse_names
+
+        if self.require_checks is not None:
+            # stored in FLAGS order, so the same checks given in another order are the same spec
+            object.__setattr__(self, "require_checks", list(parse_names(self.require_checks)))
+        if self.language is not None and not re.fullmatch(r"[a-z]{2,3}", self.language):
+            raise ConfigError(f"language {self.language!r} must be an ISO 639-1 code such as en, fr, de")
 
     def _check_style(self) -> None:
         if self.model_family is not None and self.model_family not in FAMILIES:

@@ -14,12 +14,14 @@ import orjson
 import redis
 
 from . import scripts
+from .checks import FLAGS
 from .errors import BatchNotFound, ConfigError
 from .job import COUNTERS, unfinished
 from .keys import Keys
-from .record import Article, Final, JobResult, pack, public_row, text
+from .record import Article, Final, JobResult, pack, public_columns, public_row, text
 from .schema import (
     ADMIT_REPLY,
+    BATCH,
     CONTROL_REPLY,
     CREATE_REPLY,
     CREATED,
@@ -296,6 +298,34 @@ class JobStore:
                 ) from None
             raise
 
+    def retry_flagged(self, batch_id: str, job_ids: list[str], chunk: int = 500) -> tuple[list[Message], int]:
+        """Requeue the batch's done jobs among `job_ids` that the checks flagged (retry_flagged.lua); returns
+        messages and count."""
+        self.require_batch(batch_id)
+        per, messages, total = self.settings.jobs_per_message, [], 0
+        for ids in batched(job_ids, chunk):
+            reply = REQUEUE_REPLY.read(
+                self.run(
+                    "retry_flagged",
+                    batch=batch_id,
+                    per_message=per,
+                    ids=pack(list(ids)),
+                    cache_ttl=self.settings.cache_ttl,
+                )
+            )
+            messages += messages_of(reply["messages"])
+            total += int(reply["count"])
+        return messages, total
+
+    def flagged_ids(self, batch_id: str, chunk: int = 1000) -> Iterator[str]:
+        """The ids of the batch's done jobs some check flagged, in input order (their records read a page
+        at a time, only the flags unpacked)."""
+        for raw_ids in self._id_pages(batch_id, 0, chunk):
+            finals: list[bytes | None] = self.r.hmget(self.keys.batch_out(batch_id), raw_ids)  # type: ignore[assignment]
+            for raw_id, final in zip(raw_ids, finals, strict=True):
+                if final is not None and Final.flags_of(final):
+                    yield raw_id.decode("utf-8")
+
     def retry_failed(self, batch_id: str) -> tuple[list[Message], int]:
         """Requeue the batch's failed jobs, streaming the dead-letter set; returns messages and count."""
         self.require_batch(batch_id)
@@ -357,6 +387,9 @@ class JobStore:
             estimated_tokens=max(0, int(h.get("est_tokens", 0))),
         )
         out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
+        # The checks' flags on done answers (contract/checks.py), counted by settle.lua as they land.
+        out["flagged"] = int(h.get(BATCH.flagged, 0))
+        out["flags"] = {name: int(h.get(BATCH.fields[f"flag_{name}"], 0)) for name in FLAGS}
         # A submit still storing chunks holds the batch open (its lease: contract/lua/submitting.lua).
         out["submitting"] = "submitting" in h
         if unfinished(out) <= 0 and out["state"] == "running" and not out["submitting"]:
@@ -407,6 +440,13 @@ class JobStore:
         for raw_ids in self._id_pages(batch_id, start, chunk):
             yield from self._rows(batch_id, raw_ids, structured, raw_metadata)
 
+    def column_pages(self, batch_id: str, start: int = 0, chunk: int = 2000) -> Iterator[dict[str, list[Any]]]:
+        """rows() as columns, a page at a time (contract/record.py public_columns): what a columnar
+        writer (Parquet) takes without a dict a row."""
+        structured = self.spec(batch_id).json_schema is not None
+        for raw_ids in self._id_pages(batch_id, start, chunk):
+            yield public_columns(raw_ids, *self._page(batch_id, raw_ids), structured)
+
     def follow(
         self, batch_id: str, after: str = "0-0", block_ms: int = 1000, stop_when_over: bool = True
     ) -> Iterator[tuple[str, JobResult]]:
@@ -441,14 +481,7 @@ class JobStore:
     def _rows(
         self, batch_id: str, raw_ids: list[bytes], structured: bool = False, raw_metadata: bool = False
     ) -> Iterator[dict[str, Any]]:
-        with self.r.pipeline(transaction=False) as p:
-            p.hmget(self.keys.batch_out(batch_id), raw_ids)
-            p.hmget(self.keys.batch_meta(batch_id), raw_ids)
-            finals: list[bytes | None]
-            metas: list[bytes | None]
-            finals, metas = p.execute()
-        pending = [i for i, f in enumerate(finals) if f is None]
-        states = self._unfinished_states(batch_id, [raw_ids[i] for i in pending]) if pending else {}
+        finals, metas, states = self._page(batch_id, raw_ids)
         for raw_id, final, meta in zip(raw_ids, finals, metas, strict=True):
             job_id = raw_id.decode("utf-8")
             metadata: Any = (orjson.Fragment(meta) if raw_metadata else orjson.loads(meta)) if meta else {}
@@ -456,6 +489,19 @@ class JobStore:
                 yield public_row(job_id, final, metadata, structured)
             else:
                 yield JobResult(job_id, states.get(job_id, "missing"), None, None, None, None, 0, metadata).to_dict()
+
+    def _page(
+        self, batch_id: str, raw_ids: list[bytes]
+    ) -> tuple[list[bytes | None], list[bytes | None], dict[str, str]]:
+        """(final records, stored metadata, {id: status} of the unfinished ones) of a page of job ids."""
+        with self.r.pipeline(transaction=False) as p:
+            p.hmget(self.keys.batch_out(batch_id), raw_ids)
+            p.hmget(self.keys.batch_meta(batch_id), raw_ids)
+            finals: list[bytes | None]
+            metas: list[bytes | None]
+            finals, metas = p.execute()
+        pending = [raw_ids[i] for i, f in enumerate(finals) if f is None]
+        return finals, metas, self._unfinished_states(batch_id, pending) if pending else {}
 
     def _unfinished_states(self, batch_id: str, raw_ids: list[bytes]) -> dict[str, str]:
         with self.r.pipeline(transaction=False) as p:

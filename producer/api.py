@@ -31,12 +31,13 @@ from contract.store import JobStore
 
 from . import output
 from .output import ROW_STATUS
-from .progress import ProgressBar, counts_line
+from .progress import ProgressBar, counts_line, projection, projection_line
 
 if TYPE_CHECKING:
     from celery import Celery
 
     from . import reader
+    from .estimate import Estimate
     from .submit import SubmitReport
 
 
@@ -141,6 +142,152 @@ def check_budget(budget_usd: float | None, budget_tokens: int | None) -> None:
         raise ConfigError(f"--budget-tokens must be at least 1, got {budget_tokens}")
 
 
+def build_spec(
+    settings: Settings, stored: BatchSpec | None, model: str | None, max_words: int | None, **options: Any
+) -> tuple[BatchSpec, dict[str, Any]]:
+    """The batch's spec, and its budget (budget_usd, budget_tokens: state, not spec, as resume changes it).
+
+    For a batch that exists (`stored`), what is left out is taken from its stored spec, so the same
+    file with only `--batch-id` resumes it; what is given must match it (init_batch names a difference)."""
+    options = {k: v for k, v in options.items() if v is not None}
+    budget: dict[str, Any] = {k: options.pop(k) for k in ("budget_usd", "budget_tokens") if k in options}
+    check_budget(budget.get("budget_usd"), budget.get("budget_tokens"))
+    unknown = unknown_placeholders(options["prompt"]) if isinstance(options.get("prompt"), str) else []
+    if unknown:
+        names = ", ".join("{" + n + "}" for n in unknown)
+        raise ConfigError(
+            f"the prompt has an unknown placeholder {names}: the only one is "
+            + ", ".join("{" + n + "}" for n in PLACEHOLDERS)
+            + f" (write {{{{{unknown[0]}}}}} for a literal {{{unknown[0]}}})"
+        )
+    price_in, price_out = options.pop("price_in", None), options.pop("price_out", None)
+    if stored is None:
+        model = model or settings.model or served_model(settings.openai_base_url)
+        # How its models are called (chat or reasoning parameters), when the submit does not say.
+        options.setdefault("model_family", settings.model_family or None)
+        options.setdefault("reasoning_effort", settings.reasoning_effort)
+        options.setdefault("reasoning_tokens", settings.reasoning_tokens)
+        max_words = settings.max_words if max_words is None else max_words
+        options["fallback_model"] = options.get("fallback_model") or settings.fallback_model or None
+        options["prices"] = prices_for(settings, model, options["fallback_model"], price_in, price_out)
+    else:
+        model = model or stored.model
+        max_words = stored.max_words if max_words is None else max_words
+        for f in dataclasses.fields(BatchSpec):
+            if f.name not in ("model", "max_words", "prices"):
+                options.setdefault(f.name, getattr(stored, f.name))
+        given = price_in is not None or price_out is not None
+        options["prices"] = (
+            prices_for(settings, model, options["fallback_model"], price_in, price_out) if given else stored.prices
+        )
+    try:
+        spec = BatchSpec(model=model, max_words=max_words, **options)
+    except TypeError as exc:
+        raise ConfigError(f"submit(): {exc}") from None
+    if "budget_usd" in budget:
+        # Every model the batch may call: a call at an unknown price would be held and spent at $0.
+        fallback = spec.fallback_model or settings.fallback_model
+        for m in [model] + ([fallback] if fallback else []):
+            if spec.price(m) is None:
+                raise ConfigError(
+                    f"a budget in USD needs the price of {m!r}"
+                    + (" (the fallback model)" if m != model else "")
+                    + ", which is not known: give --price-in and --price-out (USD per million tokens), "
+                    "or SUMMARIZE_PRICES"
+                )
+    return spec, budget
+
+
+def prices_for(
+    settings: Settings, model: str, fallback: str | None, price_in: float | None, price_out: float | None
+) -> dict[str, list[float]] | None:
+    """Each model's price as known now (--price-in/--price-out, SUMMARIZE_PRICES, the built-in table)."""
+    table = load_prices(settings.prices) if settings.prices else {}
+    prices: dict[str, list[float]] = {}
+    for name in filter(None, (model, fallback)):
+        found = table.get(name) or known_price(name)
+        if found is not None:
+            prices[name] = [found.input, found.output]
+    if (price_in is None) != (price_out is None):
+        raise ConfigError("--price-in and --price-out go together")
+    if price_in is not None and price_out is not None:
+        if price_in < 0 or price_out < 0:
+            raise ConfigError("prices can't be negative")
+        prices[model] = [float(price_in), float(price_out)]
+    return prices or None
+
+
+def estimate(
+    source: str | os.PathLike[str] | Iterable[str | dict[str, Any]],
+    settings: Settings | None = None,
+    r: Any = "",
+    name: str = "",
+    model: str | None = None,
+    max_words: int | None = None,
+    skip_invalid: bool = False,
+    input_format: str | None = None,
+    text_field: str | None = None,
+    id_field: str | None = None,
+    latency: float = 2.0,
+    **options: Any,
+) -> Estimate:
+    """`summarize estimate`: what submitting `source` (a path, or items) would send, cost and take, read and
+    validated as submit does (its InvalidInput), nothing stored. `r` is a Redis client (bytes) for the
+    result-cache look-up; left out, one to settings' Redis is made, and an unreachable Redis is said in
+    the estimate's cache_note, not raised. Options as submit's (spec options; budgets are ignored)."""
+    from . import estimate as est
+    from . import reader
+
+    settings = settings or Settings.from_env()
+    if latency <= 0:
+        raise ConfigError(f"--latency must be more than 0 seconds, got {latency:g}")
+    options = {k: v for k, v in options.items() if k not in ("budget_usd", "budget_tokens", "priority")}
+    spec, _ = build_spec(settings, None, model, max_words, **options)
+    given = options.get("price_in") is not None
+    source_of_price = (
+        "--price-in/--price-out"
+        if given
+        else "SUMMARIZE_PRICES"
+        if settings.prices and spec.model in load_prices(settings.prices)
+        else "the built-in model table"
+    )
+    note, own = "", None
+    if isinstance(r, str):  # not given: this process connects, and says so if it can't
+        from contract.errors import BrokerUnavailable
+
+        try:
+            check_reachable(settings)
+            r = own = make_redis(settings, max_connections=2, decode=False)
+        except BrokerUnavailable as exc:
+            r, note = None, f"not looked up: {exc}"
+    fields = reader.Fields.of(text_field, id_field)
+    try:
+        if isinstance(source, str | os.PathLike):
+            path = os.fspath(source)
+            with reader.opened(path, settings.max_article_bytes, input_format, fields) as src:
+                return est.run(
+                    src,
+                    name or ("<stdin>" if path == "-" else path),
+                    settings,
+                    spec,
+                    spec.prices,
+                    source_of_price,
+                    r,
+                    skip_invalid,
+                    latency,
+                    note,
+                )
+        if isinstance(source, bytes | dict):
+            raise ConfigError("estimate() takes a path or an iterable of articles; wrap a single text in a list")
+        with reader.opened_items(source, settings.max_article_bytes, fields) as src:
+            return est.run(
+                src, name or "<items>", settings, spec, spec.prices, source_of_price, r, skip_invalid, latency, note
+            )
+    finally:
+        if own is not None:
+            own.close()
+
+
 class Batch:
     """A handle on one batch: status, wait, results, export, retry."""
 
@@ -151,6 +298,15 @@ class Batch:
 
     def status(self) -> dict[str, Any]:
         return self.client.store.status(self.id)
+
+    def progress(self, status: dict[str, Any] | None = None) -> dict[str, Any]:
+        """While it runs: rate so far, ETA and the whole batch's projected cost (progress.projection), on
+        Redis' clock (the batch's creation time is Redis')."""
+        status = status or self.status()
+        r = self.client.store.r
+        created = r.hget(self.client.store.keys.batch(self.id), "created")
+        sec, usec = r.time()
+        return projection(status, int(created or 0), sec * 1000 + usec // 1000)
 
     def wait(
         self, timeout: float | None = None, progress: bool = False, poll: float = 0.5, keep_waiting: bool = False
@@ -170,7 +326,8 @@ class Batch:
                         status["total"] - left,
                         f"paused ({status['reason']}): waiting for a resume"
                         if paused
-                        else f"running {status['running']} failed {status['failed']}",
+                        else f"running {status['running']} failed {status['failed']}, "
+                        + projection_line(self.progress(status)),
                     )
                 if left <= 0:
                     return status
@@ -196,6 +353,7 @@ class Batch:
         path: str | os.PathLike[str],
         format: str | output.Format | None = None,
         status: str | Iterable[str] | None = None,
+        flagged: bool = False,
     ) -> output.Exported:
         """Every job's row in input order to the file `path` ('-': stdout), in `format` (a name of
         producer.output.FORMATS: "jsonl", "csv"; None: the one the path's suffix names, `.jsonl` or `.csv`),
@@ -204,7 +362,7 @@ class Batch:
         ConfigError for a suffix no format has, an unknown format, or a file that can't be written.
         `status` ("failed", or several): only the rows of jobs in it (as `results --status`)."""
         wanted = [status] if isinstance(status, str) else (list(status) if status is not None else None)
-        return output.export(self, path, output.resolve(path, format), statuses=wanted)
+        return output.export(self, path, output.resolve(path, format), statuses=wanted, flagged=flagged)
 
     def iter_results(self, follow: bool = False, after: str = "0-0") -> Iterator[JobResult]:
         """Finished jobs in the order they finished. With follow=True it waits for the rest and ends when
@@ -220,10 +378,12 @@ class Batch:
         price_out: float | None = None,
         budget_usd: float | None = None,
         budget_tokens: int | None = None,
+        flagged: bool = False,
     ) -> int:
         """Requeue the batch's failed jobs (the dead-letter set); returns how many. What made a halted batch
         fail can be changed first: another model, a fallback, prices, a new budget. The change is recorded
-        in the batch's spec (`status` shows it); jobs already done keep the model that wrote them."""
+        in the batch's spec (`status` shows it); jobs already done keep the model that wrote them.
+        `flagged`: requeue instead the done jobs whose answer some check flagged (docs/quality.md)."""
         check_budget(budget_usd, budget_tokens)
         store = self.client.store
         if any(v is not None for v in (model, fallback_model, price_in, price_out)):
@@ -244,7 +404,10 @@ class Batch:
             store.respec(self.id, spec)
         if budget_usd is not None or budget_tokens is not None:
             store.control(self.id, "budget", budget_usd, budget_tokens)
-        messages, n = store.retry_failed(self.id)
+        if flagged:
+            messages, n = store.retry_flagged(self.id, list(store.flagged_ids(self.id)))
+        else:
+            messages, n = store.retry_failed(self.id)
         publish(self.client, messages)
         return n
 
@@ -331,7 +494,9 @@ class Client:
 
         `options` take what shapes the answers, stored once with the batch: priority ('high', 'normal',
         'low'), prompt (task instructions; `{max_words}` may appear), temperature, json_schema (a dict),
-        fallback_model, no_cache, price_in and price_out (USD per million tokens, for the model); and
+        fallback_model, no_cache, price_in and price_out (USD per million tokens, for the model),
+        require_checks (checks whose flag makes an answer unusable, docs/quality.md) and language (the
+        summaries' ISO 639-1 code when the prompt asks for another than the article's); and
         the budget: budget_usd, budget_tokens (the batch pauses before a call would go over).
         """
         if isinstance(items, str | bytes | dict):
@@ -356,6 +521,8 @@ class Client:
         input_format: str | None = None,
         text_field: str | None = None,
         id_field: str | None = None,
+        sample: int | None = None,
+        seed: int = 0,
         **options: Any,
     ) -> Batch:
         """Submit a file (JSON lines, plain or .gz/.zst; CSV, TSV; Parquet; one .txt/.md article), a directory
@@ -363,18 +530,53 @@ class Client:
         reader.INPUT_FORMATS), else the file's suffix says it; `text_field` and `id_field` name the columns.
 
         Setting `stop` ends the submit after the chunk in flight; the same call again resumes it.
+        `sample` N: a trial; the whole file is validated (the same errors), then only N of its valid articles,
+        chosen at random by `seed` (the same N for the same seed and file), are submitted, as a batch of their
+        own; the rest is not. Its `report.records` says how many (all of them when the file has fewer).
         """
         from . import reader
 
         fields = reader.Fields.of(text_field, id_field)
         batch_id, stored = self._target(batch_id)
         spec, budget = self._spec(stored, model, max_words, **options)
+        if sample is not None:
+            with reader.opened(path, self.settings.max_article_bytes, input_format, fields) as whole:
+                picked = self._sampled(whole, sample, seed, skip_invalid, stop)
+                name = "<stdin>" if path == "-" else path
+                batch = self._submit(
+                    reader.Source(lambda: iter(picked)), name, spec, budget, batch_id, stored, False, progress, stop
+                )
+                batch.notes = whole.notes
+                return batch
         with reader.opened(path, self.settings.max_article_bytes, input_format, fields) as source:
             batch = self._submit(
                 source, "<stdin>" if path == "-" else path, spec, budget, batch_id, stored, skip_invalid, progress, stop
             )
             batch.notes = source.notes
             return batch
+
+    def _sampled(
+        self, source: reader.Source, n: int, seed: int, skip_invalid: bool, stop: threading.Event | None
+    ) -> list[reader.Record]:
+        """`n` valid records of `source` chosen by `seed`, in input order, after submit's whole first pass
+        (its errors raised as for the whole file, unless `skip_invalid`: then only valid ones are chosen)."""
+        import random
+
+        from .submit import Checker, Resolver, note_repeated, raise_if_invalid
+
+        if isinstance(n, bool) or n < 1:
+            raise ConfigError(f"--sample must be at least 1, got {n!r}")
+        should_stop: Callable[[], bool] = stop.is_set if stop is not None else (lambda: False)
+        checked = Checker(self.store, "", resuming=False, prepare_after=1 << 62).check(source.records(), should_stop)
+        if checked.repeated_ids:
+            note_repeated(source.records(), checked)
+        raise_if_invalid(checked, skip_invalid)
+        resolver = Resolver(checked)
+        # The records a submit would store as valid: those with no error, the repeats of an id left out.
+        valid = (r for r in map(resolver.resolve, source.records()) if r.error is None)
+        count = checked.records - checked.problems.count
+        chosen = set(random.Random(seed).sample(range(count), min(n, count)))
+        return [r for i, r in enumerate(valid) if i in chosen]
 
     def _target(self, batch_id: str | None) -> tuple[str, BatchSpec | None]:
         """The batch id to submit to, and its stored spec when it exists already (a resume or an extension)."""
@@ -389,75 +591,42 @@ class Client:
     def _spec(
         self, stored: BatchSpec | None, model: str | None, max_words: int | None, **options: Any
     ) -> tuple[BatchSpec, dict[str, Any]]:
-        """The batch's spec, and its budget (budget_usd, budget_tokens: state, not spec, as resume changes it).
-
-        For a batch that exists (`stored`), what is left out is taken from its stored spec, so the same
-        file with only `--batch-id` resumes it; what is given must match it (init_batch names a difference)."""
-        options = {k: v for k, v in options.items() if v is not None}
-        budget: dict[str, Any] = {k: options.pop(k) for k in ("budget_usd", "budget_tokens") if k in options}
-        check_budget(budget.get("budget_usd"), budget.get("budget_tokens"))
-        unknown = unknown_placeholders(options["prompt"]) if isinstance(options.get("prompt"), str) else []
-        if unknown:
-            names = ", ".join("{" + n + "}" for n in unknown)
-            raise ConfigError(
-                f"the prompt has an unknown placeholder {names}: the only one is "
-                + ", ".join("{" + n + "}" for n in PLACEHOLDERS)
-                + f" (write {{{{{unknown[0]}}}}} for a literal {{{unknown[0]}}})"
-            )
-        price_in, price_out = options.pop("price_in", None), options.pop("price_out", None)
-        if stored is None:
-            model = model or self.settings.model or served_model(self.settings.openai_base_url)
-            # How its models are called (chat or reasoning parameters), when the submit does not say.
-            options.setdefault("model_family", self.settings.model_family or None)
-            options.setdefault("reasoning_effort", self.settings.reasoning_effort)
-            options.setdefault("reasoning_tokens", self.settings.reasoning_tokens)
-            max_words = self.settings.max_words if max_words is None else max_words
-            options["fallback_model"] = options.get("fallback_model") or self.settings.fallback_model or None
-            options["prices"] = self._prices(model, options["fallback_model"], price_in, price_out)
-        else:
-            model = model or stored.model
-            max_words = stored.max_words if max_words is None else max_words
-            for f in dataclasses.fields(BatchSpec):
-                if f.name not in ("model", "max_words", "prices"):
-                    options.setdefault(f.name, getattr(stored, f.name))
-            given = price_in is not None or price_out is not None
-            options["prices"] = (
-                self._prices(model, options["fallback_model"], price_in, price_out) if given else stored.prices
-            )
-        try:
-            spec = BatchSpec(model=model, max_words=max_words, **options)
-        except TypeError as exc:
-            raise ConfigError(f"submit(): {exc}") from None
-        if "budget_usd" in budget:
-            # Every model the batch may call: a call at an unknown price would be held and spent at $0.
-            fallback = spec.fallback_model or self.settings.fallback_model
-            for m in [model] + ([fallback] if fallback else []):
-                if spec.price(m) is None:
-                    raise ConfigError(
-                        f"a budget in USD needs the price of {m!r}"
-                        + (" (the fallback model)" if m != model else "")
-                        + ", which is not known: give --price-in and --price-out (USD per million tokens), "
-                        "or SUMMARIZE_PRICES"
-                    )
-        return spec, budget
+        return build_spec(self.settings, stored, model, max_words, **options)
 
     def _prices(
         self, model: str, fallback: str | None, price_in: float | None, price_out: float | None
     ) -> dict[str, list[float]] | None:
-        """Each model's price as known now (--price-in/--price-out, SUMMARIZE_PRICES, the built-in table)."""
-        table = load_prices(self.settings.prices) if self.settings.prices else {}
-        prices: dict[str, list[float]] = {}
-        for name in filter(None, (model, fallback)):
-            found = table.get(name) or known_price(name)
-            if found is not None:
-                prices[name] = [found.input, found.output]
-        if (price_in is None) != (price_out is None):
-            raise ConfigError("--price-in and --price-out go together")
-        if price_in is not None and price_out is not None:
-            if price_in < 0 or price_out < 0:
-                raise ConfigError("prices can't be negative")
-            prices[model] = [float(price_in), float(price_out)]
-        return prices or None
+        return prices_for(self.settings, model, fallback, price_in, price_out)
+
+    def estimate(
+        self,
+        source: str | os.PathLike[str] | Iterable[str | dict[str, Any]],
+        model: str | None = None,
+        max_words: int | None = None,
+        skip_invalid: bool = False,
+        input_format: str | None = None,
+        text_field: str | None = None,
+        id_field: str | None = None,
+        latency: float = 2.0,
+        **options: Any,
+    ) -> Estimate:
+        """What submitting `source` (a path, as submit_path takes; or items, as submit takes) with these
+        options would send, cost and take: read and validated as submit does (the same InvalidInput),
+        nothing stored. The result cache is looked up in this client's Redis. See producer/estimate.py."""
+        return estimate(
+            source,
+            self.settings,
+            self.store.r,
+            "",
+            model,
+            max_words,
+            skip_invalid,
+            input_format,
+            text_field,
+            id_field,
+            latency,
+            **options,
+        )
 
     def _submit(
         self,

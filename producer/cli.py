@@ -1,4 +1,4 @@
-"""The `summarize` command: submit, status, wait, results, batches, retry, llm-serve.
+"""The `summarize` command: submit, estimate, status, wait, results, batches, retry, eval, llm-serve.
 
 Exit codes: 0 success; 1 some jobs failed (wait, submit --wait); 2 timeout (wait) or bad usage;
 3 an error that stopped the command (bad input, unknown batch, Redis unreachable); 4 the batch is paused
@@ -19,6 +19,7 @@ import threading
 from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any
 
+from contract.checks import parse_names
 from contract.errors import BatchPaused, ConfigError, SummarizeError
 from contract.keys import PRIORITIES
 from contract.settings import Settings
@@ -87,8 +88,10 @@ def check_out(path: str | None) -> None:
         raise ConfigError(f"--out {path}: permission denied")
 
 
-def export(batch: Batch, path: str | None, fmt: str, statuses: Sequence[str] | None = None) -> int:
-    done = output.export(batch, path, fmt, label="--out ", statuses=statuses)
+def export(
+    batch: Batch, path: str | None, fmt: str, statuses: Sequence[str] | None = None, flagged: bool = False
+) -> int:
+    done = output.export(batch, path, fmt, label="--out ", statuses=statuses, flagged=flagged)
     if path not in (None, "-"):
         print(f"wrote {done.rows} result(s) to {path}", file=sys.stderr)
     if done.unfinished > 0:
@@ -203,6 +206,10 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         input_format=args.input_format,
         text_field=args.text_field,
         id_field=args.id_field,
+        require_checks=list(parse_names(args.require_checks)) if args.require_checks is not None else None,
+        language=checked_language(args.language),
+        sample=args.sample,
+        seed=args.seed,
         **options,
     )
     for note in batch.notes:
@@ -225,12 +232,31 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     )
     for err in rep.errors:
         print(f"  invalid: {err}", file=sys.stderr)
+    if args.sample is not None and batch.report is not None:
+        print(
+            f"summarize submit: a trial of {batch.report.records} (--sample {args.sample}, --seed {args.seed}) in "
+            f"batch {batch.id}; submit again without --sample for the whole file (its answers come from the "
+            "result cache then)",
+            file=sys.stderr,
+        )
     code = EXIT_OK
     if args.wait or args.out:
         code = _wait(batch, args.timeout, not args.quiet, args.keep_waiting, "submit")
         if args.out:  # also after a timeout or a pause: what is there, and stderr says it is not finished
             export(batch, args.out, _format(args))
     print(batch.id)
+    return code
+
+
+def checked_language(code: str | None) -> str | None:
+    """--language: a code the language check knows (py3langid's), or a ConfigError naming it."""
+    if code is None:
+        return None
+    from contract.checks import languages
+
+    known = languages()
+    if code not in known:
+        raise ConfigError(f"--language {code!r}: not a language the check knows; one of {', '.join(sorted(known))}")
     return code
 
 
@@ -280,6 +306,9 @@ def _status_line(s: dict[str, Any]) -> str:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     client = _client(settings)
     status = client.store.status(args.batch)
+    from .api import Batch
+
+    status["progress"] = Batch(client, args.batch).progress(status)
     if status["failed"]:
         status["failed_jobs"] = client.store.dead_letters(args.batch)
         # Every failure counted by its error_type (the first error text of each): the listed ten are a sample.
@@ -289,9 +318,21 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(status, ensure_ascii=False))
         return EXIT_OK
     print_table(status_table(status))
-    for line in status_notes(status) + failure_lines(status):
+    for line in status_notes(status) + failure_lines(status) + flag_lines(status):
         print(line)
     return EXIT_OK
+
+
+def flag_lines(status: dict[str, Any]) -> list[str]:
+    """The count of done answers each check flagged (contract/checks.py), and how to list or re-ask them."""
+    if not status.get("flagged"):
+        return []
+    counts = ", ".join(f"{name} {n}" for name, n in status["flags"].items() if n)
+    b = status["batch"]
+    return [
+        f"  flagged by the checks: {status['flagged']} answer(s): {counts}",
+        f"    list them: summarize results {b} --flagged; ask again: summarize retry {b} --flagged [--model M]",
+    ]
 
 
 def failure_lines(status: dict[str, Any]) -> list[str]:
@@ -375,8 +416,10 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
         if args.status:
             raise UsageError("--status and --follow don't go together (--follow writes every row as it finishes)")
         return follow(batch, args.out, _format(args))
+    if args.flagged and args.follow:
+        raise UsageError("--flagged and --follow don't go together")
     check_out(args.out)
-    export(batch, args.out, _format(args), args.status)
+    export(batch, args.out, _format(args), args.status, flagged=args.flagged)
     return EXIT_OK
 
 
@@ -439,6 +482,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
         _client(settings)
         .batch(args.batch)
         .retry(
+            flagged=args.flagged,
             model=args.model,
             fallback_model=args.fallback_model,
             price_in=args.price_in,
@@ -447,7 +491,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
             budget_tokens=args.budget_tokens,
         )
     )
-    print(f"requeued {n} failed job(s) of batch {args.batch}", file=sys.stderr)
+    print(f"requeued {n} {'flagged' if args.flagged else 'failed'} job(s) of batch {args.batch}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -595,6 +639,28 @@ def _add_submit(sub: Any) -> None:
     s.add_argument(
         "--format", choices=output.names(), default=None, help="of the --out file (default: by its suffix, else jsonl)"
     )
+    s.add_argument(
+        "--sample",
+        type=_number(int, 1),
+        metavar="N",
+        help="a trial: the whole file is validated, then only a random N of its articles are submitted, as a "
+        "batch of their own (the rest is not)",
+    )
+    s.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="with --sample: which random N (default 0: the same each run)"
+    )
+    s.add_argument(
+        "--require-checks",
+        metavar="CHECKS",
+        help="comma-separated checks (length, numbers, names, refusal, language) whose flag makes an answer "
+        "unusable: asked again, then the fallback model, then failed naming the flag (docs/quality.md)",
+    )
+    s.add_argument(
+        "--language",
+        metavar="CODE",
+        help="the language (ISO 639-1: en, fr, ...) the summaries must be in, when your --prompt asks for "
+        "another than the article's; read by the language check only",
+    )
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_submit)
 
@@ -633,6 +699,7 @@ def _add_reading(sub: Any) -> None:
         choices=list(output.ROW_STATUSES),
         help="only the rows of jobs in this status (again for several): --status failed lists every failure",
     )
+    r.add_argument("--flagged", action="store_true", help="only the done rows some check flagged (docs/quality.md)")
     r.set_defaults(func=cmd_results)
 
     bs = sub.add_parser("batches", help="the batches Redis holds, newest first: state, counts, times, cost, mode")
@@ -645,6 +712,11 @@ def _add_reading(sub: Any) -> None:
         "retry", help="requeue the failed jobs of a batch (after the fix: another model, fallback, prices, budget)"
     )
     rt.add_argument("batch")
+    rt.add_argument(
+        "--flagged",
+        action="store_true",
+        help="ask again for the done answers some check flagged (their rows), instead of the failed jobs",
+    )
     rt.add_argument("--model", help="call this model from now on (recorded in the batch's spec)")
     rt.add_argument("--fallback-model", metavar="MODEL", help="the model to fall back to from now on ('' for none)")
     rt.add_argument("--price-in", type=_number(float, 0), metavar="USD", help="input price, USD per million tokens")
@@ -730,17 +802,118 @@ def _add_exporter(sub: Any) -> None:
     ex.set_defaults(func=run)
 
 
+def cmd_estimate(args: argparse.Namespace, settings: Settings) -> int:
+    from .api import estimate
+
+    options = read_spec_files(args)
+    est = estimate(
+        args.path,
+        settings,
+        model=args.model,
+        max_words=args.max_words,
+        skip_invalid=args.skip_invalid,
+        input_format=args.input_format,
+        text_field=args.text_field,
+        id_field=args.id_field,
+        latency=args.latency,
+        temperature=args.temperature,
+        fallback_model=args.fallback_model,
+        no_cache=args.no_cache or None,
+        mode=args.mode,
+        model_family=args.model_family,
+        reasoning_effort=args.reasoning_effort,
+        reasoning_tokens=args.reasoning_tokens,
+        price_in=args.price_in,
+        price_out=args.price_out,
+        require_checks=list(parse_names(args.require_checks)) if args.require_checks is not None else None,
+        language=checked_language(args.language),
+        **options,
+    )
+    if args.json:
+        print(json.dumps(est.to_dict(), ensure_ascii=False))
+    else:
+        print("\n".join(est.lines()))
+    return EXIT_OK
+
+
+def _add_estimate(sub: Any) -> None:
+    e = sub.add_parser(
+        "estimate",
+        help="what submitting a file would send, cost and take (validated as submit does; nothing stored)",
+    )
+    e.add_argument("path")
+    e.add_argument("--input-format", choices=["jsonl", "csv", "tsv", "parquet", "text"], default=None)
+    e.add_argument("--text-field", metavar="NAME", help="the field (column) holding the article's text")
+    e.add_argument("--id-field", metavar="NAME", help="the field (column) holding its id")
+    e.add_argument("--model", help="model name (default SUMMARIZE_MODEL)")
+    e.add_argument("--max-words", type=_number(int, 1), help="summary length limit (default SUMMARIZE_MAX_WORDS)")
+    e.add_argument("--prompt", metavar="FILE", help="task instructions, as for submit")
+    e.add_argument("--json-schema", metavar="FILE", help="a JSON Schema for the answers, as for submit")
+    e.add_argument("--temperature", type=_number(float, 0, high=2))
+    e.add_argument("--fallback-model", metavar="MODEL")
+    e.add_argument("--no-cache", action="store_true", help="count every article as a call (no cache look-up)")
+    e.add_argument("--mode", choices=["online", "batch"], default=None)
+    e.add_argument("--model-family", choices=["chat", "reasoning"], default=None)
+    e.add_argument("--reasoning-effort", choices=["minimal", "low", "medium", "high"], default=None)
+    e.add_argument("--reasoning-tokens", type=_number(int, 0), metavar="N", default=None)
+    e.add_argument("--price-in", type=_number(float, 0), metavar="USD", help="input price, USD per million tokens")
+    e.add_argument("--price-out", type=_number(float, 0), metavar="USD", help="output price, USD per million tokens")
+    e.add_argument("--skip-invalid", action="store_true", help="count the valid records (as submit --skip-invalid)")
+    # They shape the cache key (contract/prompt.py fingerprint): the cached count is the gated batch's own.
+    e.add_argument("--require-checks", metavar="CHECKS", help="as for submit (a gated batch has a cache of its own)")
+    e.add_argument("--language", metavar="CODE", help="as for submit")
+    e.add_argument(
+        "--latency",
+        type=_number(float, 0, above=True),
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds a request takes, for the time figures (default 2)",
+    )
+    e.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    e.set_defaults(func=cmd_estimate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="summarize", description="Bulk article summarization through any OpenAI-compatible LLM, on Celery + Redis."
     )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_submit(sub)
+    _add_estimate(sub)
     _add_reading(sub)
     _add_control(sub)
     _add_llm_serve(sub)
     _add_exporter(sub)
+    _add_eval(sub)
     return p
+
+
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from . import evaluate
+
+    references = evaluate.read_references(args.references)
+    batch = _client(settings).batch(args.batch)
+    report = evaluate.evaluate(batch.id, batch.client.store.rows(batch.id), references)
+    if args.html:
+        evaluate.write_html(report, args.html)
+        print(f"wrote the report to {args.html}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        for line in evaluate.text_lines(report):
+            print(line)
+    return EXIT_OK
+
+
+def _add_eval(sub: Any) -> None:
+    ev = sub.add_parser(
+        "eval", help="ROUGE-1/2/L of a batch's summaries against reference summaries, beside the checks' rates"
+    )
+    ev.add_argument("batch")
+    ev.add_argument("--references", required=True, metavar="FILE", help='JSON lines of "id" and "reference"')
+    ev.add_argument("--json", action="store_true", help="one JSON object: the means, the rates, every row's scores")
+    ev.add_argument("--html", metavar="FILE", help="also write a small self-contained HTML report there")
+    ev.set_defaults(func=cmd_eval)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

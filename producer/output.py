@@ -27,13 +27,13 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import orjson
 
 from contract.errors import ConfigError
 from contract.job import unfinished
-from contract.record import JobResult
+from contract.record import COLUMNS, JobResult
 
 if TYPE_CHECKING:
     from .api import Batch
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 #: a result row's status as `summarize status` counts it: a job waiting for its retry's time (deferred)
 #: or for its paused batch's resume (parked) is queued there, so it is queued in the rows too
 ROW_STATUS = {"deferred": "queued", "parked": "queued"}
+#: ROW_STATUS for the columnar path, whose statuses are UTF-8 bytes (contract/record.py public_columns)
+_ROW_STATUS_BYTES = {k.encode(): v.encode() for k, v in ROW_STATUS.items()}
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,13 @@ class Writer(Protocol):
         """Finish the file (a footer, a last row group); the stream stays open: its opener closes it."""
 
 
+@runtime_checkable
+class ColumnWriter(Writer, Protocol):
+    """A writer of a columnar format (Format.columnar): it takes pages of columns as well as rows."""
+
+    def write_columns(self, cols: Mapping[str, list[Any]]) -> None: ...
+
+
 @dataclass(frozen=True)
 class Format:
     name: str
@@ -77,6 +86,9 @@ class Format:
     appendable: bool = True
     #: rows may carry metadata as an orjson.Fragment of its stored JSON, for orjson to write out unparsed
     raw_metadata: bool = False
+    #: the writer also takes pages of columns (write_columns, contract/record.py public_columns): export()
+    #: gives it those instead of row dicts
+    columnar: bool = False
     help: str = ""
 
 
@@ -161,6 +173,8 @@ CSV_FIELDS = [
     "cached",
     "chunks",
     "attempts",
+    "checks_flags",
+    "checks_copied",
     "metadata",
 ]
 
@@ -187,6 +201,9 @@ class CsvWriter:
         row.update({k: usage.get(k, "") for k in ("prompt_tokens", "completion_tokens", "total_tokens")})
         data = row["data"] if isinstance(row.get("data"), dict) else {}
         row["metadata"] = json.dumps(row.get("metadata") or {}, ensure_ascii=False)
+        checks = row.get("checks")  # the checks' flags as one ;-separated cell, the copied share beside it
+        row["checks_flags"] = ";".join(checks["flags"]) if checks else None
+        row["checks_copied"] = checks["copied"] if checks else None
         for name in self.data_fields:
             value = data.get(name)
             row[f"data.{name}"] = (
@@ -259,23 +276,12 @@ for _name, _suffixes, _writer in (
         Format(_name, _suffixes, _writer, binary=True, appendable=False, raw_metadata=True, help=f"jsonl, {_name[6:]}")
     )
 
-#: the Parquet file's columns, in order: the same for every batch (a structured answer's `data` is its JSON)
-PARQUET_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("id", "string"),
-    ("status", "string"),
-    ("summary", "string"),
-    ("data", "string"),
-    ("error", "string"),
-    ("error_type", "string"),
-    ("model", "string"),
-    ("prompt_tokens", "int64"),
-    ("completion_tokens", "int64"),
-    ("total_tokens", "int64"),
-    ("cost_usd", "float64"),
-    ("cached", "bool_"),
-    ("chunks", "int64"),
-    ("attempts", "int64"),
-    ("metadata", "string"),
+#: the Parquet file's columns, in order: the public row's (contract/record.py COLUMNS, which the columnar
+#: path builds), the same for every batch (a structured answer's `data` is its JSON unless its schema maps)
+_INT_COLUMNS = ("prompt_tokens", "completion_tokens", "total_tokens", "chunks", "attempts")
+PARQUET_COLUMNS: tuple[tuple[str, str], ...] = tuple(
+    (name, {"cost_usd": "float64", "cached": "bool_"}.get(name, "int64" if name in _INT_COLUMNS else "string"))
+    for name in COLUMNS
 )
 #: rows a Parquet row group holds: the writer keeps no more than one group's rows in memory
 PARQUET_ROW_GROUP = 10_000
@@ -306,6 +312,8 @@ class ParquetWriter:
             stream, self.schema, use_dictionary=list(_DICTIONARY), write_statistics=list(_STATISTICS)
         )
         self._rows: list[dict[str, Any]] = []
+        self._pages: list[Mapping[str, list[Any]]] = []
+        self._paged = 0
         usage = pyarrow.struct([self.schema.field(name) for name in _USAGE])
         self._struct = pyarrow.struct(
             [pyarrow.field("usage", usage) if name == "usage" else self.schema.field(name) for name in _STRUCT_FIELDS]
@@ -315,6 +323,39 @@ class ParquetWriter:
         self._rows.append(row)
         if len(self._rows) >= PARQUET_ROW_GROUP:
             self._group()
+
+    def write_columns(self, cols: Mapping[str, list[Any]]) -> None:
+        """A page of rows as columns (contract/record.py public_columns: text as UTF-8 bytes, metadata its
+        stored JSON). Export's path: pyarrow makes each column from a list, with no dict a row, which is what
+        makes a Parquet export faster than a JSON lines one (docs/formats.md)."""
+        self._pages.append(cols)
+        self._paged += len(cols["id"])
+        if self._paged >= PARQUET_ROW_GROUP:
+            self._column_group()
+
+    def _column_group(self) -> None:
+        if not self._pages:
+            return
+        pa, pages = self._pa, self._pages
+        by_name: dict[str, Any] = {}
+        for name, kind in PARQUET_COLUMNS:
+            values = pages[0][name] if len(pages) == 1 else [v for page in pages for v in page[name]]
+            if name == "status":
+                by_name[name] = pa.array([_ROW_STATUS_BYTES.get(v, v) for v in values], pa.binary()).view(pa.string())
+            elif name == "data":
+                by_name[name] = self._data_column(values)
+            elif name == "checks":
+                by_name[name] = _checks_column(pa, values)
+            elif name in _BYTES_TEXT:
+                # Written from Python strings (or Lua's literals), so valid UTF-8: viewed as text as they are,
+                # not checked again byte by byte (that check was a third of the column's cost).
+                by_name[name] = pa.array(values, pa.binary()).view(pa.string())
+            else:
+                by_name[name] = pa.array(values, getattr(pa, kind)())
+        arrays = [by_name[name] for name, _ in PARQUET_COLUMNS]
+        self._writer.write_batch(pa.record_batch(arrays, schema=self.schema))
+        self._pages, self._paged = [], 0
+        pa.default_memory_pool().release_unused()
 
     def _group(self) -> None:
         if not self._rows:
@@ -328,6 +369,7 @@ class ParquetWriter:
         # a list six times faster than one on its own, hence the brackets cut off.
         by_name["metadata"] = pa.array([dumps([r["metadata"] or {}])[1:-1] for r in rows], type=pa.string())
         by_name["data"] = self._data_column([r.get("data") for r in rows])
+        by_name["checks"] = _checks_column(pa, [r.get("checks") for r in rows])
         arrays = [by_name[name] for name, _ in PARQUET_COLUMNS]
         self._writer.write_batch(pa.record_batch(arrays, schema=self.schema))
         self._rows = []
@@ -354,6 +396,7 @@ class ParquetWriter:
 
     def close(self) -> None:
         self._group()
+        self._column_group()
         self._writer.close()  # the footer; a file-like stream given to pyarrow stays open
 
 
@@ -384,14 +427,21 @@ def arrow_type(schema: Mapping[str, Any]) -> Any:
 
 
 _DICTIONARY = ("status", "error_type", "model")
+#: the text columns public_columns gives as UTF-8 bytes
+_BYTES_TEXT = ("summary", "error", "error_type", "model", "metadata")
 _STATISTICS = ("id", "status", *_USAGE, "cost_usd", "cached", "chunks", "attempts")
 #: the columns pyarrow takes from the row dicts as they are: PARQUET_COLUMNS with usage as the row's one struct
 #: (flattened after) and without the JSON columns, which are made apart
 _STRUCT_FIELDS: tuple[str, ...] = tuple(
     dict.fromkeys(
-        "usage" if name in _USAGE else name for name, _ in PARQUET_COLUMNS if name not in ("data", "metadata")
+        "usage" if name in _USAGE else name for name, _ in PARQUET_COLUMNS if name not in ("data", "metadata", "checks")
     )
 )
+
+
+def _checks_column(pa: Any, values: list[Any]) -> Any:
+    """The rows' `checks` as JSON text ({"flags": [...], "copied": 0.42}; null when not checked)."""
+    return pa.array([None if v is None else orjson.dumps(v) for v in values], pa.string())
 
 
 register(
@@ -402,6 +452,7 @@ register(
         binary=True,
         appendable=False,
         raw_metadata=True,
+        columnar=True,
         help="columns: usage flattened, data and metadata as JSON text; a row group a 10,000 rows",
     )
 )
@@ -479,8 +530,10 @@ def json_schema(batch: Batch) -> dict[str, Any] | None:
 
 def why(exc: OSError, path: str) -> str:
     """An open's error as the one line a user reads."""
-    if isinstance(exc, FileNotFoundError):
-        return f"no such directory {os.path.dirname(os.path.abspath(path))}"
+    parent = os.path.dirname(os.path.abspath(path))
+    # Only when it is so: a file system that takes no new files (/proc) says "not found" too.
+    if isinstance(exc, FileNotFoundError) and not os.path.isdir(parent):
+        return f"no such directory {parent}"
     return (exc.strerror or str(exc)).lower()
 
 
@@ -554,18 +607,44 @@ def export(
     fmt: str | Format,
     label: str = "",
     statuses: Sequence[str] | None = None,
+    flagged: bool = False,
 ) -> Exported:
     """Every job of the batch in input order to `path` (None or '-': stdout); only those whose row says
-    one of `statuses` when it is given."""
+    one of `statuses` when it is given, and only those some check flagged with `flagged`."""
     form = get(fmt)
     target = "-" if path is None else os.fspath(path)
-    rows: Iterable[dict[str, Any]] = batch.client.store.rows(batch.id, raw_metadata=form.raw_metadata)
+    wanted: frozenset[str] | None = None
     if statuses is not None:
         unknown = sorted(set(statuses) - set(ROW_STATUSES))
         if unknown:
             raise ConfigError(f"unknown status {', '.join(unknown)}: one of {', '.join(ROW_STATUSES)}")
         wanted = frozenset(statuses)
-        rows = (r for r in rows if ROW_STATUS.get(r["status"], r["status"]) in wanted)
     with output(target, form, label) as out, no_cyclic_gc():
-        n = write_rows(rows, out, form, data_fields(batch), json_schema(batch))
+        if form.columnar and not flagged:  # the flagged few are filtered as rows
+            n = _write_columns(batch, out, form, wanted)
+        else:
+            rows: Iterable[dict[str, Any]] = batch.client.store.rows(batch.id, raw_metadata=form.raw_metadata)
+            if wanted is not None:
+                rows = (r for r in rows if ROW_STATUS.get(r["status"], r["status"]) in wanted)
+            if flagged:
+                rows = (r for r in rows if r.get("checks") and r["checks"]["flags"])
+            n = write_rows(rows, out, form, data_fields(batch), json_schema(batch))
     return Exported(target, form.name, n, batch.status())
+
+
+def _write_columns(batch: Batch, out: IO[Any], form: Format, wanted: frozenset[str] | None) -> int:
+    """export()'s path for a columnar format: the store's pages of columns, filtered by row status."""
+    writer = form.writer(out, Options((), True, json_schema(batch)))
+    assert isinstance(writer, ColumnWriter)
+    n = 0
+    wanted_bytes = {w.encode() for w in wanted or ()}
+    for cols in batch.client.store.column_pages(batch.id):
+        if wanted is not None:
+            keep = [i for i, s in enumerate(cols["status"]) if _ROW_STATUS_BYTES.get(s, s) in wanted_bytes]
+            if len(keep) < len(cols["status"]):
+                cols = {name: [values[i] for i in keep] for name, values in cols.items()}
+        if cols["id"]:
+            writer.write_columns(cols)
+            n += len(cols["id"])
+    writer.close()
+    return n

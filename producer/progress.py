@@ -80,6 +80,32 @@ class ProgressBar:
             self._bar.stop()
 
 
+def projection(status: dict[str, Any], created_ms: int, now_ms: int) -> dict[str, Any]:
+    """While a batch runs: its rate so far (jobs finished a second since it was created), the ETA that rate
+    gives for the jobs left, and the whole batch's projected cost (cost so far / done x total). None where
+    nothing has finished yet (or no price is known)."""
+    finished = status["done"] + status["failed"] + status["cancelled"]
+    left = max(0, status["total"] - finished)
+    elapsed = max(0.0, (now_ms - created_ms) / 1000) if created_ms else 0.0
+    rate = finished / elapsed if finished and elapsed > 0 else None
+    eta = 0.0 if left == 0 else (left / rate if rate else None)
+    cost = status.get("cost_usd")
+    projected = cost / status["done"] * status["total"] if cost is not None and status["done"] else None
+    return {
+        "rate_per_s": None if rate is None else round(rate, 3),
+        "eta_s": None if eta is None else round(eta, 1),
+        "projected_cost_usd": None if projected is None else round(projected, 6),
+    }
+
+
+def projection_line(p: dict[str, Any]) -> str:
+    """The projection in a few words, for the status table and the wait's progress line."""
+    eta = "unknown (nothing finished yet)" if p["eta_s"] is None else f"{p['eta_s']:.0f}s"
+    rate = "" if p["rate_per_s"] is None else f" at {p['rate_per_s']:.1f} jobs/s so far"
+    cost = "unknown" if p["projected_cost_usd"] is None else f"${p['projected_cost_usd']:.4f}"
+    return f"batch eta {eta}{rate}, projected cost {cost}"
+
+
 def counts_line(s: dict[str, Any]) -> str:
     """A batch's counts in one line, the names `status` and `results` use."""
     return (
@@ -112,6 +138,22 @@ def status_table(status: dict[str, Any]) -> Table:
     table.add_row("cached", f"{status.get('cached', 0)} job(s) answered from the cache, no call")
     cost = status.get("cost_usd")
     table.add_row("cost", "unknown (no price for the model)" if cost is None else f"${cost:.4f}")
+    p = status.get("progress")
+    if p and status["state"] not in ("finished", "cancelled"):
+        table.add_row(
+            "ETA",
+            "unknown (nothing finished yet)"
+            if p["eta_s"] is None
+            else f"{p['eta_s']:.0f}s at {p['rate_per_s']:.1f} jobs/s so far"
+            if p["rate_per_s"]
+            else "0s",
+        )
+        table.add_row(
+            "projected cost",
+            "unknown (nothing done yet, or no price)"
+            if p["projected_cost_usd"] is None
+            else f"${p['projected_cost_usd']:.4f} for all {status['total']} jobs (cost so far / done x total)",
+        )
     if status.get("budget_usd") is not None or status.get("budget_tokens") is not None:
         caps = [
             f"${status['spent_usd']:.4f} of ${status['budget_usd']:.4f}"

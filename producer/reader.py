@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shlex
@@ -56,12 +57,29 @@ class Record:
 
     @classmethod
     def invalid(cls, source: str, line: int, job_id: str | None, reason: str, place: str = "") -> Record:
+        # A file name that is not UTF-8 (latin-1 from an old system) would put a surrogate into the invalid
+        # record's id and error, which Redis can't be given: its bytes are shown as \xNN escapes instead.
+        source, place = shown(source), shown(place)
         return cls(source, line, job_id, "", {}, InputError(source, line, job_id, reason), place=place or str(line))
 
     @property
     def invalid_id(self) -> str:
         """The id an invalid record is kept under (--skip-invalid): unique per source and place."""
         return f"{INVALID_ID_PREFIX}{self.source}:{self.place or self.line}"
+
+
+def shown(name: str) -> str:
+    """A path as text that is valid Unicode: the undecodable bytes of a file name as \\xNN escapes."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that came from no undecodable byte
+        raw = name.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def content_id(text: str) -> str:
@@ -150,11 +168,28 @@ def record_from_obj(
     metadata = {k: v for k, v in obj.items() if k != fields.id and k != fields.text}
     try:
         if check_unicode and metadata:
-            json.dumps(metadata, ensure_ascii=False).encode("utf-8")
+            try:
+                json.dumps(metadata, ensure_ascii=False, allow_nan=False).encode("utf-8")
+            except ValueError as exc:
+                if "Out of range float" not in str(exc):
+                    raise
+                # NaN (a pandas frame's missing float) as null, as JSON has it; see _no_constant
+                metadata = {k: plain_floats(v) for k, v in metadata.items()}
     except (UnicodeEncodeError, TypeError, ValueError) as exc:
         keys = ", ".join(sorted(metadata))
         return bad(f"metadata ({keys}) can't be stored: {type(exc).__name__}: {exc}"[:300], job_id)
     return Record(source, line, job_id or content_id(text), text, metadata, derived=job_id is None, place=str(line))
+
+
+def plain_floats(value: Any) -> Any:
+    """`value` with NaN and infinities (at any depth of dicts and lists) as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: plain_floats(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain_floats(v) for v in value]
+    return value
 
 
 def missing(fields: Fields) -> str:
@@ -283,9 +318,81 @@ def _decompressed(stream: IO[bytes], stack: ExitStack) -> IO[bytes]:
         unzipped: IO[bytes] = stack.enter_context(gzip.GzipFile(fileobj=stream, mode="rb"))  # type: ignore[arg-type]
         return unzipped
     if head.startswith(_ZSTD):
+        cut = zstd_cut_short(stream)
+        if cut:
+            raise zstandard.ZstdError(cut)
         raw = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True, closefd=False)
         return stack.enter_context(io.BufferedReader(raw, 1 << 20))  # type: ignore[arg-type]
     return stream
+
+
+def _no_constant(name: str) -> None:
+    """NaN and Infinity (Python's json writes them) as null: they are not JSON, and stored as they are they
+    would come out of `summarize results` as lines no strict parser (jq, JavaScript, Go) reads."""
+    return None
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+_SKIPPABLE = range(0x184D2A50, 0x184D2A60)
+_ZSTD_MAGIC = 0xFD2FB528
+
+
+def zstd_cut_short(stream: IO[bytes]) -> str | None:
+    """Why the zstd frames of a seekable stream don't end where it does, or None: walked by their headers
+    (RFC 8878: frame header, block headers, checksum), nothing decoded, the stream put back where it was.
+
+    zstandard's readers end without a word where a file is cut short (a copy or download stopped half-way):
+    the rows after the cut would be lost silently, the last one read half. Damage inside a block is the
+    decoder's to find; this only finds the end missing."""
+    if not stream.seekable():
+        return None
+    start = stream.tell()
+    size = stream.seek(0, os.SEEK_END)
+    pos = start
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        stream.seek(pos)
+        got = stream.read(n)
+        pos += len(got)
+        return got
+
+    try:
+        frame = 0
+        while pos < size:
+            frame += 1
+            magic = take(4)
+            if len(magic) < 4:
+                return f"cut short in the header of zstd frame {frame}"
+            kind = int.from_bytes(magic, "little")
+            if kind in _SKIPPABLE:
+                length = take(4)
+                pos += int.from_bytes(length, "little")
+            elif kind != _ZSTD_MAGIC:
+                return None  # not zstd from here on: the decoder says what it is
+            else:
+                fhd = take(1)
+                if not fhd:
+                    return f"cut short in the header of zstd frame {frame}"
+                flags = fhd[0]
+                single = flags >> 5 & 1
+                pos += (0 if single else 1) + (0, 1, 2, 4)[flags & 3] + (single, 2, 4, 8)[flags >> 6]
+                while pos <= size:
+                    header = take(3)
+                    if len(header) < 3:
+                        break
+                    block = int.from_bytes(header, "little")
+                    pos += 1 if block >> 1 & 3 == 1 else block >> 3  # an RLE block holds one byte
+                    if block & 1:  # the frame's last block
+                        pos += 4 if flags >> 2 & 1 else 0  # its checksum
+                        break
+                else:
+                    return f"cut short in zstd frame {frame}"
+                if pos > size or len(header) < 3:
+                    return f"cut short in zstd frame {frame}: its end is missing"
+        return f"cut short in zstd frame {frame}: its end is missing" if pos > size else None
+    finally:
+        stream.seek(start)
 
 
 def iter_jsonl(
@@ -322,7 +429,7 @@ def iter_jsonl(
             yield Record.invalid(source, line_no, None, f"invalid UTF-8 at byte {exc.start} of the line")
             continue
         try:
-            obj = json.loads(decoded)
+            obj = _DECODER.decode(decoded)
         except json.JSONDecodeError as exc:
             yield Record.invalid(
                 source, line_no, None, f"invalid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"
@@ -358,14 +465,16 @@ def iter_csv(stream: IO[bytes], rd: Reading, delimiter: str = ",") -> Iterator[R
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
     try:
         csv.field_size_limit(max(csv.field_size_limit(), rd.max_bytes))
-        rows = csv.reader(text, delimiter=delimiter)
+        # strict: a quote never closed is an error at its row, not the rest of the file read into that row
+        rows = csv.reader(text, delimiter=delimiter, strict=True)
+        kind = _KIND["tsv" if delimiter == "\t" else "csv"]
         try:
             header = [h.strip() for h in next(rows)]
         except StopIteration:
             return
         except csv.Error as exc:
-            kind = _KIND["tsv" if delimiter == "\t" else "csv"]
             raise InputError(rd.source, 1, None, f"not {kind}: {exc}") from None
+        _header_checked(rd, header, kind)
         _columns_checked(rd, header, lambda: _sample_csv(rows, header))
         id_col = rd.fields.id
         while True:
@@ -397,6 +506,30 @@ def iter_csv(stream: IO[bytes], rd: Reading, delimiter: str = ",") -> Iterator[R
         text.detach()  # the byte stream is its opener's to close (a spooled stdin is read again)
 
 
+def _header_checked(rd: Reading, header: list[str], kind: str) -> None:
+    """A header row of UTF-8 names, each once: a name given twice would keep only its last column's values."""
+    try:
+        "".join(header).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(
+            rd.source, 1, None, f"invalid UTF-8 in the header row: save the {kind} file as UTF-8"
+        ) from None
+    twice = named_twice(header)
+    if twice:
+        raise InputError(rd.source, 1, None, twice)
+
+
+def named_twice(names: Sequence[str]) -> str | None:
+    """The sentence for a column named twice, or None: a record would keep only the last one's value (the
+    article text replaced by a note under the same name), silently."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen and name:
+            return f"the column {name[:100]!r} is there twice: rename one"
+        seen.add(name)
+    return None
+
+
 def _sample_csv(rows: Iterator[list[str]], header: list[str]) -> list[dict[str, Any]]:
     out = []
     for row in rows:
@@ -409,6 +542,8 @@ def _sample_csv(rows: Iterator[list[str]], header: list[str]) -> list[dict[str, 
 def _csv_error(exc: csv.Error) -> str:
     if "field larger than field limit" in str(exc):
         return "a field is longer than an article may be (SUMMARIZE_MAX_ARTICLE_BYTES)"
+    if "unexpected end of data" in str(exc):
+        return 'a quoted field opened on this row is never closed (no closing " up to the end of the file)'
     return f"bad CSV: {exc}"
 
 
@@ -422,6 +557,9 @@ def iter_parquet(src: str | IO[bytes], rd: Reading) -> Iterator[Record]:
     except (pyarrow.ArrowException, OSError) as exc:
         raise InputError(rd.source, 0, None, f"not a readable Parquet file: {exc}") from None
     schema = pf.schema_arrow
+    twice = named_twice(schema.names)
+    if twice:
+        raise InputError(rd.source, 0, None, twice)
     _columns_checked(rd, schema.names, lambda: _sample_parquet(pf))
     simple = (
         pyarrow.types.is_string,
@@ -433,6 +571,8 @@ def iter_parquet(src: str | IO[bytes], rd: Reading) -> Iterator[Record]:
     )
     # Timestamps, dates, decimals, bytes in metadata: written as JSON has them (ISO 8601, strings).
     convert = [f.name for f in schema if f.name != rd.fields.text and not any(t(f.type) for t in simple)]
+    # pandas writes a missing float as NaN: null, as JSON has it (NaN stored would come out as a bare NaN)
+    convert += [f.name for f in schema if pyarrow.types.is_floating(f.type) and f.name != rd.fields.text]
     row = 0
     try:
         # A reader per row group: one over the whole file holds on to what it read (memory grows with rows).
@@ -440,8 +580,9 @@ def iter_parquet(src: str | IO[bytes], rd: Reading) -> Iterator[Record]:
             for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group], use_threads=False):
                 yield from _parquet_records(batch.to_pylist(), convert, rd, row)
                 row += batch.num_rows
-    except pyarrow.ArrowException as exc:
-        raise InputError(rd.source, row + 1, None, f"can't read the Parquet file from this row: {exc}") from None
+    except (pyarrow.ArrowException, OSError) as exc:  # a damaged page is an OSError (ArrowIOError's kin)
+        reason = " ".join(str(exc).split())[:300]
+        raise InputError(rd.source, row + 1, None, f"can't read the Parquet file from this row: {reason}") from None
     rd.verdict()
 
 
@@ -461,8 +602,11 @@ def _sample_parquet(pf: Any) -> list[dict[str, Any]]:
 
 
 def plain(value: Any) -> Any:
-    """A Parquet value as JSON holds it: datetimes and dates in ISO 8601, decimals and bytes as strings."""
-    if value is None or isinstance(value, str | int | float | bool):
+    """A Parquet value as JSON holds it: datetimes and dates in ISO 8601, decimals and bytes as strings,
+    NaN and infinities null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, str | int | bool):
         return value
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
@@ -518,6 +662,8 @@ def _from_stream(stream: IO[bytes], fmt: str | None, rd: Reading, name: str | No
                 raise InputError(rd.source, 0, None, other_format(kind, "JSON lines"))
             yield from iter_jsonl(data, rd.source, rd.max_bytes, reading=rd)
         elif fmt in ("csv", "tsv"):
+            if head.startswith(_PARQUET):
+                raise InputError(rd.source, 0, None, other_format("parquet", _KIND[fmt]))
             if head.removeprefix(BOM).lstrip()[:1] == b"{":
                 raise InputError(rd.source, 0, None, other_format("jsonl", _KIND[fmt]))
             yield from iter_csv(data, rd, "\t" if fmt == "tsv" else ",")
@@ -652,7 +798,9 @@ def opened(
         # stdin can be read only once: spool it so both passes see the same bytes.
         with tempfile.TemporaryFile() as spool:
             shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
-            yield Source(lambda: _spooled(spool, "<stdin>", input_format, max_bytes, fields, None))
+            yield Source(
+                lambda: _not_empty("<stdin>", _spooled(spool, "<stdin>", input_format, max_bytes, fields, None))
+            )
         return
     p = Path(path)
     try:
@@ -660,6 +808,15 @@ def opened(
     except OSError as exc:  # missing, a path through a file, no permission on a directory on the way
         raise InputError(path, 0, None, unreadable(exc)) from None
     if stat.S_ISDIR(mode):
+        if input_format not in (None, "text"):
+            # A directory's files are each one article (.txt/.md): a format for them would be ignored, silently.
+            raise InputError(
+                path,
+                0,
+                None,
+                f"a directory is read as one article per .txt or .md file, not as {_KIND[input_format]}: "
+                "drop --input-format, or give the file itself",
+            )
         try:
             files, dirs, others = scan_directory(p)
         except OSError as exc:
@@ -674,7 +831,7 @@ def opened(
         yield Source(lambda: iter_directory(p, max_bytes), notes)
     elif stat.S_ISREG(mode):
         fmt = input_format or input_format_of(path)
-        yield Source(lambda: _from_file(p, fmt, max_bytes, fields))
+        yield Source(lambda: _not_empty(path, _from_file(p, fmt, max_bytes, fields)))
     elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
         # A pipe (`<(zcat f.gz)`, a FIFO) can be read only once: spooled, as stdin is.
         with tempfile.TemporaryFile() as spool:
@@ -684,7 +841,7 @@ def opened(
             except OSError as exc:
                 raise InputError(path, 0, None, f"can't read: {unreadable(exc)}") from None
             fmt = input_format or input_format_of(path)
-            yield Source(lambda: _spooled(spool, path, fmt, max_bytes, fields, None))
+            yield Source(lambda: _not_empty(path, _spooled(spool, path, fmt, max_bytes, fields, None)))
     else:
         raise InputError(path, 0, None, "not a file, a directory or a pipe")
 
@@ -745,6 +902,18 @@ def _from_file(path: Path, fmt: str | None, max_bytes: int, fields: Fields) -> I
         raise InputError(source, 0, None, f"can't read: {unreadable(exc)}") from None
     with f:
         yield from _guarded(source, _from_stream(f, fmt, rd, path.name))
+
+
+def _not_empty(source: str, records: Iterator[Record]) -> Iterator[Record]:
+    """The records of a file (or stdin), or an InputError when it has none: an empty file, a CSV file of its
+    header only, a Parquet file of no rows would make an empty batch "finished" at once, hiding the mistake
+    (as an empty directory would)."""
+    any_record = False
+    for rec in records:
+        any_record = True
+        yield rec
+    if not any_record:
+        raise InputError(shown(source), 0, None, "no records in it (empty, blank lines or a header row only)")
 
 
 def _guarded(source: str, records: Iterator[Record]) -> Iterator[Record]:

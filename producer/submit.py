@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import pickle
 import tempfile
 import threading
@@ -29,10 +30,12 @@ import redis
 
 from contract.errors import InputError, InvalidInput
 from contract.record import Article, compress_many, digest
-from contract.store import JobStore, Message, NewJob, batched
+from contract.redisconn import pinned, primary_address, primary_moved, wait_replicas
+from contract.store import Created, JobStore, Message, NewJob, batched
 
 from .reader import Record, id_hash
 
+log = logging.getLogger(__name__)
 CHUNK = 500
 #: chunks read ahead of the one being stored
 DEPTH = 2
@@ -41,6 +44,8 @@ DEPTH = 2
 PREPARE_AFTER = 10_000
 #: seconds between two asks for room under SUMMARIZE_MAX_QUEUED
 ROOM_POLL = 0.5
+#: times a chunk is stored again when the primary was lost while waiting for a replica to have it
+WAIT_RETRIES = 3
 #: how many bad records an error message lists before it only counts them
 MAX_LISTED_ERRORS = 100
 
@@ -65,6 +70,8 @@ class SubmitReport:
     enqueued: int = 0
     skipped_existing: int = 0
     interrupted: bool = False
+    #: chunks whose WAIT for SUMMARIZE_REDIS_WAIT_REPLICAS timed out (counted as stored anyway)
+    wait_timeouts: int = 0
     problems: Problems = field(default_factory=Problems)
 
     @property
@@ -473,6 +480,79 @@ class Enqueuer:
         submit_id = uuid.uuid4().hex
         lease = self.store.settings.submit_lease
         renewed = time.monotonic()
+        store = self._durable_store()
+        try:
+            self._store_chunks(pipe, report, bound, store, submit_id, lease, renewed)
+        finally:
+            if store is not self.store:
+                store.r.close()  # gives the pinned connection back to the pool
+
+    def _durable_store(self) -> JobStore:
+        """With SUMMARIZE_REDIS_WAIT_REPLICAS, the store on one pinned connection: WAIT counts the writes of the
+        connection it is sent on, so each chunk's WAIT must follow it there."""
+        if not self.store.settings.wait_replicas:
+            return self.store
+        store = JobStore(pinned(self.store.r), self.store.settings)
+        store._gens = self.store._gens  # the batch's generation, known from init_batch
+        return store
+
+    def _create_durably(self, store: JobStore, report: SubmitReport, jobs: list[NewJob], admit: str) -> Created:
+        """create_jobs, then (with SUMMARIZE_REDIS_WAIT_REPLICAS) WAIT before its messages are published: a
+        chunk counts as stored once its writes reached the replicas, or the wait timed out. A primary lost
+        during the WAIT may have taken the chunk with it: the chunk is stored again (on the primary the
+        retry reaches; create.lua skips what is already there), and the jobs of both tries count."""
+        before = primary_address(store.r)
+        created = store.create_jobs(self.batch_id, jobs, admit=admit)
+        for attempt in range(1, WAIT_RETRIES + 1):
+            try:
+                if self._wait_for_replicas(store, report, before):
+                    return created
+                exc: Exception = redis.ConnectionError("the primary moved while the chunk waited for a replica")
+            except (redis.ConnectionError, redis.TimeoutError) as lost:
+                exc = lost
+            if attempt == WAIT_RETRIES:
+                raise exc
+            log.warning(
+                "batch %s: primary lost before a replica had the chunk (%s); storing it again", self.batch_id, exc
+            )
+            before = primary_address(store.r)
+            again = store.create_jobs(self.batch_id, jobs, admit=admit)
+            first = set(created.created)
+            again.created = created.created + [j for j in again.created if j not in first]
+            again.existing = [e for e in again.existing if e[0].job_id not in first]
+            created = again
+        return created
+
+    def _wait_for_replicas(self, store: JobStore, report: SubmitReport, before: Any = None) -> bool:
+        """A chunk counts as stored once its writes reached the replicas (or the wait timed out); False when
+        the wait fell short because the primary moved (the chunk went to a demoted one: store it again)."""
+        settings = store.settings
+        if not settings.wait_replicas:
+            return True
+        reached = wait_replicas(store.r, settings.wait_replicas, int(settings.redis_wait_timeout * 1000))
+        if reached < settings.wait_replicas and primary_moved(store.r, before):
+            return False
+        if reached < settings.wait_replicas:
+            report.wait_timeouts += 1
+            log.warning(
+                "batch %s: a chunk reached %d of %d replica(s) within %gs; counted as stored",
+                self.batch_id,
+                reached,
+                settings.wait_replicas,
+                settings.redis_wait_timeout,
+            )
+        return True
+
+    def _store_chunks(
+        self,
+        pipe: Pipeline,
+        report: SubmitReport,
+        bound: int,
+        store: JobStore,
+        submit_id: str,
+        lease: float,
+        renewed: float,
+    ) -> None:
         while (item := pipe.queue.get()) is not None:
             if pipe.stop.is_set():
                 continue
@@ -484,11 +564,11 @@ class Enqueuer:
                 for error in item.problems:
                     report.problems.add(error)
                 jobs = packed(item.jobs)
-                created = self.store.create_jobs(self.batch_id, jobs, admit=submit_id if bound else "")
+                created = self._create_durably(store, report, jobs, admit=submit_id if bound else "")
                 self.publish(created.messages)
                 # The lease outlives many chunks: renewed every quarter of it, not every chunk.
                 if time.monotonic() - renewed > lease / 4:
-                    self.store.submitting(self.batch_id, lease)
+                    store.submitting(self.batch_id, lease)
                     renewed = time.monotonic()
                 self._account(report, jobs, created.created, created.existing)
                 report.records += item.records

@@ -328,6 +328,7 @@ LONGEST = {
     "test_money.py": 194,
     "test_reliability.py": 156,
     "test_crash.py": 127,
+    "test_sentinel.py": 120,
     "test_batchmode_limits.py": 101,
     "test_cli_errors.py": 86,
     "test_ratelimit.py": 78,
@@ -343,7 +344,9 @@ LONGEST = {
     "test_breaker_batch.py": 42,
     "test_leaks.py": 41,
     "test_stack_signals.py": 37,
+    "test_breaker_formats.py": 55,
     "test_formats.py": 34,
+    "test_estimate.py": 34,
 }
 
 

@@ -203,3 +203,26 @@ def test_a_fetch_that_died_half_way_counts_every_line_once_and_repacks_no_twin(s
         assert status["held_usd"] == 0
         assert status["spent_usd"] == pytest.approx(status["cost_usd"], rel=1e-6)  # every line billed once
         assert status["spent_tokens"] == status["prompt_tokens"] + status["completion_tokens"]
+
+
+def test_purge_force_of_a_batch_with_open_packs_gives_their_enqueued_tokens_back(stack: Stack, redis_url: str) -> None:
+    """Nothing outlives its batch: a purge --force while its provider batches are open takes their enqueued
+    tokens off the (endpoint, model) counter every batch's packs are held to, and off the fleet's total."""
+    with FaultServer(batch_delay=30.0) as srv:
+        g = isolated_group(stack, redis_url, srv.url, **FAST_LOOP)
+        g.worker("purge-enq-w1")
+        batch = g.client().submit(arts("penq", 8), batch_id=batch_id(), mode="batch")
+        r = g.client().store.r
+        keys = g.client().store.keys
+        enq = f"{{{g.env['SUMMARIZE_KEY_PREFIX']}}}:enq:*"
+        deadline = time.monotonic() + 30
+        while not (provider_batches(srv, batch.id) and int(r.get(keys.packs_tokens) or 0) > 0):
+            assert time.monotonic() < deadline, "no pack was opened"
+            time.sleep(0.05)
+        assert sum(int(r.get(k) or 0) for k in r.scan_iter(enq)) > 0
+        purged = g.cli("purge", batch.id, "--force")
+        assert purged.returncode == 0, purged.stderr
+        time.sleep(1.0)  # the worker's next polls of the packs it had open find them gone
+        assert [int(r.get(k) or 0) for k in r.scan_iter(enq)] == [0] * len(list(r.scan_iter(enq)))
+        assert int(r.get(keys.packs_tokens) or 0) == 0
+        assert pack_keys(g) == 0 and int(r.zcard(keys.packs_due)) == 0

@@ -261,6 +261,8 @@ def test_every_script_runs_on_the_cluster_with_its_keys_declared(cluster: Cluste
     ran.add("unpark")
     assert store.retry_failed(bid)[1] == 1
     ran.add("retry")
+    assert store.retry_flagged(bid, ["j0"])[1] == 0  # done, and no check flagged it
+    ran.add("retry_flagged")
     store.control(bid, "cancel")
     assert store.cancel_waiting(bid) >= 1
     ran.add("cancel")

@@ -68,6 +68,8 @@ APP_SERVICES = ("worker", "flower", "exporter", "producer")
 PYTHON_SERVICES = ("llm", *APP_SERVICES)
 LONG_RUNNING = ("redis", "llm", "worker", "flower", "exporter", "prometheus", "grafana")
 PROFILES = ("--profile", "producer", "--profile", "monitoring-ui")
+#: the `ha` profile's services: a replica and three sentinels (docs/failover.md)
+HA_SERVICES = ("redis-replica", "sentinel-1", "sentinel-2", "sentinel-3")
 IMAGE = "bulk-summarize:latest"
 METRICS_PORT = 9808
 EXPORTER_PORT = 9809
@@ -216,13 +218,15 @@ def test_producer_and_grafana_are_only_in_their_profiles(tmp_env_dir: Path, conf
     with_profile = _compose("--profile", "producer", "config", "--services", tmp=tmp_env_dir).split()
     assert set(default) >= {"redis", "llm", "worker", "flower", "exporter", "prometheus"}
     assert "producer" in with_profile
-    assert _compose("config", "--profiles", tmp=tmp_env_dir).split() == ["monitoring-ui", "producer"]
+    assert _compose("config", "--profiles", tmp=tmp_env_dir).split() == ["ha", "monitoring-ui", "producer"]
     # Grafana cannot be built here: `up` without its profile must never need its image.
     services = config["services"]
     assert services["grafana"]["profiles"] == ["monitoring-ui"]
     assert services["producer"]["profiles"] == ["producer"]
     for name, service in services.items():
-        if name not in ("grafana", "producer"):
+        if name in HA_SERVICES:
+            assert service["profiles"] == ["ha"], name
+        elif name not in ("grafana", "producer"):
             assert not service.get("profiles"), name
             assert "grafana" not in (service.get("depends_on") or {}), name
 
@@ -240,6 +244,7 @@ def test_services_exist(config: dict[str, Any]) -> None:
         "prometheus",
         "grafana",
         "producer",
+        *HA_SERVICES,
     }
 
 

@@ -45,6 +45,7 @@ def done_row(metadata: Any = None) -> dict[str, Any]:
         "cached": False,
         "chunks": 0,
         "attempts": 1,
+        "checks": {"flags": ["numbers"], "copied": 0.5},
         "metadata": META if metadata is None else metadata,
     }
 
@@ -55,20 +56,21 @@ JSONL = (
     '{"id":"a1","status":"done","summary":"Sum, with \\"quotes\\"\\nand a newline","data":{"h":"Héad",'
     '"b":["x",1],"n":7,"f":1.5,"z":null,"o":{"k":true}},"error":null,"error_type":null,"model":"m",'
     '"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15},"cost_usd":0.000123,"cached":false,'
-    '"chunks":0,"attempts":1,"metadata":{"section":"Wörld","q":"say \\"hi\\", then\\nnewline","n":3}}\n'
+    '"chunks":0,"attempts":1,"checks":{"flags":["numbers"],"copied":0.5},'
+    '"metadata":{"section":"Wörld","q":"say \\"hi\\", then\\nnewline","n":3}}\n'
     '{"id":"b2","status":"failed","summary":null,"data":null,"error":"HTTP 400: bad",'
     '"error_type":"PermanentLLMError","model":null,"usage":null,"cost_usd":null,"cached":false,"chunks":0,'
-    '"attempts":1,"metadata":{}}\n'
+    '"attempts":1,"checks":null,"metadata":{}}\n'
 )
 CSV_HEADER = (
     "id,status,summary,error,error_type,model,prompt_tokens,completion_tokens,total_tokens,cost_usd,cached,"
-    "chunks,attempts,metadata"
+    "chunks,attempts,checks_flags,checks_copied,metadata"
 )
 CSV_A1 = (
-    'a1,done,"Sum, with ""quotes""\nand a newline",,,m,10,5,15,0.000123,False,0,1,'
+    'a1,done,"Sum, with ""quotes""\nand a newline",,,m,10,5,15,0.000123,False,0,1,numbers,0.5,'
     '"{""section"": ""Wörld"", ""q"": ""say \\""hi\\"", then\\nnewline"", ""n"": 3}"'
 )
-CSV_B2 = "b2,failed,,HTTP 400: bad,PermanentLLMError,,,,,,False,0,1,{}"
+CSV_B2 = "b2,failed,,HTTP 400: bad,PermanentLLMError,,,,,,False,0,1,,,{}"
 
 
 def written(fmt: str, rows: list[JobResult | dict[str, Any]], **kw: Any) -> str:
@@ -346,6 +348,38 @@ def test_batch_export_writes_what_the_cli_writes_in_both_formats(
         client.close()
 
 
+def parquet_rows(path: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return list(pq.read_table(path).to_pylist())
+
+
+def test_a_parquet_export_from_columns_is_the_row_paths_file(fault: Group, tmp_path: Path) -> None:
+    """Batch.export writes Parquet from the store's pages of columns: the same table as the rows the other
+    formats get, written through the row path (done, failed, queued, a status filter), and the same schema."""
+    import pyarrow.parquet as pq
+
+    client = fault.client()
+    try:
+        batch = client.submit(ARTICLES, batch_id=batch_id())
+        batch.wait(timeout=60)
+        assert batch.export(tmp_path / "cols.parquet").rows == 3
+        with open(tmp_path / "rows.parquet", "wb") as out:
+            output.write_rows(client.store.rows(batch.id, raw_metadata=True), out, "parquet")
+        assert pq.read_schema(tmp_path / "cols.parquet") == pq.read_schema(tmp_path / "rows.parquet")
+        got = parquet_rows(tmp_path / "cols.parquet")
+        assert got == parquet_rows(tmp_path / "rows.parquet")
+        assert [(r["id"], r["status"]) for r in got] == [("ok1", "done"), ("bad", "failed"), ("ok2", "done")]
+        assert json.loads(got[0]["metadata"]) == {"desk": "Zürich"} and got[1]["total_tokens"] is None
+        assert got[0]["summary"] == expected_summary(str(ARTICLES[0]["text"]))
+        assert batch.export(tmp_path / "failed.parquet", status="failed").rows == 1
+        assert [r["id"] for r in parquet_rows(tmp_path / "failed.parquet")] == ["bad"]
+        assert batch.export(tmp_path / "none.parquet", status="queued").rows == 0
+        assert parquet_rows(tmp_path / "none.parquet") == []
+    finally:
+        client.close()
+
+
 def test_batch_export_reaches_a_registered_format(lengths_format: output.Format, fault: Group, tmp_path: Path) -> None:
     client = fault.client()
     try:
@@ -400,6 +434,9 @@ def test_an_unfinished_batch_exports_its_queued_rows_and_says_so(
         assert (done.rows, done.unfinished, done.status["queued"]) == (3, 3, 3)
         statuses = [json.loads(line)["status"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
         assert statuses == ["queued"] * 3
+        # Parquet's columnar path says the same of jobs with no final record yet
+        assert batch.export(tmp_path / "out.parquet", status=["queued"]).rows == 3
+        assert [r["status"] for r in parquet_rows(tmp_path / "out.parquet")] == ["queued"] * 3
         batch.cancel()
     finally:
         client.close()

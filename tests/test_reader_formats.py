@@ -251,6 +251,13 @@ def test_a_directory_says_what_it_skips_refuses_to_be_empty_and_names_duplicate_
         ("a", "duplicate id 'a': a.md and a.txt both give it; rename one"),
         ("b", None),
     ]
+    # a format for a directory would be ignored: refused, naming it; "text" is what a directory is anyway
+    with pytest.raises(
+        InputError, match=r"arts: a directory is read as one article per \.txt or \.md file, not as CSV"
+    ):
+        records(d, "csv")
+    with reader.opened(str(d), LIMIT, "text") as source:
+        assert [r.job_id for r in source.records()] == ["a", "a", "b"]
 
 
 def test_items_map_their_fields_and_generators_are_spooled() -> None:
@@ -325,6 +332,7 @@ def test_parquet_has_a_stable_schema_and_a_row_group_per_n_rows(monkeypatch: pyt
             "prompt_tokens": usage.get("prompt_tokens"),
             "completion_tokens": usage.get("completion_tokens"),
             "total_tokens": usage.get("total_tokens"),
+            "checks": None if want.get("checks") is None else orjson.dumps(want["checks"]).decode(),
             "metadata": orjson.dumps(want["metadata"]).decode(),
         }
     empty = io.BytesIO()

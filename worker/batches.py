@@ -8,8 +8,6 @@ does."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass
 
@@ -17,10 +15,11 @@ import redis.asyncio
 
 from contract.errors import BatchCancelled, BatchNotFound, BatchPaused, ProviderRejected
 from contract.keys import Keys
+from contract.prompt import cache_key, fingerprint
 from contract.record import text
 from contract.spec import BatchSpec
 
-from .prompt import system_prompt
+__all__ = ["MAX_AGE", "BatchState", "Batches", "cache_key", "fingerprint", "raise_for"]
 
 #: how stale a batch's state may be
 MAX_AGE = 1.0
@@ -104,29 +103,3 @@ def raise_for(batch_id: str, state: str, detail: str) -> None:
         raise BatchPaused(f"batch {batch_id} is paused" + (f" ({detail})" if detail else ""))
     if state == "cancelled":
         raise BatchCancelled(f"batch {batch_id} was cancelled")
-
-
-def fingerprint(spec: BatchSpec, base_url: str) -> str:
-    """What shapes a batch's answers, hashed: model, base URL, the instructions as sent, schema, max words,
-    temperature. Identical articles under the same fingerprint share one answer ('' for a batch that
-    wants fresh calls)."""
-    if spec.no_cache:
-        return ""
-    shape: list[object] = [
-        spec.model,
-        base_url,
-        system_prompt(spec),
-        spec.json_schema,
-        spec.max_words,
-        spec.temperature,
-    ]
-    style = spec.style()
-    if style.reasoning:  # how a reasoning model is called shapes its answer too (chat keys stay as they were)
-        shape.append([style.family, style.reasoning_effort, style.reasoning_tokens])
-    raw = json.dumps(shape, sort_keys=True, ensure_ascii=False).encode("utf-8")
-    return hashlib.sha1(raw, usedforsecurity=False).hexdigest()
-
-
-def cache_key(fp: str, digest: str) -> str:
-    """The result-cache key of an article (the same as contract/lua/_lib.lua cache_key)."""
-    return hashlib.sha1((fp + digest).encode("utf-8"), usedforsecurity=False).hexdigest()[:24] if fp else ""

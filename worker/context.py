@@ -16,7 +16,7 @@ from typing import Any
 import openai
 from openai import AsyncOpenAI
 
-from contract.models import DEFAULT_CONTEXT, known_context
+from contract.models import CONTEXT_FIELDS, DEFAULT_CONTEXT, known_context, listed_context
 from contract.settings import ProviderSettings
 
 from .llm import retry_after
@@ -24,7 +24,7 @@ from .ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
-_FIELDS = ("max_model_len", "context_length", "context_window", "max_context_length", "max_input_tokens")
+_FIELDS = CONTEXT_FIELDS
 #: statuses whose Retry-After asks every worker to pause (as a 429 on a completion does)
 _PAUSING = frozenset({429, 503})
 
@@ -95,11 +95,4 @@ class ContextWindows:
         except Exception as exc:  # the endpoint is optional for OpenAI-compatible servers
             log.info("no /v1/models from the provider (%s): context window from the table", type(exc).__name__)
             return None
-        entries = listing.get("data", []) if isinstance(listing, dict) else []
-        for entry in entries:
-            if isinstance(entry, dict) and entry.get("id") == model:
-                for name in _FIELDS:
-                    value = entry.get(name)
-                    if isinstance(value, int) and value > 0:
-                        return value
-        return None
+        return listed_context(listing, model)

@@ -31,6 +31,7 @@ from typing import Any
 import redis
 from celery import Celery
 
+from contract import checks
 from contract.errors import (
     BatchCancelled,
     BatchNotFound,
@@ -62,6 +63,9 @@ from .summarize import Fit, Provider, Summary, Tally, summarize
 from .writer import Writer
 
 log = logging.getLogger(__name__)
+
+#: articles longer than this have their summary's checks (contract/checks.py) run in a thread
+CHECK_OFF_LOOP_CHARS = 100_000
 
 
 @dataclass
@@ -219,6 +223,7 @@ class Engine:
         self.gate = ClaimGate(claim_bound(s))
         self.writer = Writer(self.store, self._publish)
         self.writer.start()
+        await asyncio.to_thread(checks.warm)  # the language model, loaded before the first answer is checked
         self.housekeeper = Housekeeper(self.store, self.leases, self.limiter, self.stop, self._publish, self._send)
         await self.housekeeper.tick()  # limits in force before the first job, and leases of a restart reaped
         self.housekeeper.start()
@@ -347,7 +352,13 @@ class Engine:
             key = job.cache_key
             if used is not spec and key:
                 key = cache_key(self.batches.fingerprint_of(used), job.article.digest)
-            await self.writer.settle(outcome.done(job, summary, tally, key))
+            # A long article's checks off the loop (a megabyte is milliseconds of CPU), as its split is.
+            found = (
+                await asyncio.to_thread(outcome.checked, job.text, summary.text, used)
+                if len(job.text) > CHECK_OFF_LOOP_CHARS
+                else None
+            )
+            await self.writer.settle(outcome.done(job, summary, tally, key, spec=used, found=found))
         return "done", None
 
     async def summarize_with_fallback(
@@ -398,6 +409,7 @@ class Engine:
                 fit,
                 self.settings.max_summary_chars,
                 JobPartials(self.writer, job, tally),
+                outcome.required(job.text, spec),
             )
         except ContextExceeded as exc:
             if exc.limit:

@@ -12,6 +12,7 @@ import logging
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from contract.checks import FLAGS
 from contract.models import Price
 from contract.settings import WorkerSettings
 
@@ -40,6 +41,37 @@ RECOVERED = Counter(
 PACKS = Counter(
     "summarize_batch_packs_total", "Provider batches (batch mode) this worker moved, by new state", ["state"]
 )
+
+REDIS_WAIT = Counter(
+    "summarize_redis_wait_seconds_total", "Seconds settles of final outcomes waited for replicas (WAIT)"
+)
+REDIS_WAIT_TIMEOUTS = Counter(
+    "summarize_redis_wait_timeouts_total",
+    "Settles whose WAIT timed out before SUMMARIZE_REDIS_WAIT_REPLICAS replicas acknowledged them",
+)
+
+
+def note_wait(seconds: float, timed_out: bool) -> None:
+    """One WAIT after a settle: how long it blocked, and whether the replicas fell short."""
+    REDIS_WAIT.inc(seconds)
+    if timed_out:
+        REDIS_WAIT_TIMEOUTS.inc()
+
+
+CHECKED = Counter("summarize_summaries_checked_total", "Answers the checks ran on (contract/checks.py)")
+FLAGGED = Counter("summarize_summary_flags_total", "Answers each check flagged (contract/checks.py)", ["flag"])
+REFUSED_BY_CHECKS = Counter(
+    "summarize_flagged_unusable_total", "Answers refused as unusable by a check their batch requires (--require-checks)"
+)
+for _flag in FLAGS:
+    FLAGGED.labels(_flag)  # every flag's series from the start, at 0
+
+
+def checked(flags: tuple[str, ...]) -> None:
+    """One answer checked, with the flags it got."""
+    CHECKED.inc()
+    for name in flags:
+        FLAGGED.labels(name).inc()
 
 
 def start(settings: WorkerSettings) -> int | None:

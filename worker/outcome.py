@@ -7,14 +7,17 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from contract.errors import HandBack, PermanentLLMError, ProviderRejected, TransientLLMError
+from contract import checks
+from contract.errors import FlaggedSummary, HandBack, PermanentLLMError, ProviderRejected, TransientLLMError
 from contract.job import ClaimedJob
 from contract.ops import Cancel, Defer, Done, Fail, Op, Park, Run
 from contract.record import Final
 from contract.settings import Settings
+from contract.spec import BatchSpec
 
+from . import metrics
 from .retry import defer_delay
-from .summarize import Summary, Tally
+from .summarize import Accept, Summary, Tally
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +39,54 @@ def _final(job: ClaimedJob, tally: Tally, status: str, **fields: Any) -> Final:
     return replace(counts, **fields)
 
 
-def done(job: ClaimedJob, summary: Summary, tally: Tally, cache_key: str | None = None) -> Done:
-    """`cache_key`: what the answer is cached under (the job's own, unless a fallback model wrote it)."""
+def checked(text: str, summary: str, spec: BatchSpec) -> checks.Checks:
+    """The checks of an answer to the article `text` under the batch's spec (contract/checks.py)."""
+    return checks.check(text, summary, spec.max_words, spec.language, spec.json_schema is not None)
+
+
+def required(text: str, spec: BatchSpec) -> Accept | None:
+    """What a final answer must pass when its batch requires checks (--require-checks): a flagged one
+    raises FlaggedSummary, an unusable answer, asked again within SUMMARIZE_MAX_UNUSABLE. None: no gate."""
+    if not spec.require_checks:
+        return None
+    need = checks.bits(spec.require_checks)
+
+    def accept(summary: str) -> None:
+        flags = checked(text, summary, spec).flags & need
+        if flags:
+            metrics.REFUSED_BY_CHECKS.inc()
+            raise FlaggedSummary(checks.names_of(flags))
+
+    return accept
+
+
+def done(
+    job: ClaimedJob,
+    summary: Summary,
+    tally: Tally,
+    cache_key: str | None = None,
+    spec: BatchSpec | None = None,
+    found: checks.Checks | None = None,
+) -> Done:
+    """`cache_key`: what the answer is cached under (the job's own, unless a fallback model wrote it);
+    `spec`: the batch's, to check the answer under (contract/checks.py; None: not checked), unless
+    `found` has its checks already."""
     key = job.cache_key if cache_key is None else cache_key
-    final = _final(job, tally, "done", summary=summary.text, model=summary.model, chunks=summary.chunks, cache_key=key)
+    if found is None:
+        found = checked(job.text, summary.text, spec) if spec is not None else checks.Checks()
+    if spec is not None:
+        metrics.checked(found.names)
+    final = _final(
+        job,
+        tally,
+        "done",
+        summary=summary.text,
+        model=summary.model,
+        chunks=summary.chunks,
+        cache_key=key,
+        flags=found.flags,
+        copied=found.copied,
+    )
     # Only what a part's op did not already store: billing is counted once (so for every op below).
     return Done(run=Run.of(job), counts=tally.unflushed(), final=final)
 

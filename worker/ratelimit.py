@@ -27,13 +27,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from contract.errors import HandBack, RequestTooLarge
 from contract.schema import RATE_LIMITS_REPLY, RATE_SLOT
-from contract.settings import LimitSettings, ProviderSettings
+from contract.settings import LimitSettings
+from contract.tokens import estimate_tokens as estimate_tokens
+from contract.tokens import token_counter as token_counter
 
 from . import metrics
 from .storage import WorkerStore
@@ -54,33 +54,6 @@ def burst(limit: int) -> int:
     """What a bucket refilled at limit/60 a second holds: half of the max(1, limit/60) the 5 s promise
     allows, so requests reaching the provider up to LATE_MS unevenly late still keep it."""
     return max(1, limit // 120)
-
-
-def estimate_tokens(prompt_chars: int, messages: int, max_tokens: int) -> int:
-    """Offline count, on the safe side of a provider counting 4 characters a token: a few tokens of
-    overhead per message on top, plus the whole reply budget (what providers book at admission)."""
-    return -(-prompt_chars // 4) + 4 * messages + max_tokens
-
-
-def token_counter(settings: ProviderSettings) -> Callable[[list[dict[str, Any]], int], int]:
-    """(messages, max_tokens) -> tokens to book. tiktoken when asked for and loadable, else the estimate."""
-    if settings.token_counter == "tiktoken":
-        try:
-            import tiktoken
-
-            enc = tiktoken.get_encoding(settings.tiktoken_encoding)
-
-            def count(messages: list[dict[str, Any]], max_tokens: int) -> int:
-                return sum(len(enc.encode(str(m["content"]), disallowed_special=())) + 4 for m in messages) + max_tokens
-
-            return count
-        except Exception as exc:  # no package, or no encoding files offline
-            log.warning("tiktoken unavailable (%s); counting tokens by the 4-characters estimate", exc)
-
-    def estimate(messages: list[dict[str, Any]], max_tokens: int) -> int:
-        return estimate_tokens(sum(len(str(m["content"])) for m in messages), len(messages), max_tokens)
-
-    return estimate
 
 
 @dataclass

@@ -4,6 +4,8 @@ well below one."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +17,17 @@ from contract.job import ClaimedJob
 from contract.keys import PRIORITY_STEPS, Keys
 from contract.ops import Op
 from contract.record import pack, text
+from contract.redisconn import primary_address, primary_moved_async, script_and_wait
 from contract.schema import CLAIM_REPLY, CLAIMED, HELD, PACK_DUE_REPLY, REAP_REPLY, SEND_REPLY, SETTLE_REPLY
 from contract.settings import Settings
 from contract.store import Message, messages_of
+
+from . import metrics
+
+log = logging.getLogger(__name__)
+
+#: op kinds that record a job's final outcome: a settle holding one waits for SUMMARIZE_REDIS_WAIT_REPLICAS
+FINAL_KINDS = frozenset({"done", "fail", "cancel"})
 
 
 def pack_lease_ms(settings: Settings) -> int:
@@ -42,6 +52,14 @@ class Reaped:
     reclaimed: int
     due: int
     republished: int
+
+
+def _merge_settles(first: Any, again: Any) -> Any:
+    """One settle reply of a settle sent twice: an op applied by either send is applied, and the messages of
+    both are published (the second send applies only what the first's lost primary took with it)."""
+    a, b = SETTLE_REPLY.read(first), SETTLE_REPLY.read(again)
+    applied = [max(int(x), int(y)) for x, y in zip(a["applied"], b["applied"], strict=True)]
+    return SETTLE_REPLY.row(applied=applied, messages=list(a["messages"]) + list(b["messages"]))
 
 
 class WorkerStore:
@@ -94,16 +112,49 @@ class WorkerStore:
         return claimed
 
     async def settle(self, ops: Sequence[Op]) -> tuple[list[int], list[Message]]:
-        """Store the ops; returns which were applied, and messages to publish (twins queued again)."""
-        reply = SETTLE_REPLY.read(
-            await self.script(
+        """Store the ops; returns which were applied, and messages to publish (twins queued again). With
+        SUMMARIZE_REDIS_WAIT_REPLICAS, a settle recording a final outcome returns only once its writes
+        reached that many replicas (WAIT, in the same round trip), or the wait timed out (logged, counted):
+        what a promoted replica lacks would be run and paid again."""
+        rows = pack([op.row() for op in ops])
+        replicas = self.settings.wait_replicas
+        if replicas and any(op.kind in FINAL_KINDS for op in ops):
+            keys, args = scripts.load("settle").call(
+                self.keys,
+                per_message=self.settings.jobs_per_message,
+                cache_ttl=self.settings.cache_ttl,
+                ops=rows,
+                halt_after=self.settings.halt_after_same_errors,
+            )
+            started, before = time.monotonic(), primary_address(self.r)
+            raw, reached = await script_and_wait(
+                self.r, self._scripts["settle"], keys, args, replicas, int(self.settings.redis_wait_timeout * 1000)
+            )
+            if reached < replicas and await primary_moved_async(self.r, before):
+                # Written to a primary demoted meanwhile (a graceful failover leaves it writable for a while):
+                # sent again to the new one. The ops are idempotent; what the first send applied counts.
+                again, reached = await script_and_wait(
+                    self.r, self._scripts["settle"], keys, args, replicas, int(self.settings.redis_wait_timeout * 1000)
+                )
+                raw = _merge_settles(raw, again)
+            metrics.note_wait(time.monotonic() - started, reached < replicas)
+            if reached < replicas:
+                log.warning(
+                    "settling %d op(s): %d of %d replica(s) acknowledged within %gs; counted as stored",
+                    len(ops),
+                    reached,
+                    replicas,
+                    self.settings.redis_wait_timeout,
+                )
+        else:
+            raw = await self.script(
                 "settle",
                 per_message=self.settings.jobs_per_message,
                 cache_ttl=self.settings.cache_ttl,
-                ops=pack([op.row() for op in ops]),
+                ops=rows,
                 halt_after=self.settings.halt_after_same_errors,
             )
-        )
+        reply = SETTLE_REPLY.read(raw)
         return [int(a) for a in reply["applied"]], messages_of(reply["messages"])
 
     async def send(self, job: ClaimedJob, usd: float, tokens: int) -> tuple[str, str]:

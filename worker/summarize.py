@@ -18,9 +18,13 @@ from typing import Any, Protocol
 
 from openai import AsyncOpenAI
 
+from contract.chunking import CONTEXT_MARGIN as CONTEXT_MARGIN
+from contract.chunking import Fit as Fit
 from contract.errors import (
     BudgetWait,
     ContextExceeded,
+    FlaggedAnswers,
+    FlaggedSummary,
     HandBack,
     MalformedResponse,
     PermanentLLMError,
@@ -37,10 +41,6 @@ from . import chunking, llm, metrics, prompt, retry
 from .prompt import Stage
 from .ratelimit import RateLimiter, token_counter
 
-#: share of the context window a request may fill: estimates are estimates
-CONTEXT_MARGIN = 0.95
-#: tokens consecutive parts share
-OVERLAP_TOKENS = 200
 #: re-plans after the provider said a request did not fit (each with its smaller number)
 MAX_REPLANS = 3
 #: seconds between two looks at the budget while calls in flight hold what this one needs
@@ -120,29 +120,6 @@ class Summary:
     chunks: int = 0
 
 
-@dataclass(frozen=True)
-class Fit:
-    """What fits one request: the model's context window, and how a request's tokens are counted."""
-
-    context: int
-    count: Callable[[list[dict[str, Any]], int], int]
-
-    def fits(self, ask: Ask) -> bool:
-        return self.count(ask.messages, ask.max_tokens) <= self.context * CONTEXT_MARGIN
-
-    def room(self, spec: BatchSpec, stage: Stage, max_tokens: int) -> int:
-        """Tokens left for the text of a request of this stage."""
-        overhead = self.count(prompt.build_messages("", spec, stage), max_tokens)
-        return int(self.context * CONTEXT_MARGIN) - overhead
-
-    def count_text(self, text: str) -> int:
-        return self.count([{"role": "user", "content": text}], 0)
-
-    def shrunk(self, limit: int | None) -> Fit:
-        """The provider said a request did not fit: plan with its number, or three quarters of ours."""
-        return replace(self, context=min(limit or self.context, int(self.context * 0.75)))
-
-
 class Partials(Protocol):
     """Summaries of an article's parts, kept across runs of its job."""
 
@@ -159,17 +136,42 @@ class NoPartials:
         return None
 
 
+#: a final answer's text -> None, or FlaggedSummary when a check its batch requires flags it (worker/outcome.py)
+Accept = Callable[[str], None]
+
+
+def gate(ask: Ask, accept: Accept | None) -> Ask:
+    """`ask` whose answer must also pass `accept`: a flagged answer is an unusable one (asked again)."""
+    if accept is None:
+        return ask
+    check = ask.check
+
+    def checked(content: str) -> str:
+        kept = check(content)
+        accept(kept)
+        return kept
+
+    return replace(ask, check=checked)
+
+
 async def summarize(
-    text: str, spec: BatchSpec, call: Call, fit: Fit, max_chars: int, partials: Partials | None = None
+    text: str,
+    spec: BatchSpec,
+    call: Call,
+    fit: Fit,
+    max_chars: int,
+    partials: Partials | None = None,
+    accept: Accept | None = None,
 ) -> Summary:
-    """Summarize one article. Pure but for `call` (and `partials`), so it can be tested with any callable."""
-    ask = request(text, spec, prompt.WHOLE, max_chars)
+    """Summarize one article. Pure but for `call` (and `partials`), so it can be tested with any callable.
+    `accept` judges the final answer (the batch's required checks)."""
+    ask = gate(request(text, spec, prompt.WHOLE, max_chars), accept)
     for _ in range(MAX_REPLANS + 1):
         try:
             if fit.fits(ask):
                 completion = await call(ask)
                 return Summary(completion.content, completion.model or spec.model)
-            return await MapReduce(spec, call, fit, max_chars, partials or NoPartials()).run(text)
+            return await MapReduce(spec, call, fit, max_chars, partials or NoPartials(), accept).run(text)
         except ContextExceeded as exc:
             fit = fit.shrunk(exc.limit)
     raise PermanentLLMError(f"the article does not fit the model's context even in parts of {fit.context} tokens")
@@ -209,10 +211,10 @@ class MapReduce:
     fit: Fit
     max_chars: int
     partials: Partials
+    accept: Accept | None = None
 
     async def run(self, text: str) -> Summary:
-        answer_room = prompt.max_tokens_for(self.spec.max_words) + self.spec.style().reasoning_tokens
-        room = self.fit.room(self.spec, Stage("part", 1, 1, final=False), answer_room)
+        room = self.fit.part_room(self.spec)
         if room < 100:
             raise PermanentLLMError(
                 f"the model's context window ({self.fit.context} tokens) leaves no room for a "
@@ -220,9 +222,7 @@ class MapReduce:
             )
         # In a thread: megabytes of text take a fifth of a second of CPU that every other job of the
         # process would otherwise wait out on the event loop.
-        parts = await asyncio.to_thread(
-            chunking.split, text, room, self.fit.count_text, min(OVERLAP_TOKENS, room // 10)
-        )
+        parts = await asyncio.to_thread(self.fit.parts, text, room)
         plan = f"{room}"
         summaries = await asyncio.gather(
             *(self._once(f"{plan}:p{i}", part, Stage("part", i + 1, len(parts), False)) for i, part in enumerate(parts))
@@ -231,7 +231,7 @@ class MapReduce:
 
     async def _combine(self, summaries: list[str], plan: str, chunks: int) -> Summary:
         for round_ in range(1, 20):
-            final = request(self._joined(summaries), self.spec, Stage("combine"), self.max_chars)
+            final = gate(request(self._joined(summaries), self.spec, Stage("combine"), self.max_chars), self.accept)
             if self.fit.fits(final):
                 completion = await self.call(final)
                 return Summary(completion.content, completion.model or self.spec.model, chunks)
@@ -434,6 +434,11 @@ class Provider:
             raise self._give_up(exc, n, room[0]) from None
 
     def _give_up(self, exc: MalformedResponse, n: int, room: int) -> UnusableAnswers:
+        if isinstance(exc, FlaggedSummary):
+            return FlaggedAnswers(
+                f"{exc} ({n} paid answers could not be used, the last flagged by a check the batch requires: "
+                "--require-checks)"
+            )
         if isinstance(exc, TruncatedSummary):
             advice = (
                 f"every answer was cut off, the last at max_tokens={room}: give it more room "

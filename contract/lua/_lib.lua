@@ -265,6 +265,22 @@ local function finalize(b, id, from, status, record, keep_text, now)
   maybe_finish(b, now)
 end
 
+-- The batch's counts of flagged done jobs (contract/checks.py): `flagged`, and one a check (FB: the flag
+-- of FB[name] is bit FB[name] - 1 of the record's flags). `delta` 1 as a flagged record lands, -1 as
+-- `retry --flagged` takes it back.
+local function count_flags(b, flags, delta)
+  flags = tonumber(flags) or 0
+  if flags <= 0 then return end
+  local bk = bkey(b)
+  redis.call('HINCRBY', bk, B.flagged, delta)
+  for name, i in pairs(FB) do
+    if bit.band(flags, 2 ^ (i - 1)) ~= 0 then redis.call('HINCRBY', bk, B['flag_' .. name], delta) end
+  end
+end
+
+-- A done record the checks flagged keeps its article (as a failed one does), so `retry --flagged` can ask again.
+local function flagged(f) return (tonumber(f[F.flags]) or 0) > 0 end
+
 -- Jobs made queued again go out in messages of up to `per` jobs, each registered in the orphans set
 -- of its priority step (scored by now) until a worker claims it. Appends MESSAGE records (step, member).
 local function enqueue_messages(b, ids, per, now, out)
@@ -327,8 +343,9 @@ local function finalize_cached(b, id, from, f, now)
   local digest, origin = article_of(b, id)
   local rec = pack_final({status = 'done', digest = digest, origin = origin, summary = f[F.summary],
     model = f[F.model], cached = true, chunks = f[F.chunks] or 0, finished_ms = now, cost_usd = 0,
-    cache_key = f[F.cache_key] or ''})
-  finalize(b, id, from, 'done', rec, false, now)
+    cache_key = f[F.cache_key] or '', flags = f[F.flags] or 0, copied = f[F.copied] or -1})
+  finalize(b, id, from, 'done', rec, flagged(f), now)
+  count_flags(b, f[F.flags], 1)
   redis.call('HINCRBY', bkey(b), B.cached, 1)
 end
 

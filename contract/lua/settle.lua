@@ -86,7 +86,9 @@ local function done(b, id, op)
       redis.call('SREM', part(b, 'dead'), id)
       redis.call('HSET', part(b, 'out'), id, op[O.extra])
       redis.call('DEL', tkey(b, id))
-      redis.call('HDEL', part(b, 'kept'), id)
+      local f = cmsgpack.unpack(op[O.extra])
+      if not flagged(f) then redis.call('HDEL', part(b, 'kept'), id) end
+      count_flags(b, f[F.flags], 1)
       redis.call('XADD', part(b, 'events'), '*', 'id', id, 's', 'done')
       return 1
     end
@@ -94,7 +96,9 @@ local function done(b, id, op)
     s = 'queued'
   end
   remember(b, id, op, op[O.extra])
-  finalize(b, id, s, 'done', op[O.extra], false, now)
+  local f = cmsgpack.unpack(op[O.extra])
+  finalize(b, id, s, 'done', op[O.extra], flagged(f), now)
+  count_flags(b, f[F.flags], 1)
   return 1
 end
 

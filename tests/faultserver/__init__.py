@@ -11,7 +11,9 @@ Kinds: ``429[:retry_after]``, ``400``, ``401``, ``404``, ``500``, ``502``, ``503
 ``trickle[:seconds]`` (the answer sent a byte every that many seconds, 1 by default),
 ``reset`` (connection dropped with RST), ``garbage`` (a non-JSON 200), ``empty`` (no choices),
 ``blank`` (empty content), ``length`` (cut, ``finish_reason: length``), ``reasoning`` (empty content, a
-``reasoning_content`` and ``finish_reason: length``, as when a reasoning model spends max_tokens thinking).
+``reasoning_content`` and ``finish_reason: length``, as when a reasoning model spends max_tokens thinking);
+the quality faults, a usable answer the summary checks flag (contract/checks.py): ``invent`` (a number the
+article lacks), ``foreign`` (French), ``long`` (200 of the article's words), ``refuse`` (a refusal).
 
 Server-wide settings (``ServerConfig``, changed live with POST /admin/config): ``latency`` (with
 ``latency_sigma`` > 0 the median of a log-normal latency, drawn per article and request number), ``rpm``,

@@ -33,12 +33,14 @@ from tests.faultserver.directives import (
     ERROR_KINDS,
     LENGTH_FAULT_WORDS,
     MODEL_ID,
+    QUALITY_KINDS,
     BadDirective,
     Directive,
     article_key,
     expected_summary,
     parse_directives,
     prompt_tokens,
+    quality_answer,
     select_fault,
 )
 from tests.faultserver.state import FaultState
@@ -179,6 +181,8 @@ def choose_fault(state: FaultState, request: ChatRequest) -> Directive | None:
     key = article_key(request.article)
     number = state.by_article.get(key, 0) + 1
     state.by_article[key] = number
+    model_key = f"{request.model} {key}"
+    state.by_model_article[model_key] = state.by_model_article.get(model_key, 0) + 1
     try:
         return select_fault(parse_directives(request.article), number)
     except BadDirective as exc:
@@ -196,6 +200,8 @@ def answer(state: FaultState, request: ChatRequest, fault: Directive | None) -> 
         return _error_outcome(fault)
     if fault.kind == "garbage":
         return Outcome(200, b"<html>not json", 200)
+    if fault.kind in QUALITY_KINDS:
+        return Outcome(200, _completion(state, request, Answer(quality_answer(fault.kind, request.article))), OK)
     choice = {
         "empty": None,
         "blank": Answer(""),

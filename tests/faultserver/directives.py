@@ -32,7 +32,8 @@ ERROR_KINDS = frozenset({"400", "401", "404", "429", "500", "502", "503"})
 _MARKER_RE = re.compile(r"\[\[.*?\]\]", re.DOTALL)
 _FAULT_MARKER_RE = re.compile(r"\[\[fault:(.*?)\]\]", re.DOTALL)
 _DIRECTIVE_RE = re.compile(
-    r"(?P<kind>429|500|502|503|400|401|404|hang|trickle|reset|garbage|empty|blank|length|reasoning)"
+    r"(?P<kind>429|500|502|503|400|401|404|hang|trickle|reset|garbage|empty|blank|length|reasoning"
+    r"|invent|foreign|long|refuse)"
     r"(?:x(?P<count>\d+))?(?::(?P<param>[0-9]+(?:\.[0-9]+)?))?"
 )
 _PARAM_KINDS = frozenset({"429", "hang", "trickle"})
@@ -47,6 +48,29 @@ def expected_summary(article: str) -> str:
     """The completion the server returns for ``article`` when no fault applies (plain-text answers)."""
     words = _MARKER_RE.sub(" ", article).split()
     return "Summary: " + " ".join(words[:SUMMARY_WORDS])
+
+
+#: the quality faults (a usable 200 whose summary contract/checks.py flags): invent adds a number the article
+#: lacks, foreign answers in French, long with LONG_WORDS of the article's words, refuse with a refusal
+QUALITY_KINDS = frozenset({"invent", "foreign", "long", "refuse"})
+INVENTED = " The plan will cost 987,654,321 dollars."
+FOREIGN = (
+    "Le conseil a voté mardi soir pour remplacer le vieux pont, un projet attendu depuis longtemps par les "
+    "habitants du quartier et les commerçants de la ville."
+)
+REFUSAL = "I'm sorry, but I can't help with summarizing this article."
+LONG_WORDS = 200
+
+
+def quality_answer(kind: str, article: str) -> str:
+    """The summary a quality fault answers with (tests/test_checks.py: each flagged by exactly its check)."""
+    if kind == "invent":
+        return expected_summary(article) + INVENTED
+    if kind == "foreign":
+        return FOREIGN
+    if kind == "long":
+        return "Summary: " + " ".join(_MARKER_RE.sub(" ", article).split()[:LONG_WORDS])
+    return REFUSAL
 
 
 def prompt_tokens(texts: Iterable[str]) -> int:

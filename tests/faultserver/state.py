@@ -147,6 +147,8 @@ class FaultState:
     requests: int = 0
     ok: int = 0
     by_article: dict[str, int] = field(default_factory=dict)
+    #: "model article_key" -> requests counted against the article's faults with that model
+    by_model_article: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
     overshoot_429: int = 0
     overshoot_by: dict[str, int] = field(default_factory=dict)
@@ -262,6 +264,7 @@ class FaultState:
             "requests": self.requests,
             "ok": self.ok,
             "by_article": dict(self.by_article),
+            "by_model_article": dict(self.by_model_article),
             "statuses": dict(self.statuses),
             "overshoot_429": self.overshoot_429,
             "overshoot_by": dict(self.overshoot_by),

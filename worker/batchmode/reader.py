@@ -24,7 +24,7 @@ from contract.spec import BatchSpec
 
 from .. import llm, outcome
 from ..prompt import WHOLE
-from ..summarize import Summary, Tally, request
+from ..summarize import Summary, Tally, gate, request
 from .journal import PackInfo
 
 #: failed lines of a job before it is tried online instead
@@ -121,7 +121,7 @@ class Reader:
                 else:
                     self._repack(out, job, tally, type(exc).__name__, str(exc))
                 return
-            out.ops.append(outcome.done(job, summary, tally))
+            out.ops.append(outcome.done(job, summary, tally, spec=self.spec))
             out.done += 1
             return
         if self.cancelled:
@@ -145,7 +145,9 @@ class Reader:
 
     def _summary(self, job: ClaimedJob, line: Line) -> Summary:
         completion = llm.validated(line.body)
-        ask = request(job.text, self.spec, WHOLE, self.settings.max_summary_chars)
+        ask = gate(
+            request(job.text, self.spec, WHOLE, self.settings.max_summary_chars), outcome.required(job.text, self.spec)
+        )
         return Summary(ask.check(completion.content), completion.model or self.spec.model)
 
     def _twin(self, out: Settled, job: ClaimedJob, line: Line | None) -> None:
@@ -156,7 +158,7 @@ class Reader:
             except MalformedResponse:
                 summary = None
             if summary is not None:
-                done = outcome.done(job, summary, Tally())
+                done = outcome.done(job, summary, Tally(), spec=self.spec)
                 # Answered by the leader's call: a cached answer in its record, like an online twin's.
                 out.ops.append(replace(done, final=replace(done.final, cached=True)))
                 out.done += 1
