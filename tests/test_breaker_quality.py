@@ -310,7 +310,10 @@ def test_a_structured_batch_raises_no_flag_on_its_json_answers(group: Group, tmp
     assert all(r["status"] == "done" and r["data"] and r["checks"]["flags"] == [] for r in rows), rows
 
 
-@pytest.mark.xfail(strict=False, reason="reported: the rate is finished jobs / time since the batch was created (passes when the re-ask ends before status reads it)")
+@pytest.mark.xfail(
+    strict=False,
+    reason="reported: the rate is finished jobs / time since the batch was created; passes when the re-ask ends first",
+)
 def test_eta_after_retry_flagged_of_an_old_batch_is_not_its_age(
     group: Group, fault_server: FaultServer, tmp_path: Path
 ) -> None:
