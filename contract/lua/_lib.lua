@@ -66,6 +66,16 @@ local function flight_key(k) return declared('flight', 'flight', k) end
 local function waiters_key(k) return declared('waiters', 'waiters', k) end
 local function enq_key(scope) return declared('enq', 'enq', scope) end
 local function member(b, id) return b .. L.msep .. id end
+-- A pack's enqueued tokens given back to its (endpoint, model) and to the fleet's total, once: as the pack
+-- ends (pack_state) or goes with a purged batch (purge).
+local function release_enqueued(key)
+  local h = hmget(key, PK.enq, PK.scope)
+  if h[PK.enq] then
+    redis.call('DECRBY', enq_key(h[PK.scope]), tonumber(h[PK.enq]))
+    redis.call('DECRBY', L.packs_tokens, tonumber(h[PK.enq]))
+    redis.call('HDEL', key, PK.enq)
+  end
+end
 
 local function split(s, sep)
   local out, from = {}, 1

@@ -20,14 +20,7 @@ local state = redis.call('HGET', key, PK.state)
 if not state or (expect ~= '' and state ~= expect) then return 0 end
 for k, v in pairs(cmsgpack.unpack(ARGV[6])) do redis.call('HSET', key, k, v) end
 redis.call('HSET', key, PK.state, to)
-if ARGV[7] == '1' then
-  local h = hmget(key, PK.enq, PK.scope)
-  if h[PK.enq] then
-    redis.call('DECRBY', enq_key(h[PK.scope]), tonumber(h[PK.enq]))
-    redis.call('DECRBY', L.packs_tokens, tonumber(h[PK.enq]))
-    redis.call('HDEL', key, PK.enq)
-  end
-end
+if ARGV[7] == '1' then release_enqueued(key) end
 if due < 0 then
   redis.call('ZREM', L.packs_due, pk)
 else

@@ -43,11 +43,7 @@ if last then
   for _, pk in ipairs(redis.call('SMEMBERS', part(b, 'packs'))) do
     -- An open pack's enqueued tokens count against its (endpoint, model) for every batch: given back with
     -- it (as pack_state does when a pack ends), or the limit would stay that much fuller for good.
-    local h = hmget(pack_key(pk), PK.enq, PK.scope)
-    if h[PK.enq] then
-      redis.call('DECRBY', enq_key(h[PK.scope]), tonumber(h[PK.enq]))
-      redis.call('DECRBY', L.packs_tokens, tonumber(h[PK.enq]))
-    end
+    release_enqueued(pack_key(pk))
     redis.call('DEL', pack_key(pk), pack_key(pk, 'jobs'), pack_key(pk, 'twins'))
     redis.call('ZREM', L.packs_due, pk)
   end
